@@ -1,0 +1,272 @@
+//! Jobs: `POST /api/v1/jobs`, `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`,
+//! `DELETE /api/v1/jobs/{id}`, `GET /api/v1/jobs/{id}/results` (NDJSON).
+//!
+//! Submissions are validated completely (kernel, every input, every field) before anything is
+//! stored; a submitter sees only its own jobs, and someone else's job answers 404.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::json::AppJson;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::scheduler::Event;
+use crate::store::{JobView, NewJob};
+
+/// Bounds of the job fields (documented in the README).
+pub const REDUNDANCY_RANGE: std::ops::RangeInclusive<i64> = 1..=5;
+/// `max_replicas` may not exceed this.
+pub const MAX_REPLICAS_CEILING: i64 = 20;
+/// `priority` bounds.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+/// `lease_seconds` bounds.
+pub const LEASE_SECONDS_RANGE: std::ops::RangeInclusive<i64> = 5..=86_400;
+/// Default lease length.
+pub const DEFAULT_LEASE_SECONDS: i64 = 300;
+/// Finished chunks read from the database per results page.
+const RESULTS_PAGE: i64 = 2_000;
+
+/// The body of `POST /api/v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Built-in kernel name.
+    kernel: String,
+    /// One JSON value per chunk.
+    inputs: Vec<Value>,
+    /// Agreeing distinct workers per chunk (default 2).
+    redundancy: Option<i64>,
+    /// Optional human name.
+    name: Option<String>,
+    /// Most results per chunk before it fails (default 2 × redundancy + 1).
+    max_replicas: Option<i64>,
+    /// Higher first (default 0).
+    priority: Option<i64>,
+    /// Lease length in seconds (default 300).
+    lease_seconds: Option<i64>,
+}
+
+fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i32> {
+    if range.contains(&value) {
+        Ok(i32::try_from(value).unwrap_or_default())
+    } else {
+        Err(Error::invalid(
+            "invalid_field",
+            format!(
+                "{field} must be between {} and {}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
+    let limits = &state.limits;
+    if !grid_kernels::is_known(&body.kernel) {
+        return Err(Error::invalid(
+            "unknown_kernel",
+            format!(
+                "unknown kernel `{}`; known kernels: {}",
+                body.kernel,
+                grid_kernels::KERNEL_NAMES.join(", ")
+            ),
+        ));
+    }
+    if body.inputs.is_empty() {
+        return Err(Error::invalid("invalid_field", "inputs must not be empty"));
+    }
+    if body.inputs.len() > limits.max_inputs_per_job {
+        return Err(Error::TooLarge(format!(
+            "a job may have at most {} inputs, this one has {}",
+            limits.max_inputs_per_job,
+            body.inputs.len()
+        )));
+    }
+    if let Some(name) = &body.name
+        && name.len() > limits.max_name_bytes
+    {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("name may be at most {} bytes", limits.max_name_bytes),
+        ));
+    }
+    let redundancy = in_range("redundancy", body.redundancy.unwrap_or(2), REDUNDANCY_RANGE)?;
+    let max_replicas = in_range(
+        "max_replicas",
+        body.max_replicas
+            .unwrap_or((2 * i64::from(redundancy) + 1).min(MAX_REPLICAS_CEILING)),
+        i64::from(redundancy)..=MAX_REPLICAS_CEILING,
+    )?;
+    let priority = in_range("priority", body.priority.unwrap_or(0), PRIORITY_RANGE)?;
+    let lease_seconds = in_range(
+        "lease_seconds",
+        body.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
+        LEASE_SECONDS_RANGE,
+    )?;
+    let mut inputs = Vec::with_capacity(body.inputs.len());
+    for (index, input) in body.inputs.iter().enumerate() {
+        let canonical = grid_protocol::canonical_json(input);
+        if canonical.len() > limits.max_input_bytes {
+            return Err(Error::TooLarge(format!(
+                "inputs[{index}] is {} bytes; an input may be at most {} bytes",
+                canonical.len(),
+                limits.max_input_bytes
+            )));
+        }
+        grid_kernels::validate(&body.kernel, input).map_err(|error| {
+            Error::invalid("invalid_input", format!("inputs[{index}]: {error}"))
+        })?;
+        inputs.push(canonical);
+    }
+    Ok(NewJob {
+        name: body.name,
+        kernel: body.kernel,
+        redundancy,
+        max_replicas,
+        priority,
+        lease_seconds,
+        inputs,
+    })
+}
+
+/// Job ids in paths: anything that is not a job id is simply not found.
+fn parse_id(raw: &str) -> Result<i64> {
+    raw.parse().map_err(|_| Error::NotFound("job"))
+}
+
+/// `POST /api/v1/jobs`
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<SubmitJob>,
+) -> Result<Response> {
+    let job = validate(&state, body)?;
+    let view = state.store.create_job(caller.0, job).await?;
+    state.scheduler.try_send(Event::WorkAvailable);
+    tracing::info!(job = view.id, chunks = view.chunks.total, kernel = %view.kernel, "job submitted");
+    let location = format!("/api/v1/jobs/{}", view.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/jobs`: the caller's jobs, newest first (at most 1000).
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
+    let jobs = state.store.jobs(caller.0, 1000).await?;
+    Ok(Json(json!({"jobs": jobs})))
+}
+
+/// `GET /api/v1/jobs/{id}`
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>> {
+    let id = parse_id(&id)?;
+    let view = state
+        .store
+        .job(caller.0, id)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    Ok(Json(view))
+}
+
+/// `DELETE /api/v1/jobs/{id}`: cancel; outstanding leases are revoked from their workers.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>> {
+    let id = parse_id(&id)?;
+    let cancellation = state
+        .store
+        .cancel_job(caller.0, id)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    if !cancellation.cancelled {
+        return Err(Error::Conflict(format!(
+            "job {id} is already {} and cannot be cancelled",
+            cancellation.job.state
+        )));
+    }
+    if !cancellation.revoked.is_empty() {
+        state
+            .scheduler
+            .send(Event::Revoked {
+                leases: cancellation.revoked,
+            })
+            .await;
+    }
+    Ok(Json(cancellation.job))
+}
+
+/// `GET /api/v1/jobs/{id}/results`: NDJSON, one line per finished chunk in index order,
+/// streamed page by page so a large job never sits in memory.
+pub async fn results(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .job(caller.0, id)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+    let store = state.store.clone();
+    let pages = stream::unfold(Some(-1), move |after| {
+        let store = store.clone();
+        async move {
+            let after = after?;
+            match store.results_page(id, after, RESULTS_PAGE).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = page.last().map(|r| r.index);
+                    let mut text = String::new();
+                    for result in &page {
+                        text.push_str(&result_line(result));
+                        text.push('\n');
+                    }
+                    Some((Ok::<_, std::io::Error>(text), next))
+                }
+                Err(error) => {
+                    tracing::error!(?error, job = id, "results stream failed");
+                    Some((Err(std::io::Error::other("results unavailable")), None))
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+/// One NDJSON line. The stored output is already canonical JSON, so it is spliced in as is.
+fn result_line(result: &crate::store::ChunkResult) -> String {
+    match (&result.output, &result.error) {
+        (Some(output), _) => format!(
+            r#"{{"index":{},"output":{},"agreeing":{}}}"#,
+            result.index,
+            output,
+            result.agreeing.unwrap_or(0)
+        ),
+        (None, error) => json!({
+            "index": result.index,
+            "error": error.as_deref().unwrap_or("failed"),
+        })
+        .to_string(),
+    }
+}

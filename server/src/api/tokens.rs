@@ -1,0 +1,24 @@
+//! `POST /api/v1/tokens`: the admin creates a submitter token. The token is returned once;
+//! only its SHA-256 is stored.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{Caller, hash_token, new_token};
+use crate::error::{Error, Result};
+
+/// Create a submitter token (admin only).
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<Value>)> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden("only the admin token may create tokens"));
+    }
+    let token = new_token();
+    let id = state.store.create_token(&hash_token(&token)).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))))
+}

@@ -1,0 +1,73 @@
+//! Configuration from flags and environment variables.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// `grid-server` configuration.
+#[derive(Clone, Parser)]
+#[command(
+    name = "grid-server",
+    version,
+    about = "The volunteer compute grid's master"
+)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "GRID_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/grid.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// The admin bearer token. When unset a random one is generated and printed at start-up.
+    #[arg(long, env = "GRID_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
+    #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl std::fmt::Debug for Config {
+    // Secrets (the database password, the admin token) never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://grid:s3cret@db:5432/grid"),
+            "postgres://grid:***@db:5432/grid"
+        );
+        assert_eq!(redact_url("postgres://db/grid"), "postgres://db/grid");
+    }
+}

@@ -1,0 +1,115 @@
+//! The master's one error type, and how each variant answers over HTTP.
+//!
+//! Every REST error body is `{"error": {"code": "...", "message": "..."}}`. Internal errors
+//! are logged with their detail and answered with a generic 500: SQL text, paths and the like
+//! never reach a client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the body is not well-formed JSON (or not JSON at all).
+    #[error("{0}")]
+    MalformedJson(String),
+    /// 401: no bearer token, or one the master does not know.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// 403: the token is valid but not allowed to do this (e.g. non-admin creating tokens).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404: no such resource, or it belongs to someone else.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 405: the route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 409: the request conflicts with the resource's state (e.g. cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body, or a part of it, is over a documented limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415: the body is not declared as `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but invalid: unknown kernel, bad input, out-of-range field.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code, e.g. `unknown_kernel`, `invalid_input`, `invalid_field`.
+        code: &'static str,
+        /// What is wrong, for a human.
+        message: String,
+    },
+    /// 503: the database cannot be reached right now.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// 500: a bug or an unexpected database failure; the detail is logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    /// Shorthand for a 422 with the given code.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Error::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => Error::Unavailable(error),
+            other => Error::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(error: anyhow::Error) -> Self {
+        Error::Internal(error)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            Error::Internal(source) => tracing::error!(error = ?source, "internal error"),
+            Error::Unavailable(source) => tracing::warn!(error = %source, "database unavailable"),
+            _ => {}
+        }
+        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}

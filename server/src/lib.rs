@@ -1,0 +1,121 @@
+//! `grid-server`, the master of the volunteer compute grid.
+//!
+//! # Layout
+//! - [`config`]: command-line flags and environment ([`config::Config`]).
+//! - [`api`]: the REST API (`/api/v1/...`) and health probes; [`auth`]: bearer tokens.
+//! - [`session`]: one worker's WebSocket session at `/ws`.
+//! - [`scheduler`]: the single task that owns leases and hands out work, committing each round
+//!   as one batch; [`scheduler::dispatch`] is its in-memory cache of ready chunks.
+//! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
+//! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
+//! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
+//!
+//! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
+//! resolves. `main.rs` only reads configuration, sets up logging and binds.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod scheduler;
+pub mod session;
+pub mod store;
+pub mod verifier;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::TokenCache;
+use crate::limits::Limits;
+use crate::scheduler::SchedulerHandle;
+use crate::store::Store;
+
+/// Shared state of every handler and session.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The scheduler's inbox.
+    pub scheduler: SchedulerHandle,
+    /// Documented limits.
+    pub limits: Arc<Limits>,
+    /// SHA-256 of the admin token, if one is configured.
+    pub admin_token_hash: Option<[u8; 32]>,
+    /// Known submitter tokens.
+    pub tokens: TokenCache,
+    /// Flips to true when the master begins shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Options of [`serve`] beyond the store and the listener.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The admin bearer token (kept only as a hash).
+    pub admin_token: Option<String>,
+    /// Limits on requests and worker messages.
+    pub limits: Limits,
+}
+
+/// The complete HTTP router: REST API, health probes and the worker WebSocket.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .nest("/api/v1", api::v1())
+        .route("/api", get(api_not_found))
+        .route("/healthz", get(api::health::healthz))
+        .route("/readyz", get(api::health::readyz))
+        .route("/ws", get(worker_socket))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn api_not_found() -> error::Error {
+    error::Error::NotFound("route")
+}
+
+async fn worker_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    let max = state.limits.max_ws_message_bytes;
+    let shutdown = state.shutdown.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(socket, state, shutdown))
+}
+
+/// Run the master on `listener` until `shutdown` resolves: then stop accepting, close worker
+/// sessions with a "going away" reason (their leases are handed back), and return.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (scheduler, scheduler_task) = scheduler::spawn(store.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        store,
+        scheduler,
+        limits: Arc::new(options.limits),
+        admin_token_hash: options.admin_token.as_deref().map(auth::hash_token),
+        tokens: TokenCache::default(),
+        shutdown: stop_rx,
+    };
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    // Sessions have ended and queued their disconnects; let the scheduler commit them.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), scheduler_task).await;
+    Ok(())
+}

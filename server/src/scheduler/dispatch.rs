@@ -1,0 +1,192 @@
+//! The dispatch cache: ready chunks held in memory so that handing out work does not cost a
+//! query per assignment (BOINC's "feeder"). The database stays the truth — a lease exists only
+//! once its batch commits, and the commit re-checks that the chunk still wants it — so a stale
+//! cache can waste a round but never over-issue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::store::ReadyChunk;
+
+/// One cached chunk and how many more replicas this master may still propose for it.
+#[derive(Debug)]
+struct Entry {
+    chunk: ReadyChunk,
+    remaining: i32,
+}
+
+/// A replica the cache proposes for one worker.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    /// Job id.
+    pub job_id: i64,
+    /// Chunk index.
+    pub idx: i32,
+    /// Kernel name.
+    pub kernel: Arc<str>,
+    /// Chunk input.
+    pub input: Arc<serde_json::Value>,
+    /// Lease length.
+    pub lease_seconds: i32,
+}
+
+/// Ready chunks in dispatch order (priority, then job, then index).
+#[derive(Debug, Default)]
+pub struct DispatchCache {
+    entries: VecDeque<Entry>,
+    /// The contents may no longer match the database (new job, reopened chunk, failed claim).
+    stale: bool,
+    /// The last load hit its limit: the database may hold more ready chunks than are cached.
+    truncated: bool,
+    /// Bumped on every load, so a worker asks the database for chunks of its own at most once
+    /// per load.
+    generation: u64,
+}
+
+impl DispatchCache {
+    /// A cache that loads on first use.
+    pub fn new() -> Self {
+        DispatchCache {
+            stale: true,
+            ..DispatchCache::default()
+        }
+    }
+
+    /// Forget the contents at the next opportunity.
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// Whether a load from the database is due before proposing work.
+    pub fn needs_load(&self) -> bool {
+        self.stale || (self.truncated && self.entries.is_empty())
+    }
+
+    /// The current load's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the database may hold ready chunks beyond the cached ones.
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Replace the contents with a fresh load of at most `limit` rows.
+    pub fn load(&mut self, chunks: Vec<ReadyChunk>, limit: usize) {
+        self.truncated = chunks.len() >= limit;
+        self.entries = chunks.into_iter().map(Entry::from).collect();
+        self.stale = false;
+        self.generation += 1;
+    }
+
+    /// Add chunks loaded for one worker, keeping dispatch order and skipping known ones.
+    pub fn merge(&mut self, chunks: Vec<ReadyChunk>) {
+        for chunk in chunks {
+            let key = order_key(&chunk);
+            let position = self
+                .entries
+                .iter()
+                .position(|entry| order_key(&entry.chunk) >= key);
+            match position {
+                Some(i) if order_key(&self.entries[i].chunk) == key => {}
+                Some(i) => self.entries.insert(i, Entry::from(chunk)),
+                None => self.entries.push_back(Entry::from(chunk)),
+            }
+        }
+    }
+
+    /// Propose up to `count` chunks for `worker_id`, never one it already holds or returned,
+    /// and record the worker as a holder.
+    pub fn take_for(&mut self, worker_id: &str, count: usize) -> Vec<Proposal> {
+        let mut proposals = Vec::new();
+        if count == 0 {
+            return proposals;
+        }
+        for entry in self.entries.iter_mut() {
+            if entry.remaining <= 0 || entry.chunk.holders.iter().any(|h| h == worker_id) {
+                continue;
+            }
+            entry.remaining -= 1;
+            entry.chunk.holders.push(worker_id.to_owned());
+            proposals.push(Proposal {
+                job_id: entry.chunk.job_id,
+                idx: entry.chunk.idx,
+                kernel: entry.chunk.kernel.clone(),
+                input: entry.chunk.input.clone(),
+                lease_seconds: entry.chunk.lease_seconds,
+            });
+            if proposals.len() == count {
+                break;
+            }
+        }
+        while self.entries.front().is_some_and(|e| e.remaining <= 0) {
+            self.entries.pop_front();
+        }
+        proposals
+    }
+}
+
+fn order_key(chunk: &ReadyChunk) -> (i32, i64, i32) {
+    // Higher priority first: negate it so the tuple sorts ascending.
+    (chunk.priority.saturating_neg(), chunk.job_id, chunk.idx)
+}
+
+impl From<ReadyChunk> for Entry {
+    fn from(chunk: ReadyChunk) -> Self {
+        Entry {
+            remaining: chunk.wanted,
+            chunk,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(job_id: i64, idx: i32, priority: i32, wanted: i32) -> ReadyChunk {
+        ReadyChunk {
+            job_id,
+            idx,
+            priority,
+            kernel: Arc::from("echo"),
+            input: Arc::new(serde_json::Value::Null),
+            lease_seconds: 60,
+            wanted,
+            holders: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn replicas_of_one_chunk_go_to_distinct_workers() {
+        let mut cache = DispatchCache::new();
+        cache.load(vec![chunk(1, 0, 0, 2), chunk(1, 1, 0, 2)], 100);
+        let a = cache.take_for("a", 10);
+        assert_eq!(a.iter().map(|p| p.idx).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(
+            cache.take_for("a", 10).is_empty(),
+            "a must not get a second replica"
+        );
+        let b = cache.take_for("b", 10);
+        assert_eq!(b.len(), 2);
+        assert!(
+            cache.take_for("c", 10).is_empty(),
+            "both chunks are fully issued"
+        );
+    }
+
+    #[test]
+    fn merge_keeps_priority_order() {
+        let mut cache = DispatchCache::new();
+        cache.load(vec![chunk(1, 0, 0, 1)], 1);
+        assert!(cache.is_truncated());
+        cache.merge(vec![chunk(2, 0, 5, 1), chunk(1, 0, 0, 1)]);
+        let order: Vec<_> = cache
+            .take_for("w", 10)
+            .iter()
+            .map(|p| (p.job_id, p.idx))
+            .collect();
+        assert_eq!(order, vec![(2, 0), (1, 0)]);
+    }
+}

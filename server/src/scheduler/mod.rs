@@ -1,0 +1,495 @@
+//! The scheduler: one task that owns who holds which lease and decides who gets what next.
+//!
+//! - [`SchedulerHandle`]: what sessions and REST handlers use to talk to it (an mpsc inbox).
+//! - [`dispatch`]: the in-memory cache of ready chunks it hands out.
+//!
+//! Each round it drains every event waiting in its inbox (results, releases, disconnects, new
+//! sessions), plans assignments for every session with free credit, and commits all of it in
+//! one [`Batch`] — one transaction however many results and leases are in it (group commit).
+//! Only after the commit does it send assignments, revocations and rejections: nothing is
+//! acknowledged before it is durable. While a commit is in flight new events queue up, so the
+//! batch grows with the load.
+
+pub mod dispatch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use grid_protocol::{LeaseId, MasterMessage, Task, WorkerKind};
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::store::{
+    Batch, BatchOutcome, ExpirySweep, LeaseEnd, LeaseRequest, ResultSubmission, Store,
+};
+use dispatch::{DispatchCache, Proposal};
+
+/// Identifies one WebSocket session within this master process.
+pub type SessionId = u64;
+
+/// Most events taken from the inbox per round.
+const MAX_EVENTS_PER_ROUND: usize = 8192;
+/// Ready chunks loaded into the dispatch cache at once.
+const CACHE_LOAD_LIMIT: usize = 4096;
+/// How often overdue leases are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Capacity of the scheduler's inbox; sessions wait (backpressure) when it is full.
+const INBOX_CAPACITY: usize = 65_536;
+
+/// What a session's writer sends to its socket.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A protocol message.
+    Message(MasterMessage),
+}
+
+/// Events the scheduler reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A worker finished its hello.
+    Connected {
+        /// The new session.
+        session: SessionId,
+        /// Its persistent identity.
+        worker_id: Arc<str>,
+        /// Native or browser.
+        kind: WorkerKind,
+        /// Concurrent chunks it runs.
+        slots: u32,
+        /// Where its messages go.
+        outbox: mpsc::UnboundedSender<Outbound>,
+    },
+    /// A worker returned a result.
+    Result {
+        /// The session it came on.
+        session: SessionId,
+        /// The lease it names.
+        lease: LeaseId,
+        /// Outcome digest.
+        digest: [u8; 32],
+        /// Whether the outcome is an error.
+        is_error: bool,
+        /// Canonical outcome text.
+        text: String,
+    },
+    /// A worker gave leases back.
+    Release {
+        /// The session.
+        session: SessionId,
+        /// Leases it will not compute.
+        leases: Vec<LeaseId>,
+    },
+    /// A worker asked for no more work.
+    Drain {
+        /// The session.
+        session: SessionId,
+    },
+    /// A session ended.
+    Disconnected {
+        /// The session.
+        session: SessionId,
+    },
+    /// New work may be available (a job was submitted).
+    WorkAvailable,
+    /// Leases revoked outside the scheduler (a job was cancelled): tell their workers.
+    Revoked {
+        /// The revoked leases.
+        leases: Vec<LeaseId>,
+    },
+}
+
+/// A cheap, cloneable way to reach the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerHandle {
+    inbox: mpsc::Sender<Event>,
+    next_session: Arc<AtomicU64>,
+}
+
+impl SchedulerHandle {
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Deliver an event, waiting if the scheduler is behind. Returns false once it has stopped.
+    pub async fn send(&self, event: Event) -> bool {
+        self.inbox.send(event).await.is_ok()
+    }
+
+    /// Deliver an event without waiting (used from places that must not block; a full inbox
+    /// drops the event, which is only acceptable for hints such as [`Event::WorkAvailable`]).
+    pub fn try_send(&self, event: Event) {
+        if let Err(error) = self.inbox.try_send(event) {
+            tracing::debug!(%error, "scheduler inbox full, hint dropped");
+        }
+    }
+}
+
+/// Per-session state the scheduler keeps.
+#[derive(Debug)]
+struct Session {
+    worker_id: Arc<str>,
+    /// Assignments outstanding at most (slots plus prefetch).
+    capacity: usize,
+    leases: HashSet<LeaseId>,
+    draining: bool,
+    outbox: mpsc::UnboundedSender<Outbound>,
+    /// Cache generation at which this worker last asked the database for chunks of its own.
+    starved_generation: Option<u64>,
+}
+
+impl Session {
+    fn free_credit(&self) -> usize {
+        if self.draining {
+            0
+        } else {
+            self.capacity.saturating_sub(self.leases.len())
+        }
+    }
+
+    fn send(&self, message: MasterMessage) {
+        // A closed outbox means the session is ending; its Disconnected event is on its way.
+        let _ = self.outbox.send(Outbound::Message(message));
+    }
+}
+
+/// Assignments kept beyond a worker's slots so no core idles between a result and the next
+/// assignment: a quarter of the slots, at least one.
+pub fn capacity_for(slots: u32) -> usize {
+    let slots = slots as usize;
+    slots + slots.div_ceil(4).max(1)
+}
+
+/// Start the scheduler task. It stops when every handle is dropped.
+pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+    let (inbox, events) = mpsc::channel(INBOX_CAPACITY);
+    let handle = SchedulerHandle {
+        inbox,
+        next_session: Arc::new(AtomicU64::new(1)),
+    };
+    let scheduler = Scheduler {
+        store,
+        events,
+        sessions: HashMap::new(),
+        holders: HashMap::new(),
+        cache: DispatchCache::new(),
+        batch: Batch {
+            // The previous process's sessions died with it, and so did their leases.
+            sweep: ExpirySweep::AllLeased,
+            ..Batch::default()
+        },
+        planned: Vec::new(),
+    };
+    let task = tokio::spawn(scheduler.run());
+    (handle, task)
+}
+
+struct Scheduler {
+    store: Arc<dyn Store>,
+    events: mpsc::Receiver<Event>,
+    sessions: HashMap<SessionId, Session>,
+    /// Which session holds each live lease.
+    holders: HashMap<LeaseId, SessionId>,
+    cache: DispatchCache,
+    /// The batch being assembled this round.
+    batch: Batch,
+    /// For each entry of `batch.leases`, the session and proposal it came from.
+    planned: Vec<(SessionId, Proposal)>,
+}
+
+impl Scheduler {
+    async fn run(mut self) {
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Vec::with_capacity(MAX_EVENTS_PER_ROUND);
+        let mut busy = true;
+        loop {
+            if busy {
+                // Work is known to be waiting: take what has queued up, do not block.
+                while events.len() < MAX_EVENTS_PER_ROUND {
+                    match self.events.try_recv() {
+                        Ok(event) => events.push(event),
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                tokio::select! {
+                    received = self.events.recv_many(&mut events, MAX_EVENTS_PER_ROUND) => {
+                        if received == 0 {
+                            break;
+                        }
+                    }
+                    _ = sweep.tick() => self.on_sweep_tick(),
+                }
+            }
+            for event in events.drain(..) {
+                self.apply(event);
+            }
+            if let Err(error) = self.plan().await {
+                tracing::warn!(%error, "could not load ready chunks");
+            }
+            if self.batch.is_empty() {
+                busy = false;
+                continue;
+            }
+            let outcome = self.commit().await;
+            busy = self.settle(outcome);
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    fn on_sweep_tick(&mut self) {
+        self.batch.sweep = match self.batch.sweep {
+            ExpirySweep::AllLeased => ExpirySweep::AllLeased,
+            _ => ExpirySweep::Overdue,
+        };
+        // A safety net against missed hints (e.g. another master changed the database).
+        if self.sessions.values().any(|s| s.free_credit() > 0) {
+            self.cache.invalidate();
+        }
+    }
+
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Connected {
+                session,
+                worker_id,
+                kind,
+                slots,
+                outbox,
+            } => {
+                let kind = match kind {
+                    WorkerKind::Native => "native",
+                    WorkerKind::Browser => "browser",
+                };
+                self.batch.workers_seen.push((worker_id.clone(), kind));
+                self.sessions.insert(
+                    session,
+                    Session {
+                        worker_id,
+                        capacity: capacity_for(slots),
+                        leases: HashSet::new(),
+                        draining: false,
+                        outbox,
+                        starved_generation: None,
+                    },
+                );
+            }
+            Event::Result {
+                session,
+                lease,
+                digest,
+                is_error,
+                text,
+            } => {
+                let holder = self.sessions.get_mut(&session);
+                match holder {
+                    Some(state) if self.holders.get(&lease) == Some(&session) => {
+                        self.holders.remove(&lease);
+                        state.leases.remove(&lease);
+                        self.batch.results.push(ResultSubmission {
+                            lease,
+                            worker_id: state.worker_id.clone(),
+                            digest,
+                            is_error,
+                            text,
+                        });
+                    }
+                    Some(state) => state.send(MasterMessage::Rejected {
+                        lease,
+                        reason: "this session does not hold that lease".into(),
+                    }),
+                    None => {}
+                }
+            }
+            Event::Release { session, leases } => {
+                if let Some(state) = self.sessions.get_mut(&session) {
+                    for lease in leases {
+                        if state.leases.remove(&lease) {
+                            self.holders.remove(&lease);
+                            self.batch.ended.push((lease, LeaseEnd::Released));
+                        }
+                    }
+                }
+            }
+            Event::Drain { session } => {
+                if let Some(state) = self.sessions.get_mut(&session) {
+                    state.draining = true;
+                }
+            }
+            Event::Disconnected { session } => {
+                if let Some(state) = self.sessions.remove(&session) {
+                    for lease in state.leases {
+                        self.holders.remove(&lease);
+                        self.batch.ended.push((lease, LeaseEnd::WorkerGone));
+                    }
+                }
+            }
+            Event::WorkAvailable => self.cache.invalidate(),
+            Event::Revoked { leases } => {
+                self.revoke(&leases);
+                self.cache.invalidate();
+            }
+        }
+    }
+
+    /// Drop leases from their sessions and tell the workers to stop.
+    fn revoke(&mut self, leases: &[LeaseId]) {
+        let mut per_session: HashMap<SessionId, Vec<LeaseId>> = HashMap::new();
+        for lease in leases {
+            if let Some(session) = self.holders.remove(lease) {
+                per_session.entry(session).or_default().push(*lease);
+            }
+        }
+        for (session, leases) in per_session {
+            if let Some(state) = self.sessions.get_mut(&session) {
+                for lease in &leases {
+                    state.leases.remove(lease);
+                }
+                state.send(MasterMessage::Revoke { leases });
+            }
+        }
+    }
+
+    /// Propose assignments for every session with free credit.
+    async fn plan(&mut self) -> Result<(), Error> {
+        let mut hungry: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.free_credit() > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        if hungry.is_empty() {
+            return Ok(());
+        }
+        // Oldest sessions first, so the order is stable from round to round.
+        hungry.sort_unstable();
+        if self.cache.needs_load() {
+            let chunks = self
+                .store
+                .ready_chunks(CACHE_LOAD_LIMIT as i64, None)
+                .await?;
+            self.cache.load(chunks, CACHE_LOAD_LIMIT);
+        }
+        for session_id in hungry {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                continue;
+            };
+            let want = session.free_credit();
+            let worker_id = session.worker_id.clone();
+            let mut proposals = self.cache.take_for(&worker_id, want);
+            if proposals.len() < want
+                && self.cache.is_truncated()
+                && session.starved_generation != Some(self.cache.generation())
+            {
+                // Everything cached may be held by this worker already while the database has
+                // more further down: ask for chunks this worker may take.
+                session.starved_generation = Some(self.cache.generation());
+                let more = self
+                    .store
+                    .ready_chunks((want * 4) as i64, Some(&worker_id))
+                    .await?;
+                self.cache.merge(more);
+                proposals.extend(self.cache.take_for(&worker_id, want - proposals.len()));
+            }
+            for proposal in proposals {
+                self.batch.leases.push(LeaseRequest {
+                    job_id: proposal.job_id,
+                    idx: proposal.idx,
+                    worker_id: worker_id.clone(),
+                    lease_seconds: proposal.lease_seconds,
+                });
+                self.planned.push((session_id, proposal));
+            }
+            // Count the planned leases against the session's credit for the rest of the round.
+        }
+        Ok(())
+    }
+
+    /// Commit the round's batch, retrying while the database is unreachable.
+    async fn commit(&mut self) -> Option<BatchOutcome> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            match self.store.commit(&self.batch).await {
+                Ok(outcome) => return Some(outcome),
+                Err(error) => {
+                    attempts += 1;
+                    let unavailable = matches!(error, Error::Unavailable(_));
+                    if !unavailable && attempts >= 5 {
+                        // Not a connectivity problem and it keeps failing: give up on this
+                        // batch. Its leases stay leased in the database and expire at their
+                        // deadline, so the work is reissued rather than lost.
+                        tracing::error!(?error, "dropping a scheduler batch after 5 attempts");
+                        return None;
+                    }
+                    tracing::warn!(%error, attempts, "scheduler commit failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Act on a committed batch: send assignments, revocations and rejections. Returns whether
+    /// another round should run at once.
+    fn settle(&mut self, outcome: Option<BatchOutcome>) -> bool {
+        let batch = std::mem::take(&mut self.batch);
+        let planned = std::mem::take(&mut self.planned);
+        let Some(outcome) = outcome else {
+            self.cache.invalidate();
+            return false;
+        };
+        for lease in &outcome.refused {
+            // The session let go of the lease when the result arrived; it is no longer live in
+            // the database either (revoked by a cancel, or expired meanwhile).
+            if let Some(result) = batch.results.iter().find(|r| r.lease == *lease)
+                && let Some(session) = self
+                    .sessions
+                    .values()
+                    .find(|s| s.worker_id == result.worker_id)
+            {
+                session.send(MasterMessage::Rejected {
+                    lease: *lease,
+                    reason: "the lease is no longer live".into(),
+                });
+            }
+        }
+        if outcome.created.len() < planned.len() {
+            // Some proposals were refused by the database: the cache was out of date.
+            self.cache.invalidate();
+        }
+        let mut progress = !outcome.created.is_empty();
+        for created in &outcome.created {
+            let Some((session_id, proposal)) = planned.get(created.request) else {
+                continue;
+            };
+            let Some(session) = self.sessions.get_mut(session_id) else {
+                continue;
+            };
+            session.leases.insert(created.lease);
+            self.holders.insert(created.lease, *session_id);
+            session.send(MasterMessage::Assign {
+                lease: created.lease,
+                task: Task::Kernel(proposal.kernel.to_string()),
+                input: (*proposal.input).clone(),
+                deadline_seconds: u32::try_from(proposal.lease_seconds).unwrap_or(60),
+            });
+        }
+        if !outcome.revoked.is_empty() || !outcome.expired.is_empty() {
+            progress = true;
+            self.revoke(&outcome.revoked);
+            self.revoke(&outcome.expired);
+        }
+        if outcome.reopened {
+            progress = true;
+            self.cache.invalidate();
+        }
+        if outcome.decided > 0 {
+            tracing::debug!(decided = outcome.decided, "chunks decided");
+        }
+        progress && self.sessions.values().any(|s| s.free_credit() > 0)
+    }
+}

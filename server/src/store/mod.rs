@@ -1,0 +1,278 @@
+//! Durable state behind one trait, so the master does not care which database holds it.
+//!
+//! - [`Store`]: every operation the master performs on its database.
+//! - [`postgres`]: the PostgreSQL implementation (production).
+//! - The types here are what crosses the trait: job specs and views, ready chunks for the
+//!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
+//!
+//! The verification decision itself is not here: the store loads a chunk's replicas and asks
+//! [`crate::verifier::decide`], so every backend decides the same way.
+
+pub mod postgres;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use grid_protocol::LeaseId;
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// Who owns a job: the admin, or the submitter token with this id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The admin token; sees every job.
+    Admin,
+    /// A submitter token (by id); sees only its own jobs.
+    Submitter(i64),
+}
+
+/// A validated job, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Optional human name.
+    pub name: Option<String>,
+    /// Built-in kernel name.
+    pub kernel: String,
+    /// Agreeing distinct workers needed per chunk.
+    pub redundancy: i32,
+    /// Most results gathered for one chunk before it fails.
+    pub max_replicas: i32,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Lease length for each replica.
+    pub lease_seconds: i32,
+    /// Canonical JSON text of each chunk input, in index order.
+    pub inputs: Vec<String>,
+}
+
+/// Chunk counters of a job.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ChunkCounts {
+    /// Chunks in the job.
+    pub total: i64,
+    /// Chunks accepted with a quorum.
+    pub done: i64,
+    /// Chunks that failed (agreed error, or no quorum).
+    pub failed: i64,
+}
+
+/// Replica counters of a job.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    /// Leases ever created.
+    pub issued: i64,
+    /// Results received.
+    pub returned: i64,
+    /// Results that disagreed with the accepted outcome.
+    pub invalid: i64,
+    /// Leases that ended without a result (deadline passed, worker gone).
+    pub expired: i64,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: i64,
+    /// Optional human name.
+    pub name: Option<String>,
+    /// Kernel name.
+    pub kernel: String,
+    /// queued, running, done, failed or cancelled.
+    pub state: String,
+    /// Agreeing distinct workers needed per chunk.
+    pub redundancy: i32,
+    /// Most results gathered per chunk.
+    pub max_replicas: i32,
+    /// Scheduling priority.
+    pub priority: i32,
+    /// Lease length in seconds.
+    pub lease_seconds: i32,
+    /// Chunk counters.
+    pub chunks: ChunkCounts,
+    /// Replica counters.
+    pub replicas: ReplicaCounts,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When its first lease was issued.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One finished chunk, as a results line.
+#[derive(Debug, Clone)]
+pub struct ChunkResult {
+    /// Chunk index.
+    pub index: i32,
+    /// Accepted output (canonical JSON text), when done.
+    pub output: Option<String>,
+    /// Distinct workers that returned it.
+    pub agreeing: Option<i32>,
+    /// Why it failed, when failed.
+    pub error: Option<String>,
+}
+
+/// A chunk that wants replicas, as loaded into the dispatch cache.
+#[derive(Debug, Clone)]
+pub struct ReadyChunk {
+    /// Job id.
+    pub job_id: i64,
+    /// Chunk index.
+    pub idx: i32,
+    /// Job priority.
+    pub priority: i32,
+    /// Kernel to run.
+    pub kernel: Arc<str>,
+    /// Parsed input.
+    pub input: Arc<serde_json::Value>,
+    /// Lease length.
+    pub lease_seconds: i32,
+    /// Replicas wanted now.
+    pub wanted: i32,
+    /// Workers holding a live or returned replica of it (they must not get another).
+    pub holders: Vec<String>,
+}
+
+/// A result a session received for a lease it holds.
+#[derive(Debug, Clone)]
+pub struct ResultSubmission {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The worker that holds it (checked again in the database).
+    pub worker_id: Arc<str>,
+    /// `grid_protocol::outcome_digest` of the outcome.
+    pub digest: [u8; 32],
+    /// Whether the outcome is an error.
+    pub is_error: bool,
+    /// Canonical text of the outcome.
+    pub text: String,
+}
+
+/// Why a lease ends without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The worker disconnected: reissue at once.
+    WorkerGone,
+    /// The worker gave it back unstarted.
+    Released,
+}
+
+/// A lease the scheduler wants to create.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// Job id.
+    pub job_id: i64,
+    /// Chunk index.
+    pub idx: i32,
+    /// The worker it goes to.
+    pub worker_id: Arc<str>,
+    /// Lease length.
+    pub lease_seconds: i32,
+}
+
+/// Which leased replicas to expire in this batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpirySweep {
+    /// None.
+    #[default]
+    None,
+    /// Those past their deadline.
+    Overdue,
+    /// All of them (at start-up: the sessions that held them died with the previous process).
+    AllLeased,
+}
+
+/// Everything one scheduler round commits, in one transaction (group commit).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Worker identities that connected (upserted into `workers`).
+    pub workers_seen: Vec<(Arc<str>, &'static str)>,
+    /// Results received.
+    pub results: Vec<ResultSubmission>,
+    /// Leases that ended without a result.
+    pub ended: Vec<(LeaseId, LeaseEnd)>,
+    /// Expiry sweep to run.
+    pub sweep: ExpirySweep,
+    /// Leases to create.
+    pub leases: Vec<LeaseRequest>,
+}
+
+impl Batch {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.workers_seen.is_empty()
+            && self.results.is_empty()
+            && self.ended.is_empty()
+            && self.sweep == ExpirySweep::None
+            && self.leases.is_empty()
+    }
+}
+
+/// What cancelling a job did.
+#[derive(Debug, Clone)]
+pub struct Cancellation {
+    /// The job afterwards.
+    pub job: JobView,
+    /// False when the job had already finished (nothing changed).
+    pub cancelled: bool,
+    /// Leases revoked; their workers must be told.
+    pub revoked: Vec<LeaseId>,
+}
+
+/// A lease created by a batch.
+#[derive(Debug, Clone)]
+pub struct CreatedLease {
+    /// The new lease id.
+    pub lease: LeaseId,
+    /// Index into [`Batch::leases`] of the request it fulfils.
+    pub request: usize,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Results recorded (the lease was live and held by that worker).
+    pub recorded: Vec<LeaseId>,
+    /// Results refused because the lease was no longer live (e.g. revoked by a cancel).
+    pub refused: Vec<LeaseId>,
+    /// Leases created; requests not listed here were not granted (chunk no longer wanted).
+    pub created: Vec<CreatedLease>,
+    /// Live leases revoked because their chunk was decided; their workers should stop.
+    pub revoked: Vec<LeaseId>,
+    /// Leases the sweep expired; their workers should stop.
+    pub expired: Vec<LeaseId>,
+    /// Some chunk now wants more replicas than before: the dispatch cache is stale.
+    pub reopened: bool,
+    /// Chunks accepted or failed in this batch.
+    pub decided: u64,
+}
+
+/// Every operation the master performs on its database.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Store a new submitter token (its SHA-256), returning its id.
+    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64>;
+    /// Find a submitter token by its SHA-256.
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>>;
+
+    /// Store a job and its chunks.
+    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView>;
+    /// A job visible to `owner`.
+    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>>;
+    /// Jobs visible to `owner`, newest first.
+    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>>;
+    /// Cancel a queued or running job. None if the job is not visible to `owner`.
+    async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>>;
+    /// Finished chunks of a job with index > `after`, in index order.
+    async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>>;
+
+    /// Ready chunks in dispatch order; with `for_worker`, only those that worker may take.
+    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>>;
+    /// Commit one scheduler round atomically.
+    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<()>;
+}

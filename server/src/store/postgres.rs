@@ -1,0 +1,811 @@
+//! The PostgreSQL store. Each scheduler round is one transaction made of a handful of
+//! set-based statements (`UNNEST` over arrays), whatever the number of results, leases and
+//! expiries in it: that is the group commit the throughput depends on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::{
+    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
+    JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+};
+use crate::error::{Error, Result};
+use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus};
+
+/// Rows per `INSERT ... SELECT FROM UNNEST` when storing a job's chunks.
+const CHUNK_INSERT_BATCH: usize = 20_000;
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    // The pool's options include the database URL and its password: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect and apply pending migrations.
+    pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(database_url)
+            .await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The connection pool (tests use it to look inside).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+const JOB_VIEW_SELECT: &str = "
+    SELECT j.id, j.name, j.kernel, j.state, j.redundancy, j.max_replicas, j.priority,
+           j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
+           j.created_at, j.started_at, j.finished_at,
+           r.issued, r.returned, r.invalid, r.expired
+    FROM jobs j
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS issued,
+               count(*) FILTER (WHERE state = 'returned') AS returned,
+               count(*) FILTER (WHERE verdict = 'invalid') AS invalid,
+               count(*) FILTER (WHERE state = 'expired') AS expired
+        FROM replicas WHERE job_id = j.id
+    ) r";
+
+fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
+    Ok(JobView {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kernel: row.try_get("kernel")?,
+        state: row.try_get("state")?,
+        redundancy: row.try_get("redundancy")?,
+        max_replicas: row.try_get("max_replicas")?,
+        priority: row.try_get("priority")?,
+        lease_seconds: row.try_get("lease_seconds")?,
+        chunks: ChunkCounts {
+            total: i64::from(row.try_get::<i32, _>("chunk_count")?),
+            done: i64::from(row.try_get::<i32, _>("chunks_done")?),
+            failed: i64::from(row.try_get::<i32, _>("chunks_failed")?),
+        },
+        replicas: ReplicaCounts {
+            issued: row.try_get("issued")?,
+            returned: row.try_get("returned")?,
+            invalid: row.try_get("invalid")?,
+            expired: row.try_get("expired")?,
+        },
+        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// `(is_admin, owner_token_id)` parameters for the visibility filter.
+fn owner_filter(owner: Owner) -> (bool, i64) {
+    match owner {
+        Owner::Admin => (true, 0),
+        Owner::Submitter(id) => (false, id),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64> {
+        let id = sqlx::query_scalar("INSERT INTO tokens (token_hash) VALUES ($1) RETURNING id")
+            .bind(&token_hash[..])
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>> {
+        let id = sqlx::query_scalar("SELECT id FROM tokens WHERE token_hash = $1")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {
+        let owner_id = match owner {
+            Owner::Admin => None,
+            Owner::Submitter(id) => Some(id),
+        };
+        let chunk_count = i32::try_from(job.inputs.len())
+            .map_err(|_| Error::TooLarge("too many inputs".into()))?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
+                               lease_seconds, chunk_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(owner_id)
+        .bind(&job.name)
+        .bind(&job.kernel)
+        .bind(job.redundancy)
+        .bind(job.max_replicas)
+        .bind(job.priority)
+        .bind(job.lease_seconds)
+        .bind(chunk_count)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (batch_number, inputs) in job.inputs.chunks(CHUNK_INSERT_BATCH).enumerate() {
+            let first = batch_number * CHUNK_INSERT_BATCH;
+            let indexes: Vec<i32> = (first..first + inputs.len())
+                .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+                .collect();
+            sqlx::query(
+                "INSERT INTO chunks (job_id, idx, priority, input, wanted)
+                 SELECT $1, t.idx, $2, t.input, $3
+                 FROM UNNEST($4::int[], $5::text[]) AS t(idx, input)",
+            )
+            .bind(id)
+            .bind(job.priority)
+            .bind(job.redundancy)
+            .bind(&indexes)
+            .bind(inputs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.job(owner, id)
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
+    }
+
+    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let sql = format!("{JOB_VIEW_SELECT} WHERE j.id = $1 AND ($2 OR j.owner_token_id = $3)");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(is_admin)
+            .bind(owner_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(job_view).transpose()?)
+    }
+
+    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let sql = format!(
+            "{JOB_VIEW_SELECT} WHERE ($1 OR j.owner_token_id = $2) ORDER BY j.id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(is_admin)
+            .bind(owner_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(job_view).collect::<Result<_, _>>()?)
+    }
+
+    async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE id = $1 AND ($2 OR owner_token_id = $3) FOR UPDATE",
+        )
+        .bind(id)
+        .bind(is_admin)
+        .bind(owner_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let mut revoked = Vec::new();
+        let cancelled = state == "queued" || state == "running";
+        if cancelled {
+            // Same lock order as the scheduler's commit: replicas, then chunks.
+            revoked = sqlx::query_scalar(
+                "UPDATE replicas SET state = 'revoked'
+                 WHERE job_id = $1 AND state = 'leased' RETURNING id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE chunks SET state = 'cancelled', wanted = 0
+                 WHERE job_id = $1 AND state = 'open'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let view = self
+            .job(owner, id)
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished on cancel")))?;
+        Ok(Some(Cancellation {
+            job: view,
+            cancelled,
+            revoked,
+        }))
+    }
+
+    async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>> {
+        let rows = sqlx::query(
+            "SELECT idx, output, agreeing, error FROM chunks
+             WHERE job_id = $1 AND idx > $2 AND state IN ('done', 'failed')
+             ORDER BY idx LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let results = rows
+            .iter()
+            .map(|row| {
+                Ok(ChunkResult {
+                    index: row.try_get("idx")?,
+                    output: row.try_get("output")?,
+                    agreeing: row.try_get("agreeing")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(results)
+    }
+
+    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>> {
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, c.wanted,
+                    ARRAY(SELECT r.worker_id FROM replicas r
+                          WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                            AND r.state IN ('leased', 'returned')) AS holders
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'open' AND c.wanted > 0
+               AND ($2::text IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM replicas r
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.worker_id = $2
+                      AND r.state IN ('leased', 'returned')))
+             ORDER BY c.priority DESC, c.job_id, c.idx
+             LIMIT $1",
+        )
+        .bind(limit)
+        .bind(for_worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
+        let mut chunks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kernel: String = row.try_get("kernel")?;
+            let kernel = kernels
+                .entry(kernel.clone())
+                .or_insert_with(|| Arc::from(kernel))
+                .clone();
+            let input: String = row.try_get("input")?;
+            let input = serde_json::from_str(&input)
+                .map_err(|error| Error::Internal(anyhow::anyhow!("stored input: {error}")))?;
+            chunks.push(ReadyChunk {
+                job_id: row.try_get("job_id")?,
+                idx: row.try_get("idx")?,
+                priority: row.try_get("priority")?,
+                kernel,
+                input: Arc::new(input),
+                lease_seconds: row.try_get("lease_seconds")?,
+                wanted: row.try_get("wanted")?,
+                holders: row.try_get("holders")?,
+            });
+        }
+        Ok(chunks)
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcome = BatchOutcome::default();
+        let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
+
+        record_workers(&mut tx, batch).await?;
+        record_results(&mut tx, batch, &mut outcome, &mut touched).await?;
+        end_leases(&mut tx, batch, &mut touched).await?;
+        sweep_expired(&mut tx, batch.sweep, &mut outcome, &mut touched).await?;
+        reconcile(&mut tx, &touched, &mut outcome).await?;
+        create_leases(&mut tx, batch, &mut outcome).await?;
+
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn record_workers(tx: &mut Tx, batch: &Batch) -> Result<()> {
+    if batch.workers_seen.is_empty() {
+        return Ok(());
+    }
+    // ON CONFLICT DO UPDATE may not touch a row twice in one statement: deduplicate first.
+    let unique: BTreeMap<&str, &str> = batch
+        .workers_seen
+        .iter()
+        .map(|(id, kind)| (&**id, *kind))
+        .collect();
+    let ids: Vec<&str> = unique.keys().copied().collect();
+    let kinds: Vec<&str> = unique.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO workers (id, kind) SELECT * FROM UNNEST($1::text[], $2::text[])
+         ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, last_seen = now()",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn record_results(
+    tx: &mut Tx,
+    batch: &Batch,
+    outcome: &mut BatchOutcome,
+    touched: &mut BTreeSet<(i64, i32)>,
+) -> Result<()> {
+    if batch.results.is_empty() {
+        return Ok(());
+    }
+    let leases: Vec<i64> = batch.results.iter().map(|r| r.lease).collect();
+    let workers: Vec<&str> = batch.results.iter().map(|r| &*r.worker_id).collect();
+    let digests: Vec<Vec<u8>> = batch.results.iter().map(|r| r.digest.to_vec()).collect();
+    let errors: Vec<bool> = batch.results.iter().map(|r| r.is_error).collect();
+    let texts: Vec<&str> = batch.results.iter().map(|r| r.text.as_str()).collect();
+    let rows = sqlx::query(
+        "UPDATE replicas r
+         SET state = 'returned', returned_at = now(), outcome_digest = t.digest,
+             outcome_is_error = t.is_error, outcome = t.text
+         FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bool[], $5::text[])
+              AS t(id, worker_id, digest, is_error, text)
+         WHERE r.id = t.id AND r.worker_id = t.worker_id AND r.state = 'leased'
+         RETURNING r.id, r.job_id, r.chunk_idx",
+    )
+    .bind(&leases)
+    .bind(&workers)
+    .bind(&digests)
+    .bind(&errors)
+    .bind(&texts)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut recorded = BTreeSet::new();
+    for row in rows {
+        let lease: i64 = row.try_get("id")?;
+        recorded.insert(lease);
+        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+    }
+    for lease in leases {
+        if recorded.contains(&lease) {
+            outcome.recorded.push(lease);
+        } else {
+            outcome.refused.push(lease);
+        }
+    }
+    Ok(())
+}
+
+async fn end_leases(tx: &mut Tx, batch: &Batch, touched: &mut BTreeSet<(i64, i32)>) -> Result<()> {
+    if batch.ended.is_empty() {
+        return Ok(());
+    }
+    let leases: Vec<i64> = batch.ended.iter().map(|(lease, _)| *lease).collect();
+    let states: Vec<&str> = batch
+        .ended
+        .iter()
+        .map(|(_, end)| match end {
+            LeaseEnd::WorkerGone => "expired",
+            LeaseEnd::Released => "released",
+        })
+        .collect();
+    let rows = sqlx::query(
+        "UPDATE replicas r SET state = t.state
+         FROM UNNEST($1::bigint[], $2::text[]) AS t(id, state)
+         WHERE r.id = t.id AND r.state = 'leased'
+         RETURNING r.job_id, r.chunk_idx",
+    )
+    .bind(&leases)
+    .bind(&states)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+    }
+    Ok(())
+}
+
+async fn sweep_expired(
+    tx: &mut Tx,
+    sweep: ExpirySweep,
+    outcome: &mut BatchOutcome,
+    touched: &mut BTreeSet<(i64, i32)>,
+) -> Result<()> {
+    let sql = match sweep {
+        ExpirySweep::None => return Ok(()),
+        ExpirySweep::Overdue => {
+            "UPDATE replicas SET state = 'expired'
+             WHERE state = 'leased' AND deadline < now()
+             RETURNING id, job_id, chunk_idx"
+        }
+        ExpirySweep::AllLeased => {
+            "UPDATE replicas SET state = 'expired' WHERE state = 'leased'
+             RETURNING id, job_id, chunk_idx"
+        }
+    };
+    let rows = sqlx::query(sql).fetch_all(&mut **tx).await?;
+    for row in rows {
+        outcome.expired.push(row.try_get("id")?);
+        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+    }
+    Ok(())
+}
+
+/// A chunk as the verifier needs it.
+struct ChunkUnderReview {
+    state: String,
+    wanted: i32,
+    policy: QuorumPolicy,
+    replicas: Vec<ReplicaFact>,
+}
+
+/// Run the verifier over every touched chunk and apply its decisions.
+async fn reconcile(
+    tx: &mut Tx,
+    touched: &BTreeSet<(i64, i32)>,
+    outcome: &mut BatchOutcome,
+) -> Result<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let job_ids: Vec<i64> = touched.iter().map(|(job, _)| *job).collect();
+    let indexes: Vec<i32> = touched.iter().map(|(_, idx)| *idx).collect();
+
+    // Lock the chunks (in key order, so concurrent masters cannot deadlock on them), then read
+    // their replicas: under READ COMMITTED the read after the lock sees every committed result.
+    let chunk_rows = sqlx::query(
+        "SELECT c.job_id, c.idx, c.state, c.wanted, j.redundancy, j.max_replicas
+         FROM chunks c
+         JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+           ON c.job_id = t.job_id AND c.idx = t.idx
+         JOIN jobs j ON j.id = c.job_id
+         ORDER BY c.job_id, c.idx
+         FOR UPDATE OF c",
+    )
+    .bind(&job_ids)
+    .bind(&indexes)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut chunks: BTreeMap<(i64, i32), ChunkUnderReview> = BTreeMap::new();
+    for row in chunk_rows {
+        let redundancy: i32 = row.try_get("redundancy")?;
+        let max_replicas: i32 = row.try_get("max_replicas")?;
+        chunks.insert(
+            (row.try_get("job_id")?, row.try_get("idx")?),
+            ChunkUnderReview {
+                state: row.try_get("state")?,
+                wanted: row.try_get("wanted")?,
+                policy: QuorumPolicy {
+                    redundancy: u32::try_from(redundancy).unwrap_or(1),
+                    max_replicas: u32::try_from(max_replicas).unwrap_or(1),
+                },
+                replicas: Vec::new(),
+            },
+        );
+    }
+    let replica_rows = sqlx::query(
+        "SELECT r.id, r.job_id, r.chunk_idx, r.state, r.outcome_digest, r.outcome_is_error
+         FROM replicas r
+         JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+           ON r.job_id = t.job_id AND r.chunk_idx = t.idx",
+    )
+    .bind(&job_ids)
+    .bind(&indexes)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in replica_rows {
+        let key = (row.try_get("job_id")?, row.try_get("chunk_idx")?);
+        let Some(chunk) = chunks.get_mut(&key) else {
+            continue;
+        };
+        let state: String = row.try_get("state")?;
+        let status = match state.as_str() {
+            "leased" => ReplicaStatus::Live,
+            "returned" => {
+                let digest: Vec<u8> = row.try_get("outcome_digest")?;
+                let is_error: bool = row.try_get("outcome_is_error")?;
+                ReplicaStatus::Returned {
+                    digest: digest.try_into().unwrap_or([0; 32]),
+                    is_error,
+                }
+            }
+            _ => ReplicaStatus::Ended,
+        };
+        chunk.replicas.push(ReplicaFact {
+            lease: row.try_get("id")?,
+            status,
+        });
+    }
+
+    // Decisions, gathered as columns for set-based updates.
+    let mut accept = AcceptColumns::default();
+    let mut fail = (Vec::new(), Vec::new(), Vec::new());
+    let mut want = (Vec::new(), Vec::new(), Vec::new());
+    let mut decided = (Vec::new(), Vec::new());
+    let mut finished_per_job: BTreeMap<i64, (i32, i32)> = BTreeMap::new();
+    for (&(job_id, idx), chunk) in &chunks {
+        if chunk.state != "open" {
+            continue;
+        }
+        match verifier::decide(chunk.policy, &chunk.replicas) {
+            Decision::Accept {
+                canonical,
+                digest,
+                agreeing,
+                is_error,
+            } => {
+                accept.job_ids.push(job_id);
+                accept.indexes.push(idx);
+                accept.canonical.push(canonical);
+                accept
+                    .agreeing
+                    .push(i32::try_from(agreeing).unwrap_or(i32::MAX));
+                accept.is_error.push(is_error);
+                accept.digests.push(digest.to_vec());
+                decided.0.push(job_id);
+                decided.1.push(idx);
+                let counts = finished_per_job.entry(job_id).or_default();
+                if is_error {
+                    counts.1 += 1;
+                } else {
+                    counts.0 += 1;
+                }
+            }
+            Decision::Fail(reason) => {
+                fail.0.push(job_id);
+                fail.1.push(idx);
+                fail.2.push(reason);
+                decided.0.push(job_id);
+                decided.1.push(idx);
+                finished_per_job.entry(job_id).or_default().1 += 1;
+            }
+            Decision::Want(n) => {
+                let n = i32::try_from(n).unwrap_or(i32::MAX);
+                if n != chunk.wanted {
+                    if n > chunk.wanted {
+                        outcome.reopened = true;
+                    }
+                    want.0.push(job_id);
+                    want.1.push(idx);
+                    want.2.push(n);
+                }
+            }
+        }
+    }
+
+    if !accept.job_ids.is_empty() {
+        sqlx::query(
+            "UPDATE chunks c
+             SET state = CASE WHEN t.is_error THEN 'failed' ELSE 'done' END,
+                 wanted = 0, agreeing = t.agreeing, finished_at = now(),
+                 output = CASE WHEN t.is_error THEN NULL ELSE r.outcome END,
+                 error = CASE WHEN t.is_error THEN r.outcome ELSE NULL END
+             FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bool[])
+                  AS t(job_id, idx, canonical, agreeing, is_error)
+             JOIN replicas r ON r.id = t.canonical
+             WHERE c.job_id = t.job_id AND c.idx = t.idx",
+        )
+        .bind(&accept.job_ids)
+        .bind(&accept.indexes)
+        .bind(&accept.canonical)
+        .bind(&accept.agreeing)
+        .bind(&accept.is_error)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE replicas r
+             SET verdict = CASE WHEN r.outcome_digest = t.digest THEN 'valid' ELSE 'invalid' END
+             FROM UNNEST($1::bigint[], $2::int[], $3::bytea[]) AS t(job_id, idx, digest)
+             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'returned'",
+        )
+        .bind(&accept.job_ids)
+        .bind(&accept.indexes)
+        .bind(&accept.digests)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !fail.0.is_empty() {
+        sqlx::query(
+            "UPDATE chunks c SET state = 'failed', wanted = 0, error = t.reason,
+                                 finished_at = now()
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS t(job_id, idx, reason)
+             WHERE c.job_id = t.job_id AND c.idx = t.idx",
+        )
+        .bind(&fail.0)
+        .bind(&fail.1)
+        .bind(&fail.2)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !decided.0.is_empty() {
+        // Leases still out on a decided chunk are pointless: revoke them so workers stop.
+        let revoked: Vec<i64> = sqlx::query_scalar(
+            "UPDATE replicas r SET state = 'revoked'
+             FROM UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'leased'
+             RETURNING r.id",
+        )
+        .bind(&decided.0)
+        .bind(&decided.1)
+        .fetch_all(&mut **tx)
+        .await?;
+        outcome.revoked.extend(revoked);
+        outcome.decided += decided.0.len() as u64;
+
+        let jobs: Vec<i64> = finished_per_job.keys().copied().collect();
+        let done: Vec<i32> = finished_per_job.values().map(|c| c.0).collect();
+        let failed: Vec<i32> = finished_per_job.values().map(|c| c.1).collect();
+        sqlx::query(
+            "UPDATE jobs j
+             SET chunks_done = j.chunks_done + t.done,
+                 chunks_failed = j.chunks_failed + t.failed
+             FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(id, done, failed)
+             WHERE j.id = t.id",
+        )
+        .bind(&jobs)
+        .bind(&done)
+        .bind(&failed)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN chunks_failed > 0 THEN 'failed' ELSE 'done' END,
+                 finished_at = now()
+             WHERE id = ANY($1) AND state IN ('queued', 'running')
+               AND chunks_done + chunks_failed = chunk_count",
+        )
+        .bind(&jobs)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !want.0.is_empty() {
+        sqlx::query(
+            "UPDATE chunks c SET wanted = t.wanted
+             FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(job_id, idx, wanted)
+             WHERE c.job_id = t.job_id AND c.idx = t.idx",
+        )
+        .bind(&want.0)
+        .bind(&want.1)
+        .bind(&want.2)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct AcceptColumns {
+    job_ids: Vec<i64>,
+    indexes: Vec<i32>,
+    canonical: Vec<i64>,
+    agreeing: Vec<i32>,
+    is_error: Vec<bool>,
+    digests: Vec<Vec<u8>>,
+}
+
+/// Create the requested leases: claim the wanted replicas on each chunk (only if the chunk is
+/// still open and still wants that many — another master or a decision may have taken them),
+/// then insert one replica per request. The partial unique index refuses a second live replica
+/// for one worker; chunks where that happened are reconciled so `wanted` stays exact.
+async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -> Result<()> {
+    if batch.leases.is_empty() {
+        return Ok(());
+    }
+    let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
+    for request in &batch.leases {
+        *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
+    }
+    let claim_jobs: Vec<i64> = per_chunk.keys().map(|k| k.0).collect();
+    let claim_idx: Vec<i32> = per_chunk.keys().map(|k| k.1).collect();
+    let claim_n: Vec<i32> = per_chunk.values().copied().collect();
+    let claimed_rows = sqlx::query(
+        "UPDATE chunks c SET wanted = c.wanted - t.n
+         FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(job_id, idx, n)
+         WHERE c.job_id = t.job_id AND c.idx = t.idx AND c.state = 'open' AND c.wanted >= t.n
+         RETURNING c.job_id, c.idx",
+    )
+    .bind(&claim_jobs)
+    .bind(&claim_idx)
+    .bind(&claim_n)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut claimed = BTreeSet::new();
+    for row in claimed_rows {
+        claimed.insert((
+            row.try_get::<i64, _>("job_id")?,
+            row.try_get::<i32, _>("idx")?,
+        ));
+    }
+    let granted: Vec<usize> = (0..batch.leases.len())
+        .filter(|&i| claimed.contains(&(batch.leases[i].job_id, batch.leases[i].idx)))
+        .collect();
+    if granted.is_empty() {
+        return Ok(());
+    }
+    let job_ids: Vec<i64> = granted.iter().map(|&i| batch.leases[i].job_id).collect();
+    let indexes: Vec<i32> = granted.iter().map(|&i| batch.leases[i].idx).collect();
+    let workers: Vec<&str> = granted
+        .iter()
+        .map(|&i| &*batch.leases[i].worker_id)
+        .collect();
+    let seconds: Vec<i32> = granted
+        .iter()
+        .map(|&i| batch.leases[i].lease_seconds)
+        .collect();
+    let rows = sqlx::query(
+        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline)
+         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second'
+         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[])
+              AS t(job_id, idx, worker_id, seconds)
+         ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
+         DO NOTHING
+         RETURNING id, job_id, chunk_idx, worker_id",
+    )
+    .bind(&job_ids)
+    .bind(&indexes)
+    .bind(&workers)
+    .bind(&seconds)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        by_key.insert(
+            (
+                row.try_get("job_id")?,
+                row.try_get("chunk_idx")?,
+                row.try_get("worker_id")?,
+            ),
+            row.try_get("id")?,
+        );
+    }
+    let mut conflicted = BTreeSet::new();
+    for &i in &granted {
+        let request = &batch.leases[i];
+        let key = (request.job_id, request.idx, request.worker_id.to_string());
+        match by_key.remove(&key) {
+            Some(lease) => outcome.created.push(CreatedLease { lease, request: i }),
+            None => {
+                conflicted.insert((request.job_id, request.idx));
+            }
+        }
+    }
+    if !conflicted.is_empty() {
+        reconcile(tx, &conflicted, outcome).await?;
+    }
+    let started: BTreeSet<i64> = job_ids.iter().copied().collect();
+    let started: Vec<i64> = started.into_iter().collect();
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', started_at = now()
+         WHERE id = ANY($1) AND state = 'queued'",
+    )
+    .bind(&started)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! Helpers shared by the integration tests: a fresh PostgreSQL database per test, the master
+//! in-process or as a real process, real `grid-worker` processes, a protocol-speaking test
+//! peer, and a small REST client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use grid_protocol::{MasterMessage, PROTOCOL_VERSION, WorkerKind, WorkerMessage};
+use grid_server::limits::Limits;
+use grid_server::store::postgres::PgStore;
+use grid_server::{ServeOptions, serve};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A database created for one test and dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("grid_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("DATABASE_URL must point at a running PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.ok();
+        let url = match admin_url.rfind('/') {
+            Some(slash)
+                if admin_url[..slash].contains("//")
+                    && slash > admin_url.find("//").unwrap() + 1 =>
+            {
+                let (base, rest) = admin_url.split_at(slash);
+                let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+                format!("{base}/{name}{query}")
+            }
+            _ => format!("{admin_url}/{name}"),
+        };
+        TestDb {
+            url,
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The master running inside the test process.
+pub struct InProcessServer {
+    pub addr: SocketAddr,
+    pub store: PgStore,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessServer {
+    pub async fn start(db: &TestDb) -> InProcessServer {
+        Self::start_with(db, Limits::default()).await
+    }
+
+    pub async fn start_with(db: &TestDb, limits: Limits) -> InProcessServer {
+        let store = PgStore::connect(&db.url).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            limits,
+        };
+        let task = tokio::spawn({
+            let store = Arc::new(store.clone());
+            async move {
+                serve(listener, store, options, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        InProcessServer {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+fn target_dir_binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit (bounded).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `grid-server` as a real process on a given address (port 0 picks one).
+pub fn spawn_server_process(db: &TestDb, listen: &str) -> (Process, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grid-server"))
+        .args(["--listen", listen])
+        .env("DATABASE_URL", &db.url)
+        .env("GRID_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("grid-server exited before listening")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("grid-server listening on http://") {
+            break url.trim().parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Process { child }, addr)
+}
+
+/// A real `grid-worker` process.
+pub fn spawn_worker(server_ws: &str, threads: u32, identity_file: &std::path::Path) -> Process {
+    let child = Command::new(target_dir_binary("grid-worker"))
+        .args(["--server", server_ws, "--threads", &threads.to_string()])
+        .arg("--identity-file")
+        .arg(identity_file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Process { child }
+}
+
+/// Minimal REST client.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: &str) -> Api {
+        Api {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn submit(&self, body: Value) -> i64 {
+        let (status, job) = self.post("/api/v1/jobs", &body).await;
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_i64().unwrap()
+    }
+
+    /// Poll the job until it reaches a final state (bounded).
+    pub async fn wait_finished(&self, id: i64, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // The master may be restarting in some tests: tolerate refused connections.
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/api/v1/jobs/{id}", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                && let Ok(job) = response.json::<Value>().await
+                && matches!(job["state"].as_str(), Some("done" | "failed" | "cancelled"))
+            {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} did not finish within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The NDJSON results, parsed.
+    pub async fn results(&self, id: i64) -> Vec<Value> {
+        let response = self
+            .client
+            .get(format!("{}/api/v1/jobs/{id}/results", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(content_type, "application/x-ndjson");
+        let text = response.text().await.unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// `count` primes chunks splitting [start, end) evenly.
+pub fn primes_inputs(start: u64, end: u64, count: u64) -> Vec<Value> {
+    let step = (end - start).div_ceil(count);
+    (0..count)
+        .map(|i| {
+            let a = start + i * step;
+            let b = (a + step).min(end);
+            json!({"start": a, "end": b})
+        })
+        .collect()
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A hand-driven protocol peer.
+pub struct Peer {
+    pub socket: Socket,
+}
+
+impl Peer {
+    pub async fn connect(ws_url: &str) -> Peer {
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        Peer { socket }
+    }
+
+    /// Connect and complete the hello.
+    pub async fn join(ws_url: &str, worker_id: &str, slots: u32) -> Peer {
+        let mut peer = Peer::connect(ws_url).await;
+        peer.send(&WorkerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            worker_id: worker_id.into(),
+            slots,
+            kind: WorkerKind::Native,
+        })
+        .await;
+        match peer.recv().await {
+            Some(MasterMessage::Welcome { .. }) => peer,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, message: &WorkerMessage) {
+        self.send_text(&grid_protocol::to_json(message)).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next protocol message, or None when the connection closed. Bounded by 20 s.
+    pub async fn recv(&mut self) -> Option<MasterMessage> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("no message from the master within 20 s");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(MasterMessage::from_json(&text).unwrap());
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The close frame's code, after reading any messages before it.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("the master did not close within 20 s");
+            match frame {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Next assignment (skipping other messages).
+    pub async fn next_assignment(&mut self) -> (i64, Value) {
+        loop {
+            match self.recv().await {
+                Some(MasterMessage::Assign { lease, input, .. }) => return (lease, input),
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for an assignment"),
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! [`WorkerError`]: everything that can go wrong in the worker, fatal or not.
+//!
+//! Most variants end one session and the worker reconnects; [`WorkerError::is_fatal`] says
+//! which ones stop [`crate::run`] instead (bad configuration, an unusable identity, a master
+//! that speaks another protocol version).
+
+use std::io;
+use std::path::PathBuf;
+
+use tokio_tungstenite::tungstenite;
+
+/// Why the worker, or one of its sessions, stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The [`crate::WorkerConfig`] cannot work (no server, bad URL scheme, slots out of range).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// No directory to keep identities in: none of the environment variables is set.
+    #[error(
+        "no directory for the worker identity: set GRID_WORKER_HOME, XDG_DATA_HOME or HOME, \
+         or pass --identity-file"
+    )]
+    NoIdentityDir,
+
+    /// Reading, creating or locking an identity file failed.
+    #[error("identity file {}: {source}", path.display())]
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An explicitly named identity file is locked by another running worker.
+    #[error("identity file {} is in use by another grid-worker", .0.display())]
+    IdentityInUse(PathBuf),
+
+    /// An identity file holds something that is not a valid worker id; left untouched.
+    #[error("identity file {} does not hold a valid worker id", .0.display())]
+    InvalidIdentity(PathBuf),
+
+    /// Connecting or talking to the master failed at the WebSocket level.
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] Box<tungstenite::Error>),
+
+    /// The master did not answer in time (connect, welcome, or silence during a session).
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+
+    /// The master speaks a protocol version this worker does not. Retrying cannot help.
+    #[error("master refused protocol version {ours}: {message}")]
+    ProtocolMismatch {
+        /// [`grid_protocol::PROTOCOL_VERSION`].
+        ours: u32,
+        /// What the master said.
+        message: String,
+    },
+
+    /// The master answered the hello with an error (other than a version mismatch).
+    #[error("master refused the session: {code}: {message}")]
+    Refused {
+        /// The master's error code.
+        code: String,
+        /// The master's explanation.
+        message: String,
+    },
+
+    /// The master sent an error during a session; it closes the connection after it.
+    #[error("master ended the session: {code}: {message}")]
+    MasterError {
+        /// The master's error code.
+        code: String,
+        /// The master's explanation.
+        message: String,
+    },
+
+    /// The master sent something that is not a protocol message, or not at this point.
+    #[error("malformed message from the master: {0}")]
+    Malformed(String),
+
+    /// The master closed the connection.
+    #[error("connection closed by the master")]
+    Closed,
+}
+
+impl WorkerError {
+    /// True if reconnecting cannot help, so [`crate::run`] returns this error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Config(_)
+                | WorkerError::NoIdentityDir
+                | WorkerError::Identity { .. }
+                | WorkerError::IdentityInUse(_)
+                | WorkerError::InvalidIdentity(_)
+                | WorkerError::ProtocolMismatch { .. }
+        )
+    }
+}
+
+impl From<tungstenite::Error> for WorkerError {
+    fn from(error: tungstenite::Error) -> Self {
+        WorkerError::WebSocket(Box::new(error))
+    }
+}

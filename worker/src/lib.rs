@@ -1,0 +1,99 @@
+//! `grid-worker`: the native worker of the volunteer compute grid, for machines without a
+//! person at them. It connects to a master's WebSocket endpoint, says how many chunks it
+//! computes at once, runs the assigned chunks with the same `grid-kernels` the browser worker
+//! uses, and sends back the results.
+//!
+//! # Layout
+//!
+//! - [`run`] (this file): the reconnect loop, with failover across several masters and
+//!   [`Backoff`] between attempts. The entry point; `main.rs` only adds the command line,
+//!   logging and signals.
+//! - [`config`]: [`WorkerConfig`], everything [`run`] needs.
+//! - [`identity`]: [`Identity`], the persistent worker id and the file lock that keeps two
+//!   workers on one machine from sharing it.
+//! - `session`: one WebSocket session (hello, welcome, assignments, results, heartbeats,
+//!   revokes, graceful drain).
+//! - [`compute`]: running one chunk ([`compute::run_chunk`]) on a blocking thread.
+//! - [`backoff`]: [`Backoff`], exponential reconnect delays with full jitter.
+//! - `shutdown`: the caller's shutdown future, shared by the reconnect loop and the session.
+//! - [`error`]: [`WorkerError`], one enum for every failure.
+//!
+//! # Shutdown
+//!
+//! [`run`] takes a shutdown future (mini-redis style). When it completes during a session the
+//! worker drains: it tells the master `Drain`, gives back queued assignments with `Release`,
+//! lets running chunks finish and sends their results, closes the socket normally and returns
+//! `Ok(())`. With no session connected it returns at once.
+
+pub mod backoff;
+pub mod compute;
+pub mod config;
+pub mod error;
+pub mod identity;
+mod session;
+mod shutdown;
+
+use std::future::Future;
+
+use tracing::{Instrument, info, info_span, warn};
+
+pub use backoff::Backoff;
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+pub use identity::Identity;
+pub use session::VERSION_MISMATCH_CODES;
+
+use compute::ComputeSlots;
+use session::SessionEnd;
+use shutdown::Shutdown;
+
+/// Work for the masters in `config.servers` until `shutdown` completes.
+///
+/// Connects to the first server; whenever a connection fails or is lost, waits a jittered,
+/// growing delay ([`Backoff`], reset once a master has welcomed the worker) and tries the next
+/// server, round robin. Returns `Ok(())` after a graceful shutdown, or an error that
+/// reconnecting cannot fix: an invalid `config`, or a master that speaks another protocol
+/// version ([`WorkerError::is_fatal`]).
+pub async fn run<F>(config: WorkerConfig, shutdown: F) -> Result<(), WorkerError>
+where
+    F: Future<Output = ()>,
+{
+    config.validate()?;
+    let signal = std::pin::pin!(shutdown);
+    let mut shutdown = Shutdown::new(signal);
+    let slots = ComputeSlots::new(config.threads);
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+
+    for url in config.servers.iter().cycle() {
+        let span = info_span!("session", server = %url);
+        let end = session::run(url, &config, &slots, &mut shutdown)
+            .instrument(span)
+            .await?;
+        match end {
+            SessionEnd::Shutdown => {
+                info!("stopped");
+                return Ok(());
+            }
+            SessionEnd::Lost { welcomed, reason } => {
+                if welcomed {
+                    backoff.reset();
+                }
+                warn!(server = %url, error = %reason, "session ended");
+            }
+        }
+        let delay = backoff.next_delay();
+        info!(
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "reconnecting"
+        );
+        tokio::select! {
+            () = shutdown.wait() => {
+                info!("stopped");
+                return Ok(());
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    // `validate` ensures at least one server, so the cycle above never ends.
+    Err(WorkerError::Config("no master server URL given".into()))
+}

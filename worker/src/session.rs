@@ -1,0 +1,569 @@
+//! One WebSocket session with a master: connect, hello, welcome, then assignments in and
+//! results out until the connection ends or a graceful shutdown has drained it.
+//!
+//! The socket is split (as in the axum/tokio-tungstenite WebSocket examples): a writer task
+//! owns the sink and is fed through an mpsc channel; the session loop owns the stream and
+//! `select!`s over it, finished chunks, free compute slots, the heartbeat timer and the
+//! shutdown signal. When the loop ends, the writer goes with it.
+//!
+//! What happens to work when a session ends:
+//! - connection lost: queued assignments are dropped and results of chunks still running are
+//!   discarded (the master reissues a vanished worker's leases at once);
+//! - graceful shutdown: `Drain`, `Release` of everything queued, running chunks finish and
+//!   their results are sent, then a normal close.
+//!
+//! Reconnecting, failover and backoff are [`crate::run`]'s business, not this module's.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use grid_protocol::{
+    LeaseId, MasterMessage, Outcome, PROTOCOL_VERSION, Task, WorkerKind, WorkerMessage, to_json,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::{self, JoinError, JoinHandle, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::compute::{self, ComputeSlots};
+use crate::shutdown::Shutdown;
+use crate::{WorkerConfig, WorkerError};
+
+/// Error codes with which a master refuses a hello because of its protocol version. Such a
+/// refusal is final: reconnecting would be refused again.
+pub const VERSION_MISMATCH_CODES: &[&str] = &[
+    "unsupported_protocol",
+    "unsupported_version",
+    "protocol_version",
+    "protocol_mismatch",
+    "version_mismatch",
+];
+
+/// The master closes a session after this many silent heartbeat intervals; the worker gives
+/// up on a master it has not heard from (not even a pong) for as long.
+const SILENT_INTERVALS: u32 = 3;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a session ended, when the worker can go on.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// Shutdown was requested: the session drained (or there was none). [`crate::run`] returns.
+    Shutdown,
+    /// The connection failed or was lost; [`crate::run`] backs off and reconnects.
+    Lost {
+        /// Whether the master had welcomed this session (then the backoff starts over).
+        welcomed: bool,
+        /// What went wrong.
+        reason: WorkerError,
+    },
+}
+
+/// What the welcome told us.
+#[derive(Debug, Clone, Copy)]
+struct Welcome {
+    /// How often to send a heartbeat.
+    heartbeat: Duration,
+    /// Largest result frame the master accepts (`None`: no limit given).
+    max_message_bytes: Option<usize>,
+}
+
+/// Run one session against `url`. Returns `Err` only for fatal errors (see
+/// [`WorkerError::is_fatal`]); everything else is a [`SessionEnd`].
+pub(crate) async fn run<F: Future<Output = ()>>(
+    url: &Url,
+    config: &WorkerConfig,
+    slots: &ComputeSlots,
+    shutdown: &mut Shutdown<'_, F>,
+) -> Result<SessionEnd, WorkerError> {
+    let lost = |welcomed, reason: WorkerError| {
+        if reason.is_fatal() {
+            Err(reason)
+        } else {
+            Ok(SessionEnd::Lost { welcomed, reason })
+        }
+    };
+
+    let connect = tokio::time::timeout(
+        config.connect_timeout,
+        tokio_tungstenite::connect_async(url.as_str()),
+    );
+    let mut socket = tokio::select! {
+        () = shutdown.wait() => return Ok(SessionEnd::Shutdown),
+        connected = connect => match connected {
+            Ok(Ok((socket, _response))) => socket,
+            Ok(Err(error)) => return lost(false, error.into()),
+            Err(_elapsed) => return lost(false, WorkerError::Timeout("connecting to the master")),
+        },
+    };
+    debug!("connected, saying hello");
+
+    let welcome = match handshake(&mut socket, config, shutdown).await {
+        Ok(Some(welcome)) => welcome,
+        Ok(None) => return Ok(SessionEnd::Shutdown),
+        Err(reason) => return lost(false, reason),
+    };
+    info!(
+        heartbeat_seconds = welcome.heartbeat.as_secs(),
+        slots = config.threads,
+        "welcomed by the master"
+    );
+
+    let (sink, stream) = socket.split();
+    let (out, outbox) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(sink, outbox));
+    let active = Active {
+        config,
+        slots,
+        out,
+        queue: VecDeque::new(),
+        running: HashMap::new(),
+        tasks: JoinSet::new(),
+        max_message_bytes: welcome.max_message_bytes,
+        draining: false,
+    };
+    let end = active.serve(stream, writer, welcome, shutdown).await;
+    if let SessionEnd::Lost { reason, .. } = end {
+        return lost(true, reason);
+    }
+    Ok(end)
+}
+
+/// Send the hello and wait for the welcome. `Ok(None)`: shutdown was requested meanwhile.
+async fn handshake<F: Future<Output = ()>>(
+    socket: &mut Socket,
+    config: &WorkerConfig,
+    shutdown: &mut Shutdown<'_, F>,
+) -> Result<Option<Welcome>, WorkerError> {
+    let hello = WorkerMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        worker_id: config.worker_id.clone(),
+        slots: config.threads,
+        kind: WorkerKind::Native,
+    };
+    socket.send(Message::text(to_json(&hello))).await?;
+
+    let deadline = Instant::now() + config.welcome_timeout;
+    loop {
+        let frame = tokio::select! {
+            () = shutdown.wait() => {
+                let close = socket.close(Some(close_frame(CloseCode::Normal, "worker shutting down")));
+                // Best effort: we are leaving either way.
+                let _ = tokio::time::timeout(config.close_timeout, close).await;
+                return Ok(None);
+            }
+            frame = tokio::time::timeout_at(deadline, socket.next()) => frame,
+        };
+        let text = match frame {
+            Err(_elapsed) => return Err(WorkerError::Timeout("waiting for the welcome")),
+            Ok(None) => return Err(WorkerError::Closed),
+            Ok(Some(Err(error))) => return Err(error.into()),
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            // tungstenite answers pings by itself.
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                debug!(?frame, "master closed before welcoming");
+                return Err(WorkerError::Closed);
+            }
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                return Err(WorkerError::Malformed("binary frame".into()));
+            }
+        };
+        let message = MasterMessage::from_json(&text)
+            .map_err(|error| WorkerError::Malformed(error.to_string()))?;
+        return match message {
+            MasterMessage::Welcome {
+                protocol,
+                heartbeat_seconds,
+                max_message_bytes,
+            } => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(WorkerError::ProtocolMismatch {
+                        ours: PROTOCOL_VERSION,
+                        message: format!("the master welcomed us with protocol {protocol}"),
+                    });
+                }
+                Ok(Some(Welcome {
+                    heartbeat: Duration::from_secs(u64::from(heartbeat_seconds.max(1))),
+                    max_message_bytes: usize::try_from(max_message_bytes)
+                        .ok()
+                        .filter(|&limit| limit > 0),
+                }))
+            }
+            MasterMessage::Error { code, message } if VERSION_MISMATCH_CODES.contains(&&*code) => {
+                Err(WorkerError::ProtocolMismatch {
+                    ours: PROTOCOL_VERSION,
+                    message: format!("{code}: {message}"),
+                })
+            }
+            MasterMessage::Error { code, message } => Err(WorkerError::Refused { code, message }),
+            other => Err(WorkerError::Malformed(format!(
+                "expected a welcome, got {}",
+                kind_of(&other)
+            ))),
+        };
+    }
+}
+
+/// An assignment waiting for a compute slot.
+#[derive(Debug)]
+struct Assignment {
+    /// The master's lease.
+    lease: LeaseId,
+    /// What to run.
+    task: Task,
+    /// The chunk.
+    input: serde_json::Value,
+}
+
+/// An assignment being computed on a blocking thread.
+#[derive(Debug)]
+struct Running {
+    /// The master's lease.
+    lease: LeaseId,
+    /// The master revoked the lease: discard the result instead of sending it.
+    revoked: bool,
+}
+
+/// A welcomed session's state.
+#[derive(Debug)]
+struct Active<'a> {
+    /// Timeouts and identity.
+    config: &'a WorkerConfig,
+    /// The worker-wide compute slots.
+    slots: &'a ComputeSlots,
+    /// Frames for the writer task.
+    out: mpsc::UnboundedSender<Message>,
+    /// Assignments waiting for a slot, in arrival order (the master's prefetch).
+    queue: VecDeque<Assignment>,
+    /// Chunks computing, by their blocking task.
+    running: HashMap<task::Id, Running>,
+    /// The blocking tasks computing chunks.
+    tasks: JoinSet<Outcome>,
+    /// The welcome's result size limit.
+    max_message_bytes: Option<usize>,
+    /// A graceful shutdown has begun: nothing new is started.
+    draining: bool,
+}
+
+impl Active<'_> {
+    /// The session loop. Ends with [`SessionEnd::Shutdown`] after a drain (or a connection lost
+    /// during one), else [`SessionEnd::Lost`].
+    async fn serve<F: Future<Output = ()>>(
+        mut self,
+        mut stream: SplitStream<Socket>,
+        mut writer: JoinHandle<Result<(), tungstenite::Error>>,
+        welcome: Welcome,
+        shutdown: &mut Shutdown<'_, F>,
+    ) -> SessionEnd {
+        let period = welcome.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+
+        let ended: Result<(), WorkerError> = loop {
+            tokio::select! {
+                () = shutdown.wait(), if !self.draining => self.begin_drain(),
+                frame = stream.next() => match frame {
+                    None => break Err(WorkerError::Closed),
+                    Some(Err(error)) => break Err(error.into()),
+                    Some(Ok(message)) => {
+                        last_heard = Instant::now();
+                        if let Err(error) = self.on_frame(message) {
+                            break Err(error);
+                        }
+                    }
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_finished(joined);
+                }
+                Some(permit) = self.slots.take(), if !self.queue.is_empty() => {
+                    self.start_next(permit);
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > period * SILENT_INTERVALS {
+                        break Err(WorkerError::Timeout("the master went silent"));
+                    }
+                    self.send(&WorkerMessage::Heartbeat);
+                    // Any frame back (pongs included) shows the master is still there.
+                    let _ = self.out.send(Message::Ping(Default::default()));
+                }
+                written = &mut writer => break Err(match written {
+                    Ok(Ok(())) => WorkerError::Closed,
+                    Ok(Err(error)) => error.into(),
+                    Err(join) => WorkerError::Malformed(format!("writer task failed: {join}")),
+                }),
+            }
+            if self.draining && self.tasks.is_empty() {
+                break Ok(());
+            }
+        };
+
+        match ended {
+            Ok(()) => {
+                info!("drained; closing the session");
+                let _ = self.out.send(Message::Close(Some(close_frame(
+                    CloseCode::Normal,
+                    "worker shutting down",
+                ))));
+                // Read until the master answers our close; that completes the handshake.
+                let closing = async {
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if let Message::Close(_) = frame {
+                            break;
+                        }
+                    }
+                };
+                if tokio::time::timeout(self.config.close_timeout, closing)
+                    .await
+                    .is_err()
+                {
+                    debug!("the master did not answer the close in time");
+                }
+                writer.abort();
+                SessionEnd::Shutdown
+            }
+            Err(reason) => {
+                if let WorkerError::Malformed(_) = reason {
+                    // Tell the master why before hanging up; bounded, it may be the problem.
+                    let _ = self.out.send(Message::Close(Some(close_frame(
+                        CloseCode::Protocol,
+                        "malformed message",
+                    ))));
+                    let _ = tokio::time::timeout(self.config.close_timeout, &mut writer).await;
+                }
+                writer.abort();
+                let lost_running = self.running.values().filter(|r| !r.revoked).count();
+                if lost_running > 0 || !self.queue.is_empty() {
+                    info!(
+                        running = lost_running,
+                        queued = self.queue.len(),
+                        "session lost; dropping its work (the master reissues it)"
+                    );
+                }
+                if self.draining {
+                    warn!(error = %reason, "connection lost while draining");
+                    SessionEnd::Shutdown
+                } else {
+                    SessionEnd::Lost {
+                        welcomed: true,
+                        reason,
+                    }
+                }
+            }
+        }
+        // Dropping `self.tasks` detaches chunks still computing: they finish on their own
+        // and give their compute slot back, their results unsent.
+    }
+
+    /// Handle one frame from the master. `Err` ends the session.
+    fn on_frame(&mut self, frame: Message) -> Result<(), WorkerError> {
+        match frame {
+            Message::Text(text) => {
+                let message = MasterMessage::from_json(&text)
+                    .map_err(|error| WorkerError::Malformed(error.to_string()))?;
+                self.on_message(message)
+            }
+            Message::Binary(_) => Err(WorkerError::Malformed("binary frame".into())),
+            // tungstenite answers pings itself; pongs only prove the master is alive.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(frame) => {
+                // tungstenite queues the reply; the stream ends on the next read.
+                debug!(?frame, "master closed the connection");
+                Ok(())
+            }
+        }
+    }
+
+    /// Handle one protocol message. `Err` ends the session.
+    fn on_message(&mut self, message: MasterMessage) -> Result<(), WorkerError> {
+        match message {
+            MasterMessage::Assign {
+                lease, task, input, ..
+            } => {
+                if self.holds(lease) {
+                    warn!(lease, "ignoring a second assignment of a lease we hold");
+                } else if self.draining {
+                    // Crossed our drain on the wire: give it straight back.
+                    self.send(&WorkerMessage::Release {
+                        leases: vec![lease],
+                    });
+                } else {
+                    debug!(lease, ?task, "assigned");
+                    self.queue.push_back(Assignment { lease, task, input });
+                    self.start_ready();
+                }
+            }
+            MasterMessage::Revoke { leases } => self.revoke(&leases),
+            MasterMessage::Rejected { lease, reason } => {
+                info!(lease, %reason, "the master rejected a result");
+            }
+            MasterMessage::Error { code, message } => {
+                return Err(WorkerError::MasterError { code, message });
+            }
+            MasterMessage::Welcome { .. } => warn!("ignoring a second welcome"),
+        }
+        Ok(())
+    }
+
+    /// Whether this session holds `lease` (queued or running, not revoked).
+    fn holds(&self, lease: LeaseId) -> bool {
+        self.queue.iter().any(|queued| queued.lease == lease)
+            || self
+                .running
+                .values()
+                .any(|running| running.lease == lease && !running.revoked)
+    }
+
+    /// Drop revoked leases from the queue; mark running ones so their results are discarded.
+    fn revoke(&mut self, leases: &[LeaseId]) {
+        for &lease in leases {
+            if let Some(index) = self.queue.iter().position(|queued| queued.lease == lease) {
+                self.queue.remove(index);
+                debug!(lease, "revoked before it started");
+            } else if let Some(running) = self.running.values_mut().find(|r| r.lease == lease) {
+                running.revoked = true;
+                debug!(
+                    lease,
+                    "revoked while computing; its result will be discarded"
+                );
+            } else {
+                debug!(lease, "revoke for a lease we do not hold");
+            }
+        }
+    }
+
+    /// Start queued assignments while compute slots are free.
+    fn start_ready(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(permit) = self.slots.try_take() else {
+                break;
+            };
+            self.start_next(permit);
+        }
+    }
+
+    /// Start the oldest queued assignment on a blocking thread holding `permit`.
+    fn start_next(&mut self, permit: OwnedSemaphorePermit) {
+        let Some(Assignment { lease, task, input }) = self.queue.pop_front() else {
+            return;
+        };
+        let handle = self.tasks.spawn_blocking(move || {
+            // The slot is ours until the kernel returns, even if the session is gone by then.
+            let _permit = permit;
+            compute::run_chunk(&task, &input)
+        });
+        self.running.insert(
+            handle.id(),
+            Running {
+                lease,
+                revoked: false,
+            },
+        );
+    }
+
+    /// A chunk finished: send its result unless the lease was revoked.
+    fn on_finished(&mut self, joined: Result<(task::Id, Outcome), JoinError>) {
+        let (id, outcome) = match joined {
+            Ok(done) => done,
+            // `run_chunk` catches kernel panics; this is a panic outside the kernel, or a
+            // cancelled task (only on runtime shutdown).
+            Err(error) => {
+                let id = error.id();
+                let outcome = if error.is_panic() {
+                    Outcome::Err("kernel panicked".into())
+                } else {
+                    Outcome::Err("computation cancelled".into())
+                };
+                (id, outcome)
+            }
+        };
+        let Some(Running { lease, revoked }) = self.running.remove(&id) else {
+            return;
+        };
+        if revoked {
+            debug!(lease, "discarding the result of a revoked lease");
+            return;
+        }
+        debug!(lease, ok = !outcome.is_err(), "computed");
+        let mut text = to_json(&WorkerMessage::Result { lease, outcome });
+        if let Some(limit) = self.max_message_bytes.filter(|&limit| text.len() > limit) {
+            warn!(
+                lease,
+                bytes = text.len(),
+                limit,
+                "result too large for the master"
+            );
+            // Deterministic, so honest workers still agree on this chunk.
+            let outcome = Outcome::Err(format!(
+                "output too large: the master accepts results of at most {limit} bytes"
+            ));
+            text = to_json(&WorkerMessage::Result { lease, outcome });
+        }
+        let _ = self.out.send(Message::text(text));
+    }
+
+    /// Begin a graceful shutdown: no more assignments, queued ones go back to the master,
+    /// running ones finish.
+    fn begin_drain(&mut self) {
+        self.draining = true;
+        info!(
+            running = self.tasks.len(),
+            queued = self.queue.len(),
+            "shutting down: draining"
+        );
+        self.send(&WorkerMessage::Drain);
+        let leases: Vec<LeaseId> = self.queue.drain(..).map(|queued| queued.lease).collect();
+        if !leases.is_empty() {
+            self.send(&WorkerMessage::Release { leases });
+        }
+    }
+
+    /// Queue a message for the writer. If the writer is gone the session loop notices.
+    fn send(&self, message: &WorkerMessage) {
+        let _ = self.out.send(Message::text(to_json(message)));
+    }
+}
+
+/// The writer task: send queued frames until the channel closes or a close frame is sent.
+async fn write_frames(
+    mut sink: SplitSink<Socket, Message>,
+    mut outbox: mpsc::UnboundedReceiver<Message>,
+) -> Result<(), tungstenite::Error> {
+    while let Some(frame) = outbox.recv().await {
+        let closing = matches!(frame, Message::Close(_));
+        sink.send(frame).await?;
+        if closing {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A close frame with a static reason.
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// The `type` tag of a master message, for logs.
+fn kind_of(message: &MasterMessage) -> &'static str {
+    match message {
+        MasterMessage::Welcome { .. } => "welcome",
+        MasterMessage::Assign { .. } => "assign",
+        MasterMessage::Revoke { .. } => "revoke",
+        MasterMessage::Rejected { .. } => "rejected",
+        MasterMessage::Error { .. } => "error",
+    }
+}

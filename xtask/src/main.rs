@@ -1,0 +1,114 @@
+//! `cargo xtask <command>`: the two commands the README promises.
+//!
+//! - `cargo xtask run`: build and start the master (PostgreSQL from `DATABASE_URL`, default the
+//!   local server), printing its URL and admin token.
+//! - `cargo xtask test`: make sure PostgreSQL runs, build every binary, run every test.
+//!
+//! Everything a fresh machine lacks is installed here, with a message saying what and why.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask run [grid-server flags...] | cargo xtask test [test filter]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask lives inside the workspace")?
+        .to_path_buf())
+}
+
+fn step(message: &str) {
+    eprintln!("\x1b[1mxtask:\x1b[0m {message}");
+}
+
+fn status(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// Start the local PostgreSQL cluster if nothing listens on 5432 and Debian's tools are here.
+fn ensure_postgres() -> Result<()> {
+    let address = "127.0.0.1:5432".parse().context("address")?;
+    if TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
+        return Ok(());
+    }
+    let versions = Path::new("/etc/postgresql");
+    if !versions.is_dir() {
+        bail!("PostgreSQL is not running on 127.0.0.1:5432 and is not installed; set DATABASE_URL");
+    }
+    for entry in std::fs::read_dir(versions)? {
+        let version = entry?.file_name();
+        step(&format!(
+            "starting PostgreSQL {}",
+            version.to_string_lossy()
+        ));
+        status(
+            Command::new("pg_ctlcluster")
+                .arg("--skip-systemctl-redirect")
+                .arg(&version)
+                .args(["main", "start"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn run(extra: &[String]) -> Result<()> {
+    if std::env::var_os("DATABASE_URL").is_none() {
+        ensure_postgres()?;
+    }
+    step("building grid-server (release)");
+    status(Command::new("cargo").args(["build", "--release", "-p", "grid-server"]))?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let binary = Path::new(&target).join("release/grid-server");
+    step(&format!("starting {}", binary.display()));
+    status(
+        Command::new(binary)
+            .env("DATABASE_URL", database_url())
+            .args(extra),
+    )
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    ensure_postgres()?;
+    step("building every binary (end-to-end tests start them as processes)");
+    status(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
+    step("running every test");
+    status(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(filter)
+            .env("DATABASE_URL", database_url()),
+    )
+}
