@@ -59,6 +59,8 @@ where
     F: Future<Output = ()>,
 {
     config.validate()?;
+    // wss:// needs a rustls crypto provider. Best effort: keep one the process already chose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let signal = std::pin::pin!(shutdown);
     let mut shutdown = Shutdown::new(signal);
     let slots = ComputeSlots::new(config.threads);
@@ -77,8 +79,10 @@ where
             SessionEnd::Lost { welcomed, reason } => {
                 if welcomed {
                     backoff.reset();
+                    warn!(server = %url, error = %reason, "session lost");
+                } else {
+                    warn!(server = %url, error = %reason, "no session with this master");
                 }
-                warn!(server = %url, error = %reason, "session ended");
             }
         }
         let delay = backoff.next_delay();

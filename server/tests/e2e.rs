@@ -1,0 +1,229 @@
+//! End to end with real `grid-worker` processes over real sockets and a real PostgreSQL:
+//! verified results, a lying peer, a worker killed mid-job, the master killed and restarted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{
+    ADMIN_TOKEN, Api, InProcessServer, Peer, TestDb, primes_inputs, spawn_server_process,
+    spawn_worker,
+};
+use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
+use serde_json::{Value, json};
+
+/// Sum of the `count` outputs, after checking every index appears once, in order.
+fn total_count(results: &[Value], chunks: usize) -> u64 {
+    let indexes: Vec<u64> = results
+        .iter()
+        .map(|line| line["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        (0..chunks as u64).collect::<Vec<_>>(),
+        "every chunk exactly once, in index order"
+    );
+    results
+        .iter()
+        .map(|line| line["output"]["count"].as_u64().unwrap_or_else(|| panic!("{line}")))
+        .sum()
+}
+
+/// The expected total, computed here with the same kernels.
+fn reference_total(inputs: &[Value]) -> u64 {
+    inputs
+        .iter()
+        .map(|input| grid_kernels::run("primes", input).unwrap()["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Wait until at least `done` chunks of the job are accepted.
+async fn wait_progress(api: &Api, job: i64, done: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(response) = api
+            .client
+            .get(format!("{}/api/v1/jobs/{job}", api.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            && let Ok(body) = response.json::<Value>().await
+            && body["chunks"]["done"].as_i64().unwrap_or(0) >= done
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn primes_to_ten_to_the_eight_verified_by_two_native_workers() {
+    let db = TestDb::new().await;
+    let server = InProcessServer::start(&db).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let home = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
+    let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
+
+    let job = api
+        .submit(json!({
+            "kernel": "primes",
+            "inputs": primes_inputs(0, 100_000_000, 100),
+            "redundancy": 2,
+            "name": "pi(10^8)",
+        }))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(finished["chunks"], json!({"total": 100, "done": 100, "failed": 0}));
+    assert_eq!(finished["replicas"]["invalid"], 0);
+    let results = api.results(job).await;
+    assert!(results.iter().all(|line| line["agreeing"] == 2), "every chunk agreed by two");
+    assert_eq!(total_count(&results, 100), 5_761_455);
+    // Two distinct workers really computed each chunk.
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT min(n) FROM (SELECT count(DISTINCT worker_id) AS n FROM replicas
+         WHERE job_id = $1 AND verdict = 'valid' GROUP BY chunk_idx) per_chunk",
+    )
+    .bind(job)
+    .fetch_one(server.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(distinct, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lying_peer_is_outvoted_and_counted_invalid() {
+    let db = TestDb::new().await;
+    let server = InProcessServer::start(&db).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let inputs = primes_inputs(0, 20_000_000, 12);
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+
+    // The liar joins first, so it holds a replica of the first chunks, and answers instantly.
+    let mut liar = Peer::join(&server.ws(), "liar", 4).await;
+    let liar_task = tokio::spawn(async move {
+        let mut lies = 0u32;
+        while let Some(message) = liar.recv().await {
+            if let MasterMessage::Assign { lease, .. } = message {
+                liar.send(&WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Ok(json!({"count": 1})),
+                })
+                .await;
+                lies += 1;
+            }
+        }
+        lies
+    });
+    wait_lies(&server, 4).await;
+    let home = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
+    let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
+
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(job).await;
+    assert_eq!(total_count(&results, 12), reference_total(&inputs));
+    let (liar_returned, liar_invalid): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE verdict = 'invalid') FROM replicas
+         WHERE job_id = $1 AND worker_id = 'liar' AND state = 'returned'",
+    )
+    .bind(job)
+    .fetch_one(server.store.pool())
+    .await
+    .unwrap();
+    assert!(liar_returned >= 4, "the liar answered {liar_returned} times");
+    assert_eq!(liar_invalid, liar_returned, "every lie is counted invalid");
+    assert_eq!(finished["replicas"]["invalid"], json!(liar_returned));
+    server.stop().await;
+    let _ = liar_task.await;
+}
+
+async fn wait_lies(server: &InProcessServer, at_least: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lies: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM replicas WHERE worker_id = 'liar' AND state = 'returned'",
+        )
+        .fetch_one(server.store.pool())
+        .await
+        .unwrap();
+        if lies >= at_least {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Chunks big enough (tens of milliseconds each) that a job lasts a few seconds.
+fn slow_inputs() -> Vec<Value> {
+    primes_inputs(100_000_000_000, 100_000_000_000 + 60 * 30_000_000, 60)
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_nothing() {
+    let db = TestDb::new().await;
+    let server = InProcessServer::start(&db).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let inputs = slow_inputs();
+    let expected = reference_total(&inputs);
+    let home = tempfile::tempdir().unwrap();
+    let mut victim = spawn_worker(&server.ws(), 1, &home.path().join("victim.id"));
+    let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
+    let _w3 = spawn_worker(&server.ws(), 1, &home.path().join("w3.id"));
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+    wait_progress(&api, job, 5).await;
+    victim.kill();
+
+    let finished = api.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert!(
+        finished["replicas"]["expired"].as_i64().unwrap() >= 1,
+        "the killed worker's leases were taken back: {finished}"
+    );
+    let results = api.results(job).await;
+    assert_eq!(total_count(&results, 60), expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_master_killed_and_restarted_mid_job_loses_nothing() {
+    let db = TestDb::new().await;
+    let (mut master, addr) = spawn_server_process(&db, "127.0.0.1:0");
+    let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
+    let ws = format!("ws://{addr}/ws");
+    let inputs = slow_inputs();
+    let expected = reference_total(&inputs);
+    let home = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&ws, 1, &home.path().join("w1.id"));
+    let _w2 = spawn_worker(&ws, 1, &home.path().join("w2.id"));
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+
+    wait_progress(&api, job, 10).await;
+    master.kill();
+    let (_master, _) = spawn_server_process(&db, &addr.to_string());
+
+    let finished = api.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(job).await;
+    assert_eq!(total_count(&results, 60), expected);
+    // Exactly one accepted output per chunk, and two distinct agreeing workers behind each.
+    let unique: BTreeSet<u64> = results
+        .iter()
+        .map(|line| line["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(unique.len(), 60);
+    assert!(results.iter().all(|line| line["agreeing"] == 2));
+}
