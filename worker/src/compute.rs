@@ -1,7 +1,7 @@
 //! Running one chunk: [`run_chunk`] turns a task and its input into an [`Outcome`].
 //!
 //! This is plain blocking code; the session runs it on tokio's blocking pool, bounded by a
-//! semaphore of `threads` permits ([`ComputeSlots`]). What kernels exist and what they compute
+//! semaphore of `threads` permits (`ComputeSlots`). What kernels exist and what they compute
 //! lives in `grid-kernels`, not here.
 
 use std::any::Any;

@@ -300,7 +300,10 @@ impl Active<'_> {
                 written = &mut writer => break Err(match written {
                     Ok(Ok(())) => WorkerError::Closed,
                     Ok(Err(error)) => error.into(),
-                    Err(join) => WorkerError::Malformed(format!("writer task failed: {join}")),
+                    Err(join) => {
+                        warn!(error = %join, "the writer task failed");
+                        WorkerError::Closed
+                    }
                 }),
             }
             if self.draining && self.tasks.is_empty() {

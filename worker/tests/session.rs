@@ -15,14 +15,14 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// Slow enough (about half a second unoptimised, tens of ms optimised) that a test can act
-/// while it computes.
+/// Slow enough (about half a second; the workspace builds kernels optimised even in debug)
+/// that a test can act while it computes.
 fn slow_input() -> Value {
-    json!({"start": 0, "end": 200_000_000})
+    json!({"start": 0, "end": 1_000_000_000})
 }
 
-/// π(2·10⁸).
-const SLOW_COUNT: u64 = 11_078_937;
+/// π(10⁹).
+const SLOW_COUNT: u64 = 50_847_534;
 
 fn assign(lease: LeaseId, kernel: &str, input: Value) -> MasterMessage {
     MasterMessage::Assign {
