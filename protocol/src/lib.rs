@@ -21,6 +21,10 @@ use sha2::{Digest, Sha256};
 /// The protocol version this crate speaks. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// `MasterMessage::Error` code for a hello whose protocol version the master does not speak;
+/// reconnecting cannot fix it, so workers stop instead of retrying.
+pub const ERROR_UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
+
 /// Most slots a single connection may announce; more cores should use more connections.
 pub const MAX_SLOTS: u32 = 256;
 

@@ -16,9 +16,15 @@ pub struct Config {
     #[arg(long, env = "GRID_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/grid.
+    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/grid. When unset the master keeps
+    /// everything in the embedded database under --data-dir.
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded database (and of the generated admin token) when no
+    /// DATABASE_URL is set.
+    #[arg(long, env = "GRID_DATA_DIR", default_value = "grid-data")]
+    pub data_dir: std::path::PathBuf,
 
     /// The admin bearer token. When unset a random one is generated and printed at start-up.
     #[arg(long, env = "GRID_ADMIN_TOKEN", hide_env_values = true)]
@@ -34,7 +40,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),

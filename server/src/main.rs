@@ -1,11 +1,15 @@
-//! `grid-server`: reads configuration, sets up logging, binds, and runs the master.
+//! `grid-server`: reads configuration, sets up logging, opens the store, binds, and runs the
+//! master until Ctrl-C or SIGTERM.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use grid_server::config::Config;
+use grid_server::config::{Config, redact_url};
+use grid_server::store::Store;
 use grid_server::store::postgres::PgStore;
+use grid_server::store::sqlite::SqliteStore;
 use grid_server::{ServeOptions, serve};
 use tracing_subscriber::EnvFilter;
 
@@ -14,30 +18,43 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if config.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
-    let store = PgStore::connect(&config.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database at {}",
-                grid_server::config::redact_url(&config.database_url)
-            )
-        })?;
-    let admin_token = match config.admin_token.clone() {
-        Some(token) => token,
+    let (store, admin_token): (Arc<dyn Store>, String) = match &config.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url)
+                .await
+                .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
+            let token = match &config.admin_token {
+                Some(token) => token.clone(),
+                None => {
+                    let token = grid_server::auth::new_token();
+                    println!("No GRID_ADMIN_TOKEN set; this run's admin token is: {token}");
+                    token
+                }
+            };
+            tracing::info!(database = %redact_url(url), "using PostgreSQL");
+            (Arc::new(store), token)
+        }
         None => {
-            let token = grid_server::auth::new_token();
-            println!("No GRID_ADMIN_TOKEN set; this run's admin token is: {token}");
-            token
+            let store = SqliteStore::open(&config.data_dir).await.with_context(|| {
+                format!(
+                    "cannot open the embedded database in {}",
+                    config.data_dir.display()
+                )
+            })?;
+            let token = match &config.admin_token {
+                Some(token) => token.clone(),
+                None => embedded_admin_token(&config.data_dir)?,
+            };
+            tracing::info!(data_dir = %config.data_dir.display(), "using the embedded database");
+            (Arc::new(store), token)
         }
     };
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -49,7 +66,34 @@ async fn main() -> anyhow::Result<()> {
         admin_token: Some(admin_token),
         ..ServeOptions::default()
     };
-    serve(listener, Arc::new(store), options, shutdown_signal()).await
+    serve(listener, store, options, shutdown_signal()).await
+}
+
+/// The embedded deployment's admin token: generated on first start and kept (readable by the
+/// owner only) in `<data-dir>/admin-token`, so it survives restarts.
+fn embedded_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            println!("Admin token: in {} (GRID_ADMIN_TOKEN overrides it)", path.display());
+            return Ok(token);
+        }
+    }
+    let token = grid_server::auth::new_token();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    println!(
+        "Generated an admin token and saved it in {} (GRID_ADMIN_TOKEN overrides it)",
+        path.display()
+    );
+    Ok(token)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -190,7 +190,7 @@ async fn read_loop(
         }) => {
             if protocol != PROTOCOL_VERSION {
                 return ReadEnd::BeforeHello(Refusal::new(
-                    "unsupported_protocol",
+                    grid_protocol::ERROR_UNSUPPORTED_PROTOCOL,
                     format!("this master speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
                     close_code::PROTOCOL,
                 ));

@@ -1,9 +1,10 @@
 //! The REST API against a real PostgreSQL: authentication, ownership, every bad input.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
-use common::{ADMIN_TOKEN, Api, InProcessServer, TestDb};
+use common::{ADMIN_TOKEN, Api, Backend, InProcessServer};
 use grid_server::limits::Limits;
 use serde_json::{Value, json};
 
@@ -18,10 +19,10 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str) {
     );
 }
 
-#[tokio::test]
-async fn tokens_and_ownership() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+on_both_backends!(tokens_and_ownership, bad_submissions_get_clear_errors_and_store_nothing);
+
+async fn tokens_and_ownership(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let admin = Api::new(&server.http(), ADMIN_TOKEN);
 
     // No token, a wrong token, a malformed header: 401 with a JSON body.
@@ -42,10 +43,7 @@ async fn tokens_and_ownership() {
     assert_error(status, &body, 403, "forbidden");
 
     // Tokens are stored hashed, never in the clear.
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM tokens")
-        .fetch_all(server.store.pool())
-        .await
-        .unwrap();
+    let stored = server.store.blobs("SELECT token_hash FROM tokens").await;
     assert_eq!(stored.len(), 2);
     assert!(stored.iter().all(|h| h.len() == 32));
     assert!(!stored.iter().any(|h| h == alice.token.as_bytes()));
@@ -93,16 +91,14 @@ async fn tokens_and_ownership() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn bad_submissions_get_clear_errors_and_store_nothing() {
-    let db = TestDb::new().await;
+async fn bad_submissions_get_clear_errors_and_store_nothing(backend: Backend) {
     let limits = Limits {
         max_body_bytes: 64 * 1024,
         max_inputs_per_job: 100,
         max_input_bytes: 1024,
         ..Limits::default()
     };
-    let server = InProcessServer::start_with(&db, limits).await;
+    let server = InProcessServer::start_with(backend, limits).await;
     let admin = Api::new(&server.http(), ADMIN_TOKEN);
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/jobs", server.http());
@@ -224,10 +220,7 @@ async fn bad_submissions_get_clear_errors_and_store_nothing() {
         "{answer}"
     );
 
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(server.store.pool())
-        .await
-        .unwrap();
+    let jobs = server.store.count("SELECT count(*) FROM jobs").await;
     assert_eq!(jobs, 0, "no bad submission may leave a job behind");
 
     // Health probes need no token.

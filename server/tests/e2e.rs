@@ -2,17 +2,25 @@
 //! verified results, a lying peer, a worker killed mid-job, the master killed and restarted.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN, Api, InProcessServer, Peer, TestDb, primes_inputs, spawn_server_process,
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_server_process,
     spawn_worker,
 };
 use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
 use serde_json::{Value, json};
+
+on_both_backends!(
+    primes_to_ten_to_the_eight_verified_by_two_native_workers,
+    a_lying_peer_is_outvoted_and_counted_invalid,
+    a_worker_killed_mid_job_loses_nothing,
+    the_master_killed_and_restarted_mid_job_loses_nothing,
+);
 
 /// Sum of the `count` outputs, after checking every index appears once, in order.
 fn total_count(results: &[Value], chunks: usize) -> u64 {
@@ -59,10 +67,8 @@ async fn wait_progress(api: &Api, job: i64, done: i64) {
     }
 }
 
-#[tokio::test]
-async fn primes_to_ten_to_the_eight_verified_by_two_native_workers() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn primes_to_ten_to_the_eight_verified_by_two_native_workers(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let home = tempfile::tempdir().unwrap();
     let _w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
@@ -84,22 +90,19 @@ async fn primes_to_ten_to_the_eight_verified_by_two_native_workers() {
     assert!(results.iter().all(|line| line["agreeing"] == 2), "every chunk agreed by two");
     assert_eq!(total_count(&results, 100), 5_761_455);
     // Two distinct workers really computed each chunk.
-    let distinct: i64 = sqlx::query_scalar(
-        "SELECT min(n) FROM (SELECT count(DISTINCT worker_id) AS n FROM replicas
-         WHERE job_id = $1 AND verdict = 'valid' GROUP BY chunk_idx) per_chunk",
-    )
-    .bind(job)
-    .fetch_one(server.store.pool())
-    .await
-    .unwrap();
+    let distinct = server
+        .store
+        .count(&format!(
+            "SELECT min(n) FROM (SELECT count(DISTINCT worker_id) AS n FROM replicas
+             WHERE job_id = {job} AND verdict = 'valid' GROUP BY chunk_idx) per_chunk"
+        ))
+        .await;
     assert_eq!(distinct, 2);
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_lying_peer_is_outvoted_and_counted_invalid() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn a_lying_peer_is_outvoted_and_counted_invalid(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let inputs = primes_inputs(0, 20_000_000, 12);
     let job = api
@@ -131,14 +134,20 @@ async fn a_lying_peer_is_outvoted_and_counted_invalid() {
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
     assert_eq!(total_count(&results, 12), reference_total(&inputs));
-    let (liar_returned, liar_invalid): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE verdict = 'invalid') FROM replicas
-         WHERE job_id = $1 AND worker_id = 'liar' AND state = 'returned'",
-    )
-    .bind(job)
-    .fetch_one(server.store.pool())
-    .await
-    .unwrap();
+    let liar_returned = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM replicas
+             WHERE job_id = {job} AND worker_id = 'liar' AND state = 'returned'"
+        ))
+        .await;
+    let liar_invalid = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM replicas
+             WHERE job_id = {job} AND worker_id = 'liar' AND verdict = 'invalid'"
+        ))
+        .await;
     assert!(liar_returned >= 4, "the liar answered {liar_returned} times");
     assert_eq!(liar_invalid, liar_returned, "every lie is counted invalid");
     assert_eq!(finished["replicas"]["invalid"], json!(liar_returned));
@@ -149,12 +158,10 @@ async fn a_lying_peer_is_outvoted_and_counted_invalid() {
 async fn wait_lies(server: &InProcessServer, at_least: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let lies: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM replicas WHERE worker_id = 'liar' AND state = 'returned'",
-        )
-        .fetch_one(server.store.pool())
-        .await
-        .unwrap();
+        let lies = server
+            .store
+            .count("SELECT count(*) FROM replicas WHERE worker_id = 'liar' AND state = 'returned'")
+            .await;
         if lies >= at_least {
             return;
         }
@@ -168,10 +175,8 @@ fn slow_inputs() -> Vec<Value> {
     primes_inputs(100_000_000_000, 100_000_000_000 + 60 * 30_000_000, 60)
 }
 
-#[tokio::test]
-async fn a_worker_killed_mid_job_loses_nothing() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn a_worker_killed_mid_job_loses_nothing(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let inputs = slow_inputs();
     let expected = reference_total(&inputs);
@@ -196,24 +201,23 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_master_killed_and_restarted_mid_job_loses_nothing() {
-    let db = TestDb::new().await;
-    let (mut master, addr) = spawn_server_process(&db, "127.0.0.1:0");
+async fn the_master_killed_and_restarted_mid_job_loses_nothing(backend: Backend) {
+    let home = Home::new(backend).await;
+    let (mut master, addr) = spawn_server_process(&home, "127.0.0.1:0");
     let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
     let ws = format!("ws://{addr}/ws");
     let inputs = slow_inputs();
     let expected = reference_total(&inputs);
-    let home = tempfile::tempdir().unwrap();
-    let _w1 = spawn_worker(&ws, 1, &home.path().join("w1.id"));
-    let _w2 = spawn_worker(&ws, 1, &home.path().join("w2.id"));
+    let identities = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
+    let _w2 = spawn_worker(&ws, 1, &identities.path().join("w2.id"));
     let job = api
         .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
         .await;
 
     wait_progress(&api, job, 10).await;
     master.kill();
-    let (_master, _) = spawn_server_process(&db, &addr.to_string());
+    let (_master, _) = spawn_server_process(&home, &addr.to_string());
 
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(finished["state"], "done", "{finished}");

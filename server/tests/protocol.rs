@@ -3,15 +3,24 @@
 //! revocation on cancel.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Api, InProcessServer, Peer, TestDb};
+use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer};
 use grid_protocol::{MasterMessage, Outcome, PROTOCOL_VERSION, WorkerKind, WorkerMessage};
 use grid_server::limits::Limits;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+
+on_both_backends!(
+    hostile_messages_get_an_error_and_a_clean_close,
+    replicas_go_to_distinct_workers_and_foreign_results_are_rejected,
+    leases_of_a_vanished_worker_are_reissued_at_once,
+    an_expired_lease_is_revoked_and_reissued,
+    cancelling_a_job_revokes_its_leases,
+);
 
 async fn expect_error_and_close(peer: &mut Peer, code: &str) {
     match peer.recv().await {
@@ -25,9 +34,7 @@ async fn expect_error_and_close(peer: &mut Peer, code: &str) {
     assert!(close.is_some_and(|c| c >= 1000), "no close frame: {close:?}");
 }
 
-#[tokio::test]
-async fn hostile_messages_get_an_error_and_a_clean_close() {
-    let db = TestDb::new().await;
+async fn hostile_messages_get_an_error_and_a_clean_close(backend: Backend) {
     let limits = Limits {
         max_ws_message_bytes: 8 * 1024,
         max_output_bytes: 1024,
@@ -35,7 +42,7 @@ async fn hostile_messages_get_an_error_and_a_clean_close() {
         ws_message_burst: 10,
         ..Limits::default()
     };
-    let server = InProcessServer::start_with(&db, limits).await;
+    let server = InProcessServer::start_with(backend, limits).await;
 
     // Garbage instead of a hello.
     let mut peer = Peer::connect(&server.ws()).await;
@@ -139,10 +146,8 @@ async fn hostile_messages_get_an_error_and_a_clean_close() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn replicas_go_to_distinct_workers_and_foreign_results_are_rejected() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn replicas_go_to_distinct_workers_and_foreign_results_are_rejected(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let job = api
         .submit(json!({"kernel": "echo", "inputs": [{"n": 1}, {"n": 2}], "redundancy": 2}))
@@ -170,11 +175,10 @@ async fn replicas_go_to_distinct_workers_and_foreign_results_are_rejected() {
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
-    let state: String = sqlx::query_scalar("SELECT state FROM replicas WHERE id = $1")
-        .bind(a1.0)
-        .fetch_one(server.store.pool())
-        .await
-        .unwrap();
+    let state = server
+        .store
+        .text(&format!("SELECT state FROM replicas WHERE id = {}", a1.0))
+        .await;
     assert_eq!(state, "leased", "a forged result must change nothing");
 
     for (peer, assignments) in [(&mut a, [a1, a2]), (&mut b, [b1, b2])] {
@@ -201,10 +205,8 @@ async fn replicas_go_to_distinct_workers_and_foreign_results_are_rejected() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn leases_of_a_vanished_worker_are_reissued_at_once() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn leases_of_a_vanished_worker_are_reissued_at_once(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     // A long lease: only the disconnect can explain a quick reissue.
     let job = api
@@ -231,10 +233,8 @@ async fn leases_of_a_vanished_worker_are_reissued_at_once() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_revoked_and_reissued() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn an_expired_lease_is_revoked_and_reissued(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let job = api
         .submit(json!({"kernel": "echo", "inputs": [42], "redundancy": 1, "lease_seconds": 5}))
@@ -270,10 +270,8 @@ async fn an_expired_lease_is_revoked_and_reissued() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn cancelling_a_job_revokes_its_leases() {
-    let db = TestDb::new().await;
-    let server = InProcessServer::start(&db).await;
+async fn cancelling_a_job_revokes_its_leases(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let job = api
         .submit(json!({"kernel": "echo", "inputs": [1, 2, 3], "redundancy": 1}))

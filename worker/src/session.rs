@@ -40,13 +40,7 @@ use crate::{WorkerConfig, WorkerError};
 
 /// Error codes with which a master refuses a hello because of its protocol version. Such a
 /// refusal is final: reconnecting would be refused again.
-pub const VERSION_MISMATCH_CODES: &[&str] = &[
-    "unsupported_protocol",
-    "unsupported_version",
-    "protocol_version",
-    "protocol_mismatch",
-    "version_mismatch",
-];
+pub const VERSION_MISMATCH_CODES: &[&str] = &[grid_protocol::ERROR_UNSUPPORTED_PROTOCOL];
 
 /// The master closes a session after this many silent heartbeat intervals; the worker gives
 /// up on a master it has not heard from (not even a pong) for as long.

@@ -1,7 +1,9 @@
 //! Durable state behind one trait, so the master does not care which database holds it.
 //!
 //! - [`Store`]: every operation the master performs on its database.
-//! - [`postgres`]: the PostgreSQL implementation (production).
+//! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
+//! - [`sqlite`]: the embedded default (one file under the data directory, one master).
+//! - [`review`]: the verification step both share inside a commit.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
 //!
@@ -9,6 +11,8 @@
 //! [`crate::verifier::decide`], so every backend decides the same way.
 
 pub mod postgres;
+pub mod review;
+pub mod sqlite;
 
 use std::sync::Arc;
 

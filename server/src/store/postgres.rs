@@ -15,7 +15,8 @@ use super::{
     JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
-use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus};
+use super::review::{Accepted, ChunkUnderReview, replica_status, review};
+use crate::verifier::{QuorumPolicy, ReplicaFact};
 
 /// Rows per `INSERT ... SELECT FROM UNNEST` when storing a job's chunks.
 const CHUNK_INSERT_BATCH: usize = 20_000;
@@ -41,7 +42,7 @@ impl PgStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(database_url)
             .await?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         Ok(PgStore { pool })
     }
 
@@ -457,14 +458,6 @@ async fn sweep_expired(
     Ok(())
 }
 
-/// A chunk as the verifier needs it.
-struct ChunkUnderReview {
-    state: String,
-    wanted: i32,
-    policy: QuorumPolicy,
-    replicas: Vec<ReplicaFact>,
-}
-
 /// Run the verifier over every touched chunk and apply its decisions.
 async fn reconcile(
     tx: &mut Tx,
@@ -525,79 +518,32 @@ async fn reconcile(
             continue;
         };
         let state: String = row.try_get("state")?;
-        let status = match state.as_str() {
-            "leased" => ReplicaStatus::Live,
-            "returned" => {
-                let digest: Vec<u8> = row.try_get("outcome_digest")?;
-                let is_error: bool = row.try_get("outcome_is_error")?;
-                ReplicaStatus::Returned {
-                    digest: digest.try_into().unwrap_or([0; 32]),
-                    is_error,
-                }
-            }
-            _ => ReplicaStatus::Ended,
-        };
+        let digest: Option<Vec<u8>> = row.try_get("outcome_digest")?;
         chunk.replicas.push(ReplicaFact {
             lease: row.try_get("id")?,
-            status,
+            status: replica_status(
+                &state,
+                digest.and_then(|d| d.try_into().ok()),
+                row.try_get("outcome_is_error")?,
+            ),
         });
     }
 
-    // Decisions, gathered as columns for set-based updates.
-    let mut accept = AcceptColumns::default();
-    let mut fail = (Vec::new(), Vec::new(), Vec::new());
-    let mut want = (Vec::new(), Vec::new(), Vec::new());
-    let mut decided = (Vec::new(), Vec::new());
-    let mut finished_per_job: BTreeMap<i64, (i32, i32)> = BTreeMap::new();
-    for (&(job_id, idx), chunk) in &chunks {
-        if chunk.state != "open" {
-            continue;
-        }
-        match verifier::decide(chunk.policy, &chunk.replicas) {
-            Decision::Accept {
-                canonical,
-                digest,
-                agreeing,
-                is_error,
-            } => {
-                accept.job_ids.push(job_id);
-                accept.indexes.push(idx);
-                accept.canonical.push(canonical);
-                accept
-                    .agreeing
-                    .push(i32::try_from(agreeing).unwrap_or(i32::MAX));
-                accept.is_error.push(is_error);
-                accept.digests.push(digest.to_vec());
-                decided.0.push(job_id);
-                decided.1.push(idx);
-                let counts = finished_per_job.entry(job_id).or_default();
-                if is_error {
-                    counts.1 += 1;
-                } else {
-                    counts.0 += 1;
-                }
-            }
-            Decision::Fail(reason) => {
-                fail.0.push(job_id);
-                fail.1.push(idx);
-                fail.2.push(reason);
-                decided.0.push(job_id);
-                decided.1.push(idx);
-                finished_per_job.entry(job_id).or_default().1 += 1;
-            }
-            Decision::Want(n) => {
-                let n = i32::try_from(n).unwrap_or(i32::MAX);
-                if n != chunk.wanted {
-                    if n > chunk.wanted {
-                        outcome.reopened = true;
-                    }
-                    want.0.push(job_id);
-                    want.1.push(idx);
-                    want.2.push(n);
-                }
-            }
-        }
-    }
+    let decisions = review(&chunks);
+    outcome.reopened |= decisions.reopened;
+    let accept = AcceptColumns::from(&decisions.accepted[..]);
+    let fail = (
+        decisions.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+        decisions.failed.iter().map(|f| f.1).collect::<Vec<_>>(),
+        decisions.failed.iter().map(|f| f.2.as_str()).collect::<Vec<_>>(),
+    );
+    let want = (
+        decisions.wanted.iter().map(|w| w.0).collect::<Vec<_>>(),
+        decisions.wanted.iter().map(|w| w.1).collect::<Vec<_>>(),
+        decisions.wanted.iter().map(|w| w.2).collect::<Vec<_>>(),
+    );
+    let decided: (Vec<i64>, Vec<i32>) = decisions.decided().unzip();
+    let finished_per_job = &decisions.finished_per_job;
 
     if !accept.job_ids.is_empty() {
         sqlx::query(
@@ -699,7 +645,7 @@ async fn reconcile(
     Ok(())
 }
 
-#[derive(Default)]
+/// Accepted chunks as columns for `UNNEST`.
 struct AcceptColumns {
     job_ids: Vec<i64>,
     indexes: Vec<i32>,
@@ -707,6 +653,19 @@ struct AcceptColumns {
     agreeing: Vec<i32>,
     is_error: Vec<bool>,
     digests: Vec<Vec<u8>>,
+}
+
+impl From<&[Accepted]> for AcceptColumns {
+    fn from(accepted: &[Accepted]) -> Self {
+        AcceptColumns {
+            job_ids: accepted.iter().map(|a| a.job_id).collect(),
+            indexes: accepted.iter().map(|a| a.idx).collect(),
+            canonical: accepted.iter().map(|a| a.canonical).collect(),
+            agreeing: accepted.iter().map(|a| a.agreeing).collect(),
+            is_error: accepted.iter().map(|a| a.is_error).collect(),
+            digests: accepted.iter().map(|a| a.digest.to_vec()).collect(),
+        }
+    }
 }
 
 /// Create the requested leases: claim the wanted replicas on each chunk (only if the chunk is

@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{MasterMessage, PROTOCOL_VERSION, WorkerKind, WorkerMessage};
 use grid_server::limits::Limits;
+use grid_server::store::Store;
 use grid_server::store::postgres::PgStore;
+use grid_server::store::sqlite::SqliteStore;
 use grid_server::{ServeOptions, serve};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -85,30 +87,151 @@ impl Drop for TestDb {
     }
 }
 
+/// Which database a test runs against: the contract suite runs every test on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Generate one `#[tokio::test]` per backend for each `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Postgres).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Sqlite).await
+            })*
+        }
+    };
+}
+
+/// Where a master keeps its state: a fresh PostgreSQL database or a fresh data directory.
+pub enum Home {
+    Postgres(TestDb),
+    Sqlite(tempfile::TempDir),
+}
+
+impl Home {
+    pub async fn new(backend: Backend) -> Home {
+        match backend {
+            Backend::Postgres => Home::Postgres(TestDb::new().await),
+            Backend::Sqlite => Home::Sqlite(tempfile::tempdir().unwrap()),
+        }
+    }
+
+    pub async fn open(&self) -> TestStore {
+        match self {
+            Home::Postgres(db) => TestStore::Postgres(PgStore::connect(&db.url).await.unwrap()),
+            Home::Sqlite(dir) => TestStore::Sqlite(SqliteStore::open(dir.path()).await.unwrap()),
+        }
+    }
+
+    /// Arguments and environment that point a `grid-server` process at this home.
+    fn configure(&self, command: &mut Command) {
+        match self {
+            Home::Postgres(db) => {
+                command.env("DATABASE_URL", &db.url);
+            }
+            Home::Sqlite(dir) => {
+                command.env_remove("DATABASE_URL").arg("--data-dir").arg(dir.path());
+            }
+        }
+    }
+}
+
+/// A store the test can also query directly (portable SQL without parameters).
+#[derive(Clone, Debug)]
+pub enum TestStore {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl TestStore {
+    pub fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            TestStore::Postgres(store) => Arc::new(store.clone()),
+            TestStore::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// One integer from a query.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            TestStore::Postgres(store) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+            TestStore::Sqlite(store) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// One text from a query.
+    pub async fn text(&self, sql: &str) -> String {
+        match self {
+            TestStore::Postgres(store) => sqlx::query_scalar::<_, String>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+            TestStore::Sqlite(store) => sqlx::query_scalar::<_, String>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// A column of blobs.
+    pub async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
+        match self {
+            TestStore::Postgres(store) => sqlx::query_scalar::<_, Vec<u8>>(sql)
+                .fetch_all(store.pool())
+                .await
+                .unwrap(),
+            TestStore::Sqlite(store) => sqlx::query_scalar::<_, Vec<u8>>(sql)
+                .fetch_all(store.pool())
+                .await
+                .unwrap(),
+        }
+    }
+}
+
 /// The master running inside the test process.
 pub struct InProcessServer {
     pub addr: SocketAddr,
-    pub store: PgStore,
+    pub store: TestStore,
+    pub home: Home,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl InProcessServer {
-    pub async fn start(db: &TestDb) -> InProcessServer {
-        Self::start_with(db, Limits::default()).await
+    pub async fn start(backend: Backend) -> InProcessServer {
+        Self::start_with(backend, Limits::default()).await
     }
 
-    pub async fn start_with(db: &TestDb, limits: Limits) -> InProcessServer {
-        let store = PgStore::connect(&db.url).await.unwrap();
+    pub async fn start_with(backend: Backend, limits: Limits) -> InProcessServer {
+        let home = Home::new(backend).await;
+        let store = home.open().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             admin_token: Some(ADMIN_TOKEN.into()),
             limits,
+            ..ServeOptions::default()
         };
         let task = tokio::spawn({
-            let store = Arc::new(store.clone());
+            let store = store.shared();
             async move {
                 serve(listener, store, options, async {
                     let _ = stopped.await;
@@ -120,6 +243,7 @@ impl InProcessServer {
         InProcessServer {
             addr,
             store,
+            home,
             stop: Some(stop),
             task: Some(task),
         }
@@ -190,10 +314,11 @@ impl Drop for Process {
 }
 
 /// `grid-server` as a real process on a given address (port 0 picks one).
-pub fn spawn_server_process(db: &TestDb, listen: &str) -> (Process, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grid-server"))
+pub fn spawn_server_process(home: &Home, listen: &str) -> (Process, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_grid-server"));
+    home.configure(&mut command);
+    let mut child = command
         .args(["--listen", listen])
-        .env("DATABASE_URL", &db.url)
         .env("GRID_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

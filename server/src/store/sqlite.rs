@@ -1,0 +1,639 @@
+//! The embedded store: SQLite in one file under the data directory, used when no
+//! `DATABASE_URL` is configured. Same tables, same rules, same verifier as PostgreSQL.
+//!
+//! SQLite has one writer at a time and no network round trip, so a commit here is a loop of
+//! cheap prepared statements inside one transaction rather than set-based `UNNEST` updates;
+//! the group commit still makes it one fsync per scheduler round. The pool holds a single
+//! connection so writers never contend for the lock. WAL journal with `synchronous = FULL`:
+//! a committed round survives a crash of the process or of the machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use super::review::{ChunkUnderReview, replica_status, review};
+use super::{
+    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
+    JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+};
+use crate::error::{Error, Result};
+use crate::verifier::{QuorumPolicy, ReplicaFact};
+
+/// SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `grid.db` in `data_dir` and apply pending migrations.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(data_dir.join("grid.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool (tests use it to look inside).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+const JOB_VIEW_SELECT: &str = "
+    SELECT j.id, j.name, j.kernel, j.state, j.redundancy, j.max_replicas, j.priority,
+           j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
+           j.created_at, j.started_at, j.finished_at,
+           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id) AS issued,
+           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.state = 'returned')
+               AS returned,
+           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.verdict = 'invalid')
+               AS invalid,
+           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.state = 'expired')
+               AS expired
+    FROM jobs j";
+
+fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
+    Ok(JobView {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kernel: row.try_get("kernel")?,
+        state: row.try_get("state")?,
+        redundancy: row.try_get("redundancy")?,
+        max_replicas: row.try_get("max_replicas")?,
+        priority: row.try_get("priority")?,
+        lease_seconds: row.try_get("lease_seconds")?,
+        chunks: ChunkCounts {
+            total: row.try_get("chunk_count")?,
+            done: row.try_get("chunks_done")?,
+            failed: row.try_get("chunks_failed")?,
+        },
+        replicas: ReplicaCounts {
+            issued: row.try_get("issued")?,
+            returned: row.try_get("returned")?,
+            invalid: row.try_get("invalid")?,
+            expired: row.try_get("expired")?,
+        },
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn owner_filter(owner: Owner) -> (bool, i64) {
+    match owner {
+        Owner::Admin => (true, 0),
+        Owner::Submitter(id) => (false, id),
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO tokens (token_hash, created_at) VALUES (?1, ?2) RETURNING id",
+        )
+        .bind(&token_hash[..])
+        .bind(Utc::now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>> {
+        let id = sqlx::query_scalar("SELECT id FROM tokens WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {
+        let owner_id = match owner {
+            Owner::Admin => None,
+            Owner::Submitter(id) => Some(id),
+        };
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
+                               lease_seconds, chunk_count, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        )
+        .bind(owner_id)
+        .bind(&job.name)
+        .bind(&job.kernel)
+        .bind(job.redundancy)
+        .bind(job.max_replicas)
+        .bind(job.priority)
+        .bind(job.lease_seconds)
+        .bind(job.inputs.len() as i64)
+        .bind(Utc::now())
+        .fetch_one(&mut *tx)
+        .await?;
+        for (idx, input) in job.inputs.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO chunks (job_id, idx, priority, input, wanted)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(id)
+            .bind(idx as i64)
+            .bind(job.priority)
+            .bind(input)
+            .bind(job.redundancy)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.job(owner, id)
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
+    }
+
+    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let sql = format!("{JOB_VIEW_SELECT} WHERE j.id = ?1 AND (?2 OR j.owner_token_id = ?3)");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(is_admin)
+            .bind(owner_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(job_view).transpose()?)
+    }
+
+    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let sql = format!(
+            "{JOB_VIEW_SELECT} WHERE (?1 OR j.owner_token_id = ?2) ORDER BY j.id DESC LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(is_admin)
+            .bind(owner_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(job_view).collect::<Result<_, _>>()?)
+    }
+
+    async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE id = ?1 AND (?2 OR owner_token_id = ?3)",
+        )
+        .bind(id)
+        .bind(is_admin)
+        .bind(owner_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let cancelled = state == "queued" || state == "running";
+        let mut revoked = Vec::new();
+        if cancelled {
+            revoked = sqlx::query_scalar(
+                "UPDATE replicas SET state = 'revoked'
+                 WHERE job_id = ?1 AND state = 'leased' RETURNING id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE chunks SET state = 'cancelled', wanted = 0
+                 WHERE job_id = ?1 AND state = 'open'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let job = self
+            .job(owner, id)
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished on cancel")))?;
+        Ok(Some(Cancellation {
+            job,
+            cancelled,
+            revoked,
+        }))
+    }
+
+    async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>> {
+        let rows = sqlx::query(
+            "SELECT idx, output, agreeing, error FROM chunks
+             WHERE job_id = ?1 AND idx > ?2 AND state IN ('done', 'failed')
+             ORDER BY idx LIMIT ?3",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let results = rows
+            .iter()
+            .map(|row| {
+                Ok(ChunkResult {
+                    index: row.try_get("idx")?,
+                    output: row.try_get("output")?,
+                    agreeing: row.try_get("agreeing")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(results)
+    }
+
+    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>> {
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, c.wanted,
+                    (SELECT json_group_array(r.worker_id) FROM replicas r
+                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                       AND r.state IN ('leased', 'returned')) AS holders
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'open' AND c.wanted > 0
+               AND (?2 IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM replicas r
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.worker_id = ?2
+                      AND r.state IN ('leased', 'returned')))
+             ORDER BY c.priority DESC, c.job_id, c.idx
+             LIMIT ?1",
+        )
+        .bind(limit)
+        .bind(for_worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
+        let mut chunks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kernel: String = row.try_get("kernel")?;
+            let kernel = kernels
+                .entry(kernel.clone())
+                .or_insert_with(|| Arc::from(kernel))
+                .clone();
+            let input: String = row.try_get("input")?;
+            let holders: String = row.try_get("holders")?;
+            let stored = |error: serde_json::Error| {
+                Error::Internal(anyhow::anyhow!("stored chunk data: {error}"))
+            };
+            chunks.push(ReadyChunk {
+                job_id: row.try_get("job_id")?,
+                idx: row.try_get("idx")?,
+                priority: row.try_get("priority")?,
+                kernel,
+                input: Arc::new(serde_json::from_str(&input).map_err(stored)?),
+                lease_seconds: row.try_get("lease_seconds")?,
+                wanted: row.try_get("wanted")?,
+                holders: serde_json::from_str(&holders).map_err(stored)?,
+            });
+        }
+        Ok(chunks)
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcome = BatchOutcome::default();
+        let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
+        let now = Utc::now();
+
+        for (worker_id, kind) in &batch.workers_seen {
+            sqlx::query(
+                "INSERT INTO workers (id, kind, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, last_seen = excluded.last_seen",
+            )
+            .bind(&**worker_id)
+            .bind(*kind)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for result in &batch.results {
+            let row = sqlx::query(
+                "UPDATE replicas
+                 SET state = 'returned', returned_at = ?3, outcome_digest = ?4,
+                     outcome_is_error = ?5, outcome = ?6
+                 WHERE id = ?1 AND worker_id = ?2 AND state = 'leased'
+                 RETURNING job_id, chunk_idx",
+            )
+            .bind(result.lease)
+            .bind(&*result.worker_id)
+            .bind(now)
+            .bind(&result.digest[..])
+            .bind(result.is_error)
+            .bind(&result.text)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) => {
+                    outcome.recorded.push(result.lease);
+                    touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+                }
+                None => outcome.refused.push(result.lease),
+            }
+        }
+        for (lease, end) in &batch.ended {
+            let state = match end {
+                LeaseEnd::WorkerGone => "expired",
+                LeaseEnd::Released => "released",
+            };
+            let row = sqlx::query(
+                "UPDATE replicas SET state = ?2 WHERE id = ?1 AND state = 'leased'
+                 RETURNING job_id, chunk_idx",
+            )
+            .bind(lease)
+            .bind(state)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+            }
+        }
+        let deadline_before = match batch.sweep {
+            ExpirySweep::None => None,
+            ExpirySweep::Overdue => Some(now_ms()),
+            ExpirySweep::AllLeased => Some(i64::MAX),
+        };
+        if let Some(before) = deadline_before {
+            let rows = sqlx::query(
+                "UPDATE replicas SET state = 'expired'
+                 WHERE state = 'leased' AND deadline_ms < ?1
+                 RETURNING id, job_id, chunk_idx",
+            )
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                outcome.expired.push(row.try_get("id")?);
+                touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+            }
+        }
+        reconcile(&mut tx, &touched, &mut outcome).await?;
+        create_leases(&mut tx, batch, &mut outcome).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+/// Run the verifier over every touched chunk and apply its decisions.
+async fn reconcile(
+    tx: &mut Tx,
+    touched: &BTreeSet<(i64, i32)>,
+    outcome: &mut BatchOutcome,
+) -> Result<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let mut chunks: BTreeMap<(i64, i32), ChunkUnderReview> = BTreeMap::new();
+    for &(job_id, idx) in touched {
+        let Some(row) = sqlx::query(
+            "SELECT c.state, c.wanted, j.redundancy, j.max_replicas
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.job_id = ?1 AND c.idx = ?2",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            continue;
+        };
+        let mut replicas = Vec::new();
+        let replica_rows = sqlx::query(
+            "SELECT id, state, outcome_digest, outcome_is_error FROM replicas
+             WHERE job_id = ?1 AND chunk_idx = ?2",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_all(&mut **tx)
+        .await?;
+        for replica in replica_rows {
+            let state: String = replica.try_get("state")?;
+            let digest: Option<Vec<u8>> = replica.try_get("outcome_digest")?;
+            replicas.push(ReplicaFact {
+                lease: replica.try_get("id")?,
+                status: replica_status(
+                    &state,
+                    digest.and_then(|d| d.try_into().ok()),
+                    replica.try_get("outcome_is_error")?,
+                ),
+            });
+        }
+        let redundancy: i64 = row.try_get("redundancy")?;
+        let max_replicas: i64 = row.try_get("max_replicas")?;
+        chunks.insert(
+            (job_id, idx),
+            ChunkUnderReview {
+                state: row.try_get("state")?,
+                wanted: row.try_get("wanted")?,
+                policy: QuorumPolicy {
+                    redundancy: u32::try_from(redundancy).unwrap_or(1),
+                    max_replicas: u32::try_from(max_replicas).unwrap_or(1),
+                },
+                replicas,
+            },
+        );
+    }
+
+    let decisions = review(&chunks);
+    outcome.reopened |= decisions.reopened;
+    let now = Utc::now();
+    for accepted in &decisions.accepted {
+        sqlx::query(
+            "UPDATE chunks
+             SET state = CASE WHEN ?4 THEN 'failed' ELSE 'done' END,
+                 wanted = 0, agreeing = ?3, finished_at = ?5,
+                 output = CASE WHEN ?4 THEN NULL ELSE
+                     (SELECT outcome FROM replicas WHERE id = ?6) END,
+                 error = CASE WHEN ?4 THEN
+                     (SELECT outcome FROM replicas WHERE id = ?6) ELSE NULL END
+             WHERE job_id = ?1 AND idx = ?2",
+        )
+        .bind(accepted.job_id)
+        .bind(accepted.idx)
+        .bind(accepted.agreeing)
+        .bind(accepted.is_error)
+        .bind(now)
+        .bind(accepted.canonical)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE replicas
+             SET verdict = CASE WHEN outcome_digest = ?3 THEN 'valid' ELSE 'invalid' END
+             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'returned'",
+        )
+        .bind(accepted.job_id)
+        .bind(accepted.idx)
+        .bind(&accepted.digest[..])
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (job_id, idx, reason) in &decisions.failed {
+        sqlx::query(
+            "UPDATE chunks SET state = 'failed', wanted = 0, error = ?3, finished_at = ?4
+             WHERE job_id = ?1 AND idx = ?2",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (job_id, idx) in decisions.decided() {
+        // Leases still out on a decided chunk are pointless: revoke them so workers stop.
+        let revoked: Vec<i64> = sqlx::query_scalar(
+            "UPDATE replicas SET state = 'revoked'
+             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'leased' RETURNING id",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .fetch_all(&mut **tx)
+        .await?;
+        outcome.revoked.extend(revoked);
+        outcome.decided += 1;
+    }
+    for (job_id, (done, failed)) in &decisions.finished_per_job {
+        sqlx::query(
+            "UPDATE jobs SET chunks_done = chunks_done + ?2, chunks_failed = chunks_failed + ?3
+             WHERE id = ?1",
+        )
+        .bind(job_id)
+        .bind(done)
+        .bind(failed)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN chunks_failed > 0 THEN 'failed' ELSE 'done' END,
+                 finished_at = ?2
+             WHERE id = ?1 AND state IN ('queued', 'running')
+               AND chunks_done + chunks_failed = chunk_count",
+        )
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (job_id, idx, wanted) in &decisions.wanted {
+        sqlx::query("UPDATE chunks SET wanted = ?3 WHERE job_id = ?1 AND idx = ?2")
+            .bind(job_id)
+            .bind(idx)
+            .bind(wanted)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Create the requested leases (see the PostgreSQL store for the rules).
+async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -> Result<()> {
+    if batch.leases.is_empty() {
+        return Ok(());
+    }
+    let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
+    for request in &batch.leases {
+        *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
+    }
+    let mut claimed = BTreeSet::new();
+    for (&(job_id, idx), &n) in &per_chunk {
+        let changed = sqlx::query(
+            "UPDATE chunks SET wanted = wanted - ?3
+             WHERE job_id = ?1 AND idx = ?2 AND state = 'open' AND wanted >= ?3",
+        )
+        .bind(job_id)
+        .bind(idx)
+        .bind(n)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            claimed.insert((job_id, idx));
+        }
+    }
+    let now = Utc::now();
+    let now_ms = now_ms();
+    let mut conflicted = BTreeSet::new();
+    let mut started = BTreeSet::new();
+    for (i, request) in batch.leases.iter().enumerate() {
+        if !claimed.contains(&(request.job_id, request.idx)) {
+            continue;
+        }
+        let lease: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO replicas (job_id, chunk_idx, worker_id, issued_at, deadline_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
+             DO NOTHING
+             RETURNING id",
+        )
+        .bind(request.job_id)
+        .bind(request.idx)
+        .bind(&*request.worker_id)
+        .bind(now)
+        .bind(now_ms + i64::from(request.lease_seconds) * 1000)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match lease {
+            Some(lease) => {
+                outcome.created.push(CreatedLease { lease, request: i });
+                started.insert(request.job_id);
+            }
+            None => {
+                conflicted.insert((request.job_id, request.idx));
+            }
+        }
+    }
+    if !conflicted.is_empty() {
+        Box::pin(reconcile(tx, &conflicted, outcome)).await?;
+    }
+    for job_id in started {
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Computing one assignment into the result frame sent to the master, and [`KernelBench`], the
+//! benchmark's timing harness.
+//!
+//! The kernels live in `grid-kernels`; this module only turns their answer into an
+//! [`Outcome`]. The rules must match the native worker's (`grid-worker`) exactly, because the
+//! master compares outcomes byte for byte across workers:
+//! - a kernel error becomes `Outcome::Err(<the error's Display>)`;
+//! - a result frame larger than the welcome's `max_message_bytes` is replaced by
+//!   `Outcome::Err("output too large: the master accepts results of at most N bytes")`.
+//!
+//! A panicking kernel cannot be caught on `wasm32-unknown-unknown` (panics abort): the Web
+//! Worker dies and the page starts a new one; the master reissues the lease when the socket
+//! drops.
+
+use grid_protocol::{Outcome, Task, WorkerMessage, to_json};
+use wasm_bindgen::prelude::*;
+
+use crate::session::Assignment;
+
+/// Compute one chunk.
+pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
+    let Task::Kernel(name) = task;
+    match grid_kernels::run(name, input) {
+        Ok(output) => Outcome::Ok(output),
+        Err(error) => Outcome::Err(error.to_string()),
+    }
+}
+
+/// Compute `assignment` and return the result frame to send, keeping it within
+/// `max_message_bytes` (see the module documentation).
+pub fn result_frame(assignment: &Assignment, max_message_bytes: Option<usize>) -> String {
+    let lease = assignment.lease;
+    let outcome = run_chunk(&assignment.task, &assignment.input);
+    let text = to_json(&WorkerMessage::Result { lease, outcome });
+    match max_message_bytes {
+        Some(limit) if text.len() > limit => {
+            // Deterministic, so honest workers still agree on this chunk.
+            let outcome = Outcome::Err(format!(
+                "output too large: the master accepts results of at most {limit} bytes"
+            ));
+            to_json(&WorkerMessage::Result { lease, outcome })
+        }
+        _ => text,
+    }
+}
+
+/// One kernel on one input, for timing: the input is parsed once, [`KernelBench::run`] does
+/// nothing but `grid_kernels::run`. The benchmark runs this same code in Chromium and natively.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct KernelBench {
+    /// Kernel name.
+    kernel: String,
+    /// The parsed input.
+    input: serde_json::Value,
+    /// The last run's outcome.
+    last: Option<Outcome>,
+}
+
+impl KernelBench {
+    /// Parse `input_json` for `kernel`; errors if it is not JSON or not a valid input.
+    pub fn parse(kernel: &str, input_json: &str) -> Result<KernelBench, String> {
+        let input: serde_json::Value =
+            serde_json::from_str(input_json).map_err(|error| error.to_string())?;
+        grid_kernels::validate(kernel, &input).map_err(|error| error.to_string())?;
+        Ok(KernelBench {
+            kernel: kernel.to_owned(),
+            input,
+            last: None,
+        })
+    }
+}
+
+#[wasm_bindgen]
+impl KernelBench {
+    /// [`KernelBench::parse`] for JavaScript.
+    #[wasm_bindgen(constructor)]
+    pub fn new(kernel: &str, input_json: &str) -> Result<KernelBench, JsError> {
+        KernelBench::parse(kernel, input_json).map_err(|error| JsError::new(&error))
+    }
+
+    /// Run the kernel once.
+    pub fn run(&mut self) {
+        self.last = Some(run_chunk(&Task::Kernel(self.kernel.clone()), &self.input));
+    }
+
+    /// Hex SHA-256 of the last outcome as the master would compute it (empty before a run):
+    /// equal digests on both platforms mean bit-identical outputs.
+    pub fn outcome_digest(&self) -> String {
+        self.last
+            .as_ref()
+            .map(|outcome| grid_protocol::digest_hex(&grid_protocol::outcome_digest(outcome)))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn assignment(kernel: &str, input: serde_json::Value) -> Assignment {
+        Assignment {
+            lease: 9,
+            task: Task::Kernel(kernel.into()),
+            input,
+        }
+    }
+
+    #[test]
+    fn outputs_and_kernel_errors_become_results() {
+        let frame = result_frame(&assignment("primes", json!({"start": 0, "end": 100})), None);
+        assert_eq!(frame, r#"{"type":"result","lease":9,"outcome":{"ok":{"count":25}}}"#);
+
+        let frame = result_frame(&assignment("nope", json!({})), None);
+        assert_eq!(
+            WorkerMessage::from_json(&frame).unwrap(),
+            WorkerMessage::Result {
+                lease: 9,
+                outcome: Outcome::Err("unknown kernel `nope`".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_results_become_a_deterministic_error() {
+        let big = json!({"text": "x".repeat(500)});
+        let frame = result_frame(&assignment("echo", big.clone()), Some(200));
+        assert_eq!(
+            WorkerMessage::from_json(&frame).unwrap(),
+            WorkerMessage::Result {
+                lease: 9,
+                outcome: Outcome::Err(
+                    "output too large: the master accepts results of at most 200 bytes".into()
+                ),
+            }
+        );
+        let frame = result_frame(&assignment("echo", big.clone()), Some(10_000));
+        assert!(frame.contains(&"x".repeat(500)));
+    }
+
+    #[test]
+    fn bench_runs_and_digests() {
+        let mut bench = KernelBench::parse("primes", r#"{"start": 0, "end": 100}"#).unwrap();
+        assert_eq!(bench.outcome_digest(), "");
+        bench.run();
+        let expected = grid_protocol::outcome_digest(&Outcome::Ok(json!({"count": 25})));
+        assert_eq!(bench.outcome_digest(), grid_protocol::digest_hex(&expected));
+        assert!(KernelBench::parse("primes", "{").is_err());
+        assert!(KernelBench::parse("primes", r#"{"start": 2, "end": 1}"#).is_err());
+    }
+}
