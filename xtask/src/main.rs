@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the two commands the README promises.
 //!
-//! - `cargo xtask run`: build and start the master (PostgreSQL from `DATABASE_URL`, default the
-//!   local server), printing its URL and admin token.
+//! - `cargo xtask run`: build and start the master — on the embedded database under
+//!   `./grid-data`, or on PostgreSQL when `DATABASE_URL` is set — printing its URL and where
+//!   the admin token is.
 //! - `cargo xtask test`: make sure PostgreSQL runs, build every binary, run every test.
 //!
 //! Everything a fresh machine lacks is installed here, with a message saying what and why.
@@ -85,19 +86,16 @@ fn ensure_postgres() -> Result<()> {
 }
 
 fn run(extra: &[String]) -> Result<()> {
-    if std::env::var_os("DATABASE_URL").is_none() {
-        ensure_postgres()?;
-    }
     step("building grid-server (release)");
-    status(Command::new("cargo").args(["build", "--release", "-p", "grid-server"]))?;
+    status(Command::new("cargo").args(["build", "--release", "-p", "grid-server", "-p", "grid-worker"]))?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let binary = Path::new(&target).join("release/grid-server");
-    step(&format!("starting {}", binary.display()));
-    status(
-        Command::new(binary)
-            .env("DATABASE_URL", database_url())
-            .args(extra),
-    )
+    match std::env::var("DATABASE_URL") {
+        Ok(_) => step("DATABASE_URL is set: using PostgreSQL"),
+        Err(_) => step("no DATABASE_URL: using the embedded database in ./grid-data"),
+    }
+    step(&format!("starting {} (Ctrl-C stops it)", binary.display()));
+    status(Command::new(binary).args(extra))
 }
 
 fn test(filter: &[String]) -> Result<()> {
