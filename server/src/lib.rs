@@ -9,6 +9,8 @@
 //! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
 //! resolves. `main.rs` only reads configuration, sets up logging and binds.
@@ -18,17 +20,21 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod scheduler;
 pub mod session;
 pub mod store;
 pub mod verifier;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,6 +59,8 @@ pub struct AppState {
     pub tokens: TokenCache,
     /// Flips to true when the master begins shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Which web origins may open worker sessions at `/ws`.
+    pub origins: Arc<web::OriginPolicy>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -62,16 +70,27 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Limits on requests and worker messages.
     pub limits: Limits,
+    /// Web origins allowed to open worker sessions besides the master's own (`scheme://host[:port]`,
+    /// or `*` for any); requests without an `Origin` (native workers) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// How long a graceful shutdown waits for in-flight results (default 10 s).
+    pub shutdown_grace: Option<std::time::Duration>,
 }
 
-/// The complete HTTP router: REST API, health probes and the worker WebSocket.
+/// Default grace period of a graceful shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The complete HTTP router: REST API, health probes, the worker WebSocket and the
+/// contribute page.
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
     Router::new()
+        .merge(web::routes())
         .nest("/api/v1", api::v1())
         .route("/api", get(api_not_found))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/ws", get(worker_socket))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -81,7 +100,23 @@ async fn api_not_found() -> error::Error {
     error::Error::NotFound("route")
 }
 
-async fn worker_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+async fn worker_socket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Browsers send Origin on every handshake: refuse pages of other sites (see web.rs).
+    if !state.origins.allows(&headers, &uri) {
+        let origin = headers.get(axum::http::header::ORIGIN);
+        tracing::info!(?origin, "refused a worker session from another origin");
+        return error::Error::Forbidden("this origin may not open worker sessions here")
+            .into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     let max = state.limits.max_ws_message_bytes;
     let shutdown = state.shutdown.clone();
     ws.max_message_size(max)
@@ -98,6 +133,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (scheduler, scheduler_task) = scheduler::spawn(store.clone());
+    let drain = scheduler.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {
         store,
@@ -106,12 +142,30 @@ pub async fn serve(
         admin_token_hash: options.admin_token.as_deref().map(auth::hash_token),
         tokens: TokenCache::default(),
         shutdown: stop_rx,
+        origins: Arc::new(web::OriginPolicy::new(&options.allowed_origins)),
     };
+    metrics::install();
     let app = router(state);
+    let grace = options.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down");
+            // Stop assigning, give in-flight chunks the grace period to come back, then close
+            // every session with "going away" so workers reconnect (to another master, or to
+            // this one once restarted). Leases still out then are reissued.
+            tracing::info!(?grace, "shutting down: no new assignments");
+            let (drained_tx, drained) = tokio::sync::oneshot::channel();
+            if drain
+                .send(scheduler::Event::Drain {
+                    drained: drained_tx,
+                })
+                .await
+            {
+                match tokio::time::timeout(grace, drained).await {
+                    Ok(_) => tracing::info!("every in-flight result is in"),
+                    Err(_) => tracing::warn!("grace period over with leases outstanding"),
+                }
+            }
             let _ = stop_tx.send(true);
         })
         .await?;

@@ -17,10 +17,18 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the few lines a script may read (the address).
     if config.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
 
     let (store, admin_token): (Arc<dyn Store>, String) = match &config.database_url {
@@ -76,7 +84,10 @@ fn embedded_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     if let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_owned();
         if !token.is_empty() {
-            println!("Admin token: in {} (GRID_ADMIN_TOKEN overrides it)", path.display());
+            println!(
+                "Admin token: in {} (GRID_ADMIN_TOKEN overrides it)",
+                path.display()
+            );
             return Ok(token);
         }
     }

@@ -281,7 +281,7 @@ async fn read_loop(
                 return ReadEnd::Refused(Refusal::protocol("hello may only be sent once"));
             }
             WorkerMessage::Heartbeat => continue,
-            WorkerMessage::Drain => Event::Drain { session },
+            WorkerMessage::Drain => Event::WorkerDrain { session },
             WorkerMessage::Release { leases } => Event::Release { session, leases },
             WorkerMessage::Result { lease, outcome } => {
                 let text = outcome.canonical_text();

@@ -19,7 +19,10 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str) {
     );
 }
 
-on_both_backends!(tokens_and_ownership, bad_submissions_get_clear_errors_and_store_nothing);
+on_both_backends!(
+    tokens_and_ownership,
+    bad_submissions_get_clear_errors_and_store_nothing
+);
 
 async fn tokens_and_ownership(backend: Backend) {
     let server = InProcessServer::start(backend).await;

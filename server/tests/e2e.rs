@@ -35,7 +35,11 @@ fn total_count(results: &[Value], chunks: usize) -> u64 {
     );
     results
         .iter()
-        .map(|line| line["output"]["count"].as_u64().unwrap_or_else(|| panic!("{line}")))
+        .map(|line| {
+            line["output"]["count"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{line}"))
+        })
         .sum()
 }
 
@@ -43,7 +47,11 @@ fn total_count(results: &[Value], chunks: usize) -> u64 {
 fn reference_total(inputs: &[Value]) -> u64 {
     inputs
         .iter()
-        .map(|input| grid_kernels::run("primes", input).unwrap()["count"].as_u64().unwrap())
+        .map(|input| {
+            grid_kernels::run("primes", input).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
         .sum()
 }
 
@@ -84,10 +92,16 @@ async fn primes_to_ten_to_the_eight_verified_by_two_native_workers(backend: Back
         .await;
     let finished = api.wait_finished(job, Duration::from_secs(120)).await;
     assert_eq!(finished["state"], "done", "{finished}");
-    assert_eq!(finished["chunks"], json!({"total": 100, "done": 100, "failed": 0}));
+    assert_eq!(
+        finished["chunks"],
+        json!({"total": 100, "done": 100, "failed": 0})
+    );
     assert_eq!(finished["replicas"]["invalid"], 0);
     let results = api.results(job).await;
-    assert!(results.iter().all(|line| line["agreeing"] == 2), "every chunk agreed by two");
+    assert!(
+        results.iter().all(|line| line["agreeing"] == 2),
+        "every chunk agreed by two"
+    );
     assert_eq!(total_count(&results, 100), 5_761_455);
     // Two distinct workers really computed each chunk.
     let distinct = server
@@ -148,7 +162,10 @@ async fn a_lying_peer_is_outvoted_and_counted_invalid(backend: Backend) {
              WHERE job_id = {job} AND worker_id = 'liar' AND verdict = 'invalid'"
         ))
         .await;
-    assert!(liar_returned >= 4, "the liar answered {liar_returned} times");
+    assert!(
+        liar_returned >= 4,
+        "the liar answered {liar_returned} times"
+    );
     assert_eq!(liar_invalid, liar_returned, "every lie is counted invalid");
     assert_eq!(finished["replicas"]["invalid"], json!(liar_returned));
     server.stop().await;

@@ -31,7 +31,10 @@ async fn expect_error_and_close(peer: &mut Peer, code: &str) {
         other => panic!("expected an {code} error, got {other:?}"),
     }
     let close = peer.close_code().await;
-    assert!(close.is_some_and(|c| c >= 1000), "no close frame: {close:?}");
+    assert!(
+        close.is_some_and(|c| c >= 1000),
+        "no close frame: {close:?}"
+    );
 }
 
 async fn hostile_messages_get_an_error_and_a_clean_close(backend: Backend) {
@@ -171,7 +174,9 @@ async fn replicas_go_to_distinct_workers_and_foreign_results_are_rejected(backen
         })
         .await;
         match b.recv().await {
-            Some(MasterMessage::Rejected { lease: rejected, .. }) => assert_eq!(rejected, lease),
+            Some(MasterMessage::Rejected {
+                lease: rejected, ..
+            }) => assert_eq!(rejected, lease),
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
@@ -292,13 +297,19 @@ async fn cancelling_a_job_revokes_its_leases(backend: Backend) {
             break;
         }
     }
-    assert!(revoked.contains(&l1) && revoked.contains(&l2), "{revoked:?}");
+    assert!(
+        revoked.contains(&l1) && revoked.contains(&l2),
+        "{revoked:?}"
+    );
     peer.send(&WorkerMessage::Result {
         lease: l1,
         outcome: Outcome::Ok(json!(1)),
     })
     .await;
-    assert!(matches!(peer.recv().await, Some(MasterMessage::Rejected { .. })));
+    assert!(matches!(
+        peer.recv().await,
+        Some(MasterMessage::Rejected { .. })
+    ));
     let (_, body) = api.get(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(body["state"], "cancelled");
     assert_eq!(body["chunks"]["done"], 0);

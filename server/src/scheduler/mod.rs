@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use grid_protocol::{LeaseId, MasterMessage, Task, WorkerKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::store::{
@@ -82,7 +82,7 @@ pub enum Event {
         leases: Vec<LeaseId>,
     },
     /// A worker asked for no more work.
-    Drain {
+    WorkerDrain {
         /// The session.
         session: SessionId,
     },
@@ -97,6 +97,11 @@ pub enum Event {
     Revoked {
         /// The revoked leases.
         leases: Vec<LeaseId>,
+    },
+    /// Graceful shutdown: assign nothing more; `drained` fires once no lease is outstanding.
+    Drain {
+        /// Fired when every outstanding lease has a result (or was handed back).
+        drained: oneshot::Sender<()>,
     },
 }
 
@@ -131,6 +136,7 @@ impl SchedulerHandle {
 #[derive(Debug)]
 struct Session {
     worker_id: Arc<str>,
+    kind: &'static str,
     /// Assignments outstanding at most (slots plus prefetch).
     capacity: usize,
     leases: HashSet<LeaseId>,
@@ -181,6 +187,8 @@ pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle
             ..Batch::default()
         },
         planned: Vec::new(),
+        draining_all: false,
+        drain_waiters: Vec::new(),
     };
     let task = tokio::spawn(scheduler.run());
     (handle, task)
@@ -197,6 +205,10 @@ struct Scheduler {
     batch: Batch,
     /// For each entry of `batch.leases`, the session and proposal it came from.
     planned: Vec<(SessionId, Proposal)>,
+    /// A graceful shutdown has begun: no new assignments.
+    draining_all: bool,
+    /// Told once no lease is outstanding during a graceful shutdown.
+    drain_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Scheduler {
@@ -227,15 +239,22 @@ impl Scheduler {
             for event in events.drain(..) {
                 self.apply(event);
             }
-            if let Err(error) = self.plan().await {
+            if !self.draining_all
+                && let Err(error) = self.plan().await
+            {
                 tracing::warn!(%error, "could not load ready chunks");
             }
             if self.batch.is_empty() {
                 busy = false;
-                continue;
+            } else {
+                let outcome = self.commit().await;
+                busy = self.settle(outcome);
             }
-            let outcome = self.commit().await;
-            busy = self.settle(outcome);
+            if self.draining_all && self.holders.is_empty() && self.batch.is_empty() {
+                for waiter in self.drain_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
         }
         tracing::info!("scheduler stopped");
     }
@@ -265,10 +284,12 @@ impl Scheduler {
                     WorkerKind::Browser => "browser",
                 };
                 self.batch.workers_seen.push((worker_id.clone(), kind));
+                metrics::gauge!("grid_workers_connected", "kind" => kind).increment(1.0);
                 self.sessions.insert(
                     session,
                     Session {
                         worker_id,
+                        kind,
                         capacity: capacity_for(slots),
                         leases: HashSet::new(),
                         draining: false,
@@ -314,13 +335,22 @@ impl Scheduler {
                     }
                 }
             }
-            Event::Drain { session } => {
+            Event::WorkerDrain { session } => {
                 if let Some(state) = self.sessions.get_mut(&session) {
                     state.draining = true;
                 }
             }
+            Event::Drain { drained } => {
+                tracing::info!(
+                    outstanding = self.holders.len(),
+                    "draining: no new assignments"
+                );
+                self.draining_all = true;
+                self.drain_waiters.push(drained);
+            }
             Event::Disconnected { session } => {
                 if let Some(state) = self.sessions.remove(&session) {
+                    metrics::gauge!("grid_workers_connected", "kind" => state.kind).decrement(1.0);
                     for lease in state.leases {
                         self.holders.remove(&lease);
                         self.batch.ended.push((lease, LeaseEnd::WorkerGone));
@@ -412,8 +442,13 @@ impl Scheduler {
     async fn commit(&mut self) -> Option<BatchOutcome> {
         let mut delay = Duration::from_millis(50);
         let mut attempts = 0u32;
+        let events = self.batch.results.len() + self.batch.ended.len() + self.batch.leases.len();
+        metrics::histogram!("grid_scheduler_batch_events").record(events as f64);
         loop {
-            match self.store.commit(&self.batch).await {
+            let started = std::time::Instant::now();
+            let committed = self.store.commit(&self.batch).await;
+            metrics::histogram!("grid_db_commit_seconds").record(started.elapsed().as_secs_f64());
+            match committed {
                 Ok(outcome) => return Some(outcome),
                 Err(error) => {
                     attempts += 1;
@@ -442,6 +477,7 @@ impl Scheduler {
             self.cache.invalidate();
             return false;
         };
+        record_metrics(&batch, &outcome);
         for lease in &outcome.refused {
             // The session let go of the lease when the result arrived; it is no longer live in
             // the database either (revoked by a cancel, or expired meanwhile).
@@ -487,9 +523,31 @@ impl Scheduler {
             progress = true;
             self.cache.invalidate();
         }
-        if outcome.decided > 0 {
-            tracing::debug!(decided = outcome.decided, "chunks decided");
-        }
         progress && self.sessions.values().any(|s| s.free_credit() > 0)
     }
+}
+
+fn record_metrics(batch: &Batch, outcome: &BatchOutcome) {
+    metrics::counter!("grid_results_total").increment(outcome.recorded.len() as u64);
+    metrics::counter!("grid_results_rejected_total").increment(outcome.refused.len() as u64);
+    metrics::counter!("grid_leases_issued_total").increment(outcome.created.len() as u64);
+    metrics::counter!("grid_chunks_decided_total", "outcome" => "accepted")
+        .increment(outcome.accepted);
+    metrics::counter!("grid_chunks_decided_total", "outcome" => "failed").increment(outcome.failed);
+    metrics::counter!("grid_replica_verdicts_total", "verdict" => "valid")
+        .increment(outcome.valid_replicas);
+    metrics::counter!("grid_replica_verdicts_total", "verdict" => "invalid")
+        .increment(outcome.invalid_replicas);
+    let gone = batch
+        .ended
+        .iter()
+        .filter(|(_, end)| *end == LeaseEnd::WorkerGone)
+        .count();
+    let released = batch.ended.len() - gone;
+    metrics::counter!("grid_lease_ends_total", "reason" => "worker_gone").increment(gone as u64);
+    metrics::counter!("grid_lease_ends_total", "reason" => "released").increment(released as u64);
+    metrics::counter!("grid_lease_ends_total", "reason" => "deadline")
+        .increment(outcome.expired.len() as u64);
+    metrics::counter!("grid_lease_ends_total", "reason" => "revoked")
+        .increment(outcome.revoked.len() as u64);
 }

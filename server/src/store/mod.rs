@@ -250,9 +250,26 @@ pub struct BatchOutcome {
     pub expired: Vec<LeaseId>,
     /// Some chunk now wants more replicas than before: the dispatch cache is stale.
     pub reopened: bool,
-    /// Chunks accepted or failed in this batch.
-    pub decided: u64,
+    /// Chunks accepted in this batch.
+    pub accepted: u64,
+    /// Chunks failed in this batch.
+    pub failed: u64,
+    /// Returned replicas judged valid in this batch.
+    pub valid_replicas: u64,
+    /// Returned replicas judged invalid in this batch.
+    pub invalid_replicas: u64,
 }
+
+/// The query behind [`Store::chunk_states`]; portable SQL shared by both backends.
+pub(crate) const CHUNK_STATES_SQL: &str = "
+    SELECT
+      COALESCE(SUM(CASE WHEN state IN ('queued', 'running')
+                        THEN chunk_count - chunks_done - chunks_failed ELSE 0 END), 0),
+      COALESCE(SUM(chunks_done), 0),
+      COALESCE(SUM(chunks_failed), 0),
+      COALESCE(SUM(CASE WHEN state = 'cancelled'
+                        THEN chunk_count - chunks_done - chunks_failed ELSE 0 END), 0)
+    FROM jobs";
 
 /// Every operation the master performs on its database.
 #[async_trait]
@@ -277,6 +294,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>>;
     /// Commit one scheduler round atomically.
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
+    /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.
+    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
 }

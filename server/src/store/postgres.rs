@@ -10,12 +10,14 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use super::review::{
+    Accepted, ChunkUnderReview, count_decisions, count_verdicts, replica_status, review,
+};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
-use super::review::{Accepted, ChunkUnderReview, replica_status, review};
 use crate::verifier::{QuorumPolicy, ReplicaFact};
 
 /// Rows per `INSERT ... SELECT FROM UNNEST` when storing a job's chunks.
@@ -326,6 +328,19 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
+    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>> {
+        let (open, done, failed, cancelled): (i64, i64, i64, i64) =
+            sqlx::query_as(super::CHUNK_STATES_SQL)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(vec![
+            ("open", open),
+            ("done", done),
+            ("failed", failed),
+            ("cancelled", cancelled),
+        ])
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -535,7 +550,11 @@ async fn reconcile(
     let fail = (
         decisions.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
         decisions.failed.iter().map(|f| f.1).collect::<Vec<_>>(),
-        decisions.failed.iter().map(|f| f.2.as_str()).collect::<Vec<_>>(),
+        decisions
+            .failed
+            .iter()
+            .map(|f| f.2.as_str())
+            .collect::<Vec<_>>(),
     );
     let want = (
         decisions.wanted.iter().map(|w| w.0).collect::<Vec<_>>(),
@@ -564,17 +583,19 @@ async fn reconcile(
         .bind(&accept.is_error)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
+        let verdicts: Vec<String> = sqlx::query_scalar(
             "UPDATE replicas r
              SET verdict = CASE WHEN r.outcome_digest = t.digest THEN 'valid' ELSE 'invalid' END
              FROM UNNEST($1::bigint[], $2::int[], $3::bytea[]) AS t(job_id, idx, digest)
-             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'returned'",
+             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'returned'
+             RETURNING r.verdict",
         )
         .bind(&accept.job_ids)
         .bind(&accept.indexes)
         .bind(&accept.digests)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        count_verdicts(&verdicts, outcome);
     }
     if !fail.0.is_empty() {
         sqlx::query(
@@ -602,7 +623,7 @@ async fn reconcile(
         .fetch_all(&mut **tx)
         .await?;
         outcome.revoked.extend(revoked);
-        outcome.decided += decided.0.len() as u64;
+        count_decisions(&decisions, outcome);
 
         let jobs: Vec<i64> = finished_per_job.keys().copied().collect();
         let done: Vec<i32> = finished_per_job.values().map(|c| c.0).collect();

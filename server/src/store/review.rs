@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::BatchOutcome;
 use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact};
 
 /// A chunk as the verifier needs it, loaded (and locked) by a backend.
@@ -106,7 +107,11 @@ pub fn review(chunks: &BTreeMap<(i64, i32), ChunkUnderReview>) -> Decisions {
 }
 
 /// The verifier's view of a replica row.
-pub fn replica_status(state: &str, digest: Option<[u8; 32]>, is_error: Option<bool>) -> verifier::ReplicaStatus {
+pub fn replica_status(
+    state: &str,
+    digest: Option<[u8; 32]>,
+    is_error: Option<bool>,
+) -> verifier::ReplicaStatus {
     match (state, digest) {
         ("leased", _) => verifier::ReplicaStatus::Live,
         ("returned", Some(digest)) => verifier::ReplicaStatus::Returned {
@@ -114,5 +119,28 @@ pub fn replica_status(state: &str, digest: Option<[u8; 32]>, is_error: Option<bo
             is_error: is_error.unwrap_or(false),
         },
         _ => verifier::ReplicaStatus::Ended,
+    }
+}
+
+/// Add the batch's decisions to the outcome's counters.
+pub fn count_decisions(decisions: &Decisions, outcome: &mut BatchOutcome) {
+    for accepted in &decisions.accepted {
+        if accepted.is_error {
+            outcome.failed += 1;
+        } else {
+            outcome.accepted += 1;
+        }
+    }
+    outcome.failed += decisions.failed.len() as u64;
+}
+
+/// Add verdicts (`valid` / `invalid`) to the outcome's counters.
+pub fn count_verdicts(verdicts: &[String], outcome: &mut BatchOutcome) {
+    for verdict in verdicts {
+        if verdict == "valid" {
+            outcome.valid_replicas += 1;
+        } else {
+            outcome.invalid_replicas += 1;
+        }
     }
 }

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use super::review::{ChunkUnderReview, replica_status, review};
+use super::review::{ChunkUnderReview, count_decisions, count_verdicts, replica_status, review};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
@@ -407,6 +407,19 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
+    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>> {
+        let (open, done, failed, cancelled): (i64, i64, i64, i64) =
+            sqlx::query_as(super::CHUNK_STATES_SQL)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(vec![
+            ("open", open),
+            ("done", done),
+            ("failed", failed),
+            ("cancelled", cancelled),
+        ])
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -497,16 +510,18 @@ async fn reconcile(
         .bind(accepted.canonical)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
+        let verdicts: Vec<String> = sqlx::query_scalar(
             "UPDATE replicas
              SET verdict = CASE WHEN outcome_digest = ?3 THEN 'valid' ELSE 'invalid' END
-             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'returned'",
+             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'returned'
+             RETURNING verdict",
         )
         .bind(accepted.job_id)
         .bind(accepted.idx)
         .bind(&accepted.digest[..])
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        count_verdicts(&verdicts, outcome);
     }
     for (job_id, idx, reason) in &decisions.failed {
         sqlx::query(
@@ -531,8 +546,8 @@ async fn reconcile(
         .fetch_all(&mut **tx)
         .await?;
         outcome.revoked.extend(revoked);
-        outcome.decided += 1;
     }
+    count_decisions(&decisions, outcome);
     for (job_id, (done, failed)) in &decisions.finished_per_job {
         sqlx::query(
             "UPDATE jobs SET chunks_done = chunks_done + ?2, chunks_failed = chunks_failed + ?3

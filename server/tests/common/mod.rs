@@ -141,7 +141,10 @@ impl Home {
                 command.env("DATABASE_URL", &db.url);
             }
             Home::Sqlite(dir) => {
-                command.env_remove("DATABASE_URL").arg("--data-dir").arg(dir.path());
+                command
+                    .env_remove("DATABASE_URL")
+                    .arg("--data-dir")
+                    .arg(dir.path());
             }
         }
     }

@@ -1,0 +1,463 @@
+//! The contribute page end to end: the master in-process on a fresh database, the page in
+//! headless Chromium (Debian's chromium driven by playwright-core, `frontend/tests/browser.mjs`),
+//! and for the mixed test a real `grid-worker` process.
+//!
+//! - two browser volunteers compute a `primes` job alone and get the right total;
+//! - one of three volunteers closes its tab mid-job and the job still completes;
+//! - a browser and a native worker agree on every chunk of `primes`, `mandelbrot` and `sha256`
+//!   jobs (bit-identical outputs across wasm and native);
+//! - the page's headers (types, caching, CSP) and the `Origin` check of `/ws`.
+//!
+//! These tests need the web build (`frontend/dist`), Chromium, Node and `playwright-core`.
+//! `cargo xtask test` provides all of them; without them the tests fail, saying so.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_worker};
+use grid_server::{ServeOptions, serve};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+/// How long one browser scenario may take, end to end.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(420);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What the browser tests run with. Missing pieces fail the test with what to do.
+struct Tools {
+    node: String,
+    script: PathBuf,
+    chromium: String,
+}
+
+const ADVICE: &str = "run `cargo xtask test`, which builds the page before the server and \
+                      installs the browser tools";
+
+/// The web build must exist: fail (not skip) without it.
+fn require_web_build() {
+    assert!(
+        repo_root().join("frontend/dist/index.html").exists(),
+        "the contribute page is not built (frontend/dist/index.html is missing): {ADVICE}"
+    );
+}
+
+impl Tools {
+    fn find() -> Tools {
+        let root = repo_root();
+        let advice = ADVICE;
+        require_web_build();
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists(),
+            "Chromium is missing ({chromium}): {advice}"
+        );
+        let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
+        let version = std::process::Command::new(&node).arg("--version").output();
+        assert!(
+            version.is_ok_and(|out| out.status.success()),
+            "Node.js is missing (`{node} --version` failed): {advice}"
+        );
+        assert!(
+            root.join("frontend/node_modules/playwright-core/package.json")
+                .exists(),
+            "playwright-core is not installed in frontend/node_modules: {advice}"
+        );
+        Tools {
+            node,
+            script: root.join("frontend/tests/browser.mjs"),
+            chromium,
+        }
+    }
+
+    /// The master must serve the page, not the "not built" placeholder.
+    async fn check_served(&self, server: &InProcessServer) {
+        let response = reqwest::get(format!("{}/", server.http())).await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "the master does not serve the contribute page (it was compiled without \
+             frontend/dist): run `cargo xtask test`, which builds the page before the server"
+        );
+    }
+
+    /// Run a scenario of browser.mjs against `server` for `jobs`; its JSON summary.
+    async fn run(&self, scenario: &str, server: &InProcessServer, jobs: &[i64]) -> Value {
+        let ids: Vec<String> = jobs.iter().map(i64::to_string).collect();
+        let child = tokio::process::Command::new(&self.node)
+            .arg(&self.script)
+            .args([scenario, &server.http(), ADMIN_TOKEN, &ids.join(",")])
+            .env("CHROMIUM", &self.chromium)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", self.node));
+        let output = tokio::time::timeout(SCENARIO_TIMEOUT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("browser scenario {scenario} ran over {SCENARIO_TIMEOUT:?}"))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "browser scenario {scenario} failed ({}); see its log above. stdout: {stdout}",
+            output.status
+        );
+        let summary: Value = stdout
+            .lines()
+            .last()
+            .and_then(|line| serde_json::from_str(line).ok())
+            .unwrap_or_else(|| panic!("no JSON summary from browser.mjs: {stdout}"));
+        assert_eq!(summary["ok"], true, "{summary}");
+        summary
+    }
+}
+
+/// Check every chunk is there once, in order, agreed by `quorum` workers; the sum of counts.
+fn total_count(results: &[Value], chunks: usize, quorum: u64) -> u64 {
+    let indexes: Vec<u64> = results
+        .iter()
+        .map(|line| line["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..chunks as u64).collect::<Vec<_>>());
+    for line in results {
+        assert_eq!(line["agreeing"].as_u64(), Some(quorum), "{line}");
+    }
+    results
+        .iter()
+        .map(|line| {
+            line["output"]["count"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{line}"))
+        })
+        .sum()
+}
+
+fn reference_total(inputs: &[Value]) -> u64 {
+    inputs
+        .iter()
+        .map(|input| {
+            grid_kernels::run("primes", input).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_tabs_compute_a_primes_job_alone() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let inputs = primes_inputs(0, 10_000_000, 20);
+    let job = api
+        .submit(json!({
+            "kernel": "primes", "inputs": inputs, "redundancy": 2, "name": "pi(10^7) in browsers",
+        }))
+        .await;
+
+    let summary = tools.run("two-tabs", &server, &[job]).await;
+    assert_eq!(
+        summary["volunteers"].as_array().map(Vec::len),
+        Some(2),
+        "{summary}"
+    );
+
+    let finished = api.wait_finished(job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(
+        finished["chunks"],
+        json!({"total": 20, "done": 20, "failed": 0})
+    );
+    assert_eq!(finished["replicas"]["invalid"], 0, "{finished}");
+    let results = api.results(job).await;
+    assert_eq!(total_count(&results, 20, 2), 664_579);
+
+    // Only the two browser volunteers computed it: every chunk by both.
+    let store = &server.store;
+    let workers = store
+        .count(&format!(
+            "SELECT count(DISTINCT worker_id) FROM replicas WHERE job_id = {job} AND verdict = 'valid'"
+        ))
+        .await;
+    assert_eq!(workers, 2);
+    let not_browser = store
+        .count(&format!(
+            "SELECT count(*) FROM replicas r JOIN workers w ON w.id = r.worker_id
+             WHERE r.job_id = {job} AND (w.kind <> 'browser' OR r.worker_id NOT LIKE 'browser-%')"
+        ))
+        .await;
+    assert_eq!(not_browser, 0, "only browser workers took part");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_tab_mid_job_loses_nothing() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    // Chunks of a few hundred milliseconds, so the job is still running when the tab closes.
+    let start = 100_000_000_000;
+    let inputs = primes_inputs(start, start + 48 * 100_000_000, 48);
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+
+    let summary = tools.run("close-one", &server, &[job]).await;
+    let closed = summary["closed"].as_str().unwrap().to_owned();
+
+    let finished = api.wait_finished(job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(finished["chunks"]["done"], 48);
+    assert!(
+        finished["replicas"]["expired"].as_i64().unwrap() >= 1,
+        "the closed tab's leases were taken back: {finished}"
+    );
+    let results = api.results(job).await;
+    assert_eq!(total_count(&results, 48, 2), reference_total(&inputs));
+    let by_closed = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM replicas WHERE job_id = {job} AND worker_id = '{closed}'
+             AND state = 'expired'"
+        ))
+        .await;
+    assert!(
+        by_closed >= 1,
+        "the closed volunteer held leases that were reissued"
+    );
+    server.stop().await;
+}
+
+/// Mandelbrot tiles: a whole view and a deep zoom on the boundary (long float iterations).
+fn mandelbrot_inputs() -> Vec<Value> {
+    let mut inputs = Vec::new();
+    for (x_min, x_max, y_min, y_max, max_iter) in [
+        (-2.0, 1.0, -1.5, 1.5, 500),
+        (-0.745_43, -0.745_38, 0.113_0, 0.113_05, 4000),
+    ] {
+        for ty in 0..3 {
+            for tx in 0..3 {
+                inputs.push(json!({
+                    "width": 96, "height": 96,
+                    "x_min": x_min, "x_max": x_max, "y_min": y_min, "y_max": y_max,
+                    "max_iter": max_iter,
+                    "tile": {"x": tx * 32, "y": ty * 32, "w": 32, "h": 32},
+                }));
+            }
+        }
+    }
+    inputs
+}
+
+fn sha256_inputs() -> Vec<Value> {
+    (0..10)
+        .map(|i| {
+            json!({"prefix": "grid-mixed-✓", "start": i * 20_000, "end": (i + 1) * 20_000, "difficulty": 14})
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_a_native_worker_agree_on_every_chunk() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let jobs = [
+        ("primes", primes_inputs(0, 10_000_000, 10)),
+        ("mandelbrot", mandelbrot_inputs()),
+        ("sha256", sha256_inputs()),
+    ];
+    let mut ids = Vec::new();
+    for (kernel, inputs) in &jobs {
+        let id = api
+            .submit(json!({"kernel": kernel, "inputs": inputs, "redundancy": 2}))
+            .await;
+        ids.push(id);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let _native = spawn_worker(&server.ws(), 1, &home.path().join("native.id"));
+
+    tools.run("mixed", &server, &ids).await;
+
+    for ((kernel, inputs), id) in jobs.iter().zip(&ids) {
+        let finished = api.wait_finished(*id, Duration::from_secs(10)).await;
+        assert_eq!(finished["state"], "done", "{kernel}: {finished}");
+        assert_eq!(finished["chunks"]["failed"], 0, "{kernel}: {finished}");
+        assert_eq!(finished["replicas"]["invalid"], 0, "{kernel}: {finished}");
+        let results = api.results(*id).await;
+        assert_eq!(results.len(), inputs.len(), "{kernel}");
+        for (line, input) in results.iter().zip(inputs) {
+            assert_eq!(line["agreeing"], 2, "{kernel}: {line}");
+            // And they agree on the right answer.
+            assert_eq!(
+                line["output"],
+                grid_kernels::run(kernel, input).unwrap(),
+                "{kernel}"
+            );
+        }
+        // Every chunk accepted on the word of one browser and one native worker.
+        let mixed = server
+            .store
+            .count(&format!(
+                "SELECT count(*) FROM (SELECT r.chunk_idx FROM replicas r
+                 JOIN workers w ON w.id = r.worker_id
+                 WHERE r.job_id = {id} AND r.verdict = 'valid'
+                 GROUP BY r.chunk_idx HAVING count(DISTINCT w.kind) = 2) AS both_kinds"
+            ))
+            .await;
+        assert_eq!(
+            mixed,
+            inputs.len() as i64,
+            "{kernel}: chunks agreed by both kinds"
+        );
+    }
+    server.stop().await;
+}
+
+/// A master on the embedded store with `allowed_origins`, for the origin tests.
+async fn start_with_origins(
+    allowed_origins: Vec<String>,
+) -> (String, Home, tokio::sync::oneshot::Sender<()>) {
+    let home = Home::new(Backend::Sqlite).await;
+    let store = home.open().await.shared();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        allowed_origins,
+        ..ServeOptions::default()
+    };
+    tokio::spawn(serve(listener, Arc::clone(&store), options, async {
+        let _ = stopped.await;
+    }));
+    (addr.to_string(), home, stop)
+}
+
+/// Open `/ws` with an `Origin` header: `Ok` if upgraded, else the HTTP status and body.
+async fn handshake(addr: &str, origin: Option<&str>) -> Result<(), (u16, Value)> {
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                .unwrap_or(Value::Null);
+            Err((response.status().as_u16(), body))
+        }
+        Err(other) => panic!("handshake failed unexpectedly: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn worker_sessions_from_other_origins_are_refused() {
+    let (addr, _home, stop) = start_with_origins(vec!["https://volunteer.example".into()]).await;
+    // Native workers send no Origin; the master's own page sends its own.
+    assert_eq!(handshake(&addr, None).await, Ok(()));
+    assert_eq!(
+        handshake(&addr, Some(&format!("http://{addr}"))).await,
+        Ok(())
+    );
+    assert_eq!(
+        handshake(&addr, Some("https://volunteer.example")).await,
+        Ok(())
+    );
+    for origin in [
+        "http://evil.example",
+        "https://volunteer.example:8443",
+        "null",
+    ] {
+        let (status, body) = handshake(&addr, Some(origin)).await.unwrap_err();
+        assert_eq!(status, 403, "{origin}");
+        assert_eq!(body["error"]["code"], "forbidden", "{origin}: {body}");
+    }
+    // A welcomed session from the master's own origin speaks the protocol as usual.
+    let _peer = Peer::join(&format!("ws://{addr}/ws"), "native-1", 1).await;
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_with_the_right_headers() {
+    require_web_build();
+    let (addr, _home, stop) = start_with_origins(Vec::new()).await;
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let addr = addr.clone();
+        async move {
+            client
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let header = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let page = get("/".into()).await;
+    assert_eq!(page.status().as_u16(), 200);
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    let csp = header(&page, "content-security-policy");
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>"), "no inline script");
+
+    let dist = repo_root().join("frontend/dist");
+    let mut seen_wasm = false;
+    for entry in std::fs::read_dir(&dist).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let response = get(format!("/{name}")).await;
+        assert_eq!(response.status().as_u16(), 200, "{name}");
+        let cache = header(&response, "cache-control");
+        let content_type = header(&response, "content-type");
+        if name.ends_with(".html") || name.ends_with(".json") {
+            assert_eq!(cache, "no-cache", "{name}");
+        } else {
+            assert_eq!(cache, "public, max-age=31536000, immutable", "{name}");
+        }
+        if name.ends_with(".wasm") {
+            seen_wasm = true;
+            assert_eq!(content_type, "application/wasm");
+            let bytes = response.bytes().await.unwrap();
+            assert_eq!(&bytes[..4], b"\0asm");
+        } else if name.ends_with(".js") {
+            assert_eq!(content_type, "text/javascript; charset=utf-8", "{name}");
+        }
+    }
+    assert!(seen_wasm, "no .wasm in {}", dist.display());
+    let missing = get("/app.0000000000000000.js".into()).await;
+    assert_eq!(missing.status().as_u16(), 404);
+    let _ = stop.send(());
+}
