@@ -5,7 +5,11 @@
 //!   the admin token is.
 //! - `cargo xtask test`: make sure PostgreSQL runs, build every binary, run every test.
 //!
+//! - `cargo xtask build`: the web assets, then release binaries (what the Dockerfile runs).
+//!
 //! Everything a fresh machine lacks is installed here, with a message saying what and why.
+
+mod web;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -21,11 +25,13 @@ fn main() -> Result<()> {
     let root = workspace_root()?;
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
-        Some("run") => run(&args[1..]),
-        Some("test") => test(&args[1..]),
+        Some("run") => run(&root, &args[1..]),
+        Some("test") => test(&root, &args[1..]),
+        Some("build") => build_release(&root),
         _ => {
             eprintln!(
-                "usage: cargo xtask run [grid-server flags...] | cargo xtask test [test filter]"
+                "usage: cargo xtask run [grid-server flags...] | cargo xtask test [test filter] \
+                 | cargo xtask build"
             );
             std::process::exit(2);
         }
@@ -85,9 +91,22 @@ fn ensure_postgres() -> Result<()> {
     Ok(())
 }
 
-fn run(extra: &[String]) -> Result<()> {
-    step("building grid-server (release)");
-    status(Command::new("cargo").args(["build", "--release", "-p", "grid-server", "-p", "grid-worker"]))?;
+/// The web assets (embedded into `grid-server` at compile time), then release binaries.
+fn build_release(root: &Path) -> Result<()> {
+    web::build_web(root, true)?;
+    step("building grid-server and grid-worker (release)");
+    status(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "grid-server",
+        "-p",
+        "grid-worker",
+    ]))
+}
+
+fn run(root: &Path, extra: &[String]) -> Result<()> {
+    build_release(root)?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let binary = Path::new(&target).join("release/grid-server");
     match std::env::var("DATABASE_URL") {
@@ -98,8 +117,11 @@ fn run(extra: &[String]) -> Result<()> {
     status(Command::new(binary).args(extra))
 }
 
-fn test(filter: &[String]) -> Result<()> {
+fn test(root: &Path, filter: &[String]) -> Result<()> {
     ensure_postgres()?;
+    // The contribute page is embedded into grid-server at compile time: build it first.
+    web::build_web(root, true)?;
+    web::ensure_browser_tools(root)?;
     step("building every binary (end-to-end tests start them as processes)");
     status(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
     step("running every test");
