@@ -65,7 +65,9 @@ pub fn build_web(root: &Path, release: bool) -> Result<()> {
     ensure_wasm_bindgen(&version)?;
 
     let profile = if release { "release" } else { "debug" };
-    step(&format!("building the browser worker ({WASM_TARGET}, {profile})"));
+    step(&format!(
+        "building the browser worker ({WASM_TARGET}, {profile})"
+    ));
     let mut build = Command::new("cargo");
     build
         .current_dir(root)
@@ -142,8 +144,7 @@ fn rewrite_references(
     if name.ends_with(".wasm") {
         return Ok(bytes);
     }
-    let mut text =
-        String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))?;
+    let mut text = String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))?;
     for (plain, hashed) in renamed {
         for quote in ['\'', '"'] {
             for prefix in ["./", ""] {
@@ -225,11 +226,12 @@ fn ensure_wasm_bindgen(version: &str) -> Result<()> {
 
 /// Where cargo puts build output (honours `CARGO_TARGET_DIR` and cargo configuration).
 fn target_dir(root: &Path) -> Result<PathBuf> {
-    let metadata = output(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["metadata", "--format-version", "1", "--no-deps"]),
-    )
+    let metadata = output(Command::new("cargo").current_dir(root).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))
     .context("cargo metadata failed")?;
     let key = "\"target_directory\":\"";
     let start = metadata
@@ -239,20 +241,31 @@ fn target_dir(root: &Path) -> Result<PathBuf> {
     let end = metadata[start..]
         .find('"')
         .context("malformed cargo metadata")?;
-    Ok(PathBuf::from(metadata[start..start + end].replace("\\\\", "\\")))
+    Ok(PathBuf::from(
+        metadata[start..start + end].replace("\\\\", "\\"),
+    ))
 }
 
 /// Chromium, Node and `playwright-core` for the browser tests and the benchmark.
 pub fn ensure_browser_tools(root: &Path) -> Result<()> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.to_owned());
     if !Path::new(&chromium).exists() {
-        apt_install(&["chromium"], "Chromium (the browser tests run in headless Chromium)")?;
+        apt_install(
+            &["chromium"],
+            "Chromium (the browser tests run in headless Chromium)",
+        )?;
     }
     if output(Command::new("node").arg("--version")).is_none() {
-        apt_install(&["nodejs", "npm"], "Node.js (it drives Chromium in the browser tests)")?;
+        apt_install(
+            &["nodejs", "npm"],
+            "Node.js (it drives Chromium in the browser tests)",
+        )?;
     }
     let frontend = root.join("frontend");
-    if !frontend.join("node_modules/playwright-core/package.json").exists() {
+    if !frontend
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         step("installing playwright-core (npm ci in frontend/; no browser download)");
         let ci = run(Command::new("npm")
             .current_dir(&frontend)
@@ -311,8 +324,8 @@ mod tests {
             String::from_utf8_lossy(&out),
             "new URL('./worker.00ff.js', import.meta.url); \"worker.00ff.js\"; './networker.js'"
         );
-        let wasm = rewrite_references("a.wasm", b"'./worker.js'".to_vec(), &renamed)
-            .unwrap_or_default();
+        let wasm =
+            rewrite_references("a.wasm", b"'./worker.js'".to_vec(), &renamed).unwrap_or_default();
         assert_eq!(wasm, b"'./worker.js'");
     }
 }
