@@ -171,6 +171,12 @@ pub fn capacity_for(slots: u32) -> usize {
 /// Start the scheduler task. It stops when every handle is dropped.
 pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (inbox, events) = mpsc::channel(INBOX_CAPACITY);
+    // A fresh identity per process: leases name the master whose session holds them.
+    let master_id: Arc<str> = Arc::from(format!(
+        "master-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    tracing::info!(master = %master_id, "scheduler started");
     let handle = SchedulerHandle {
         inbox,
         next_session: Arc::new(AtomicU64::new(1)),
@@ -183,7 +189,8 @@ pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle
         cache: DispatchCache::new(),
         batch: Batch {
             // The previous process's sessions died with it, and so did their leases.
-            sweep: ExpirySweep::AllLeased,
+            sweep: ExpirySweep::Startup,
+            master_id: master_id.clone(),
             ..Batch::default()
         },
         planned: Vec::new(),
@@ -261,7 +268,7 @@ impl Scheduler {
 
     fn on_sweep_tick(&mut self) {
         self.batch.sweep = match self.batch.sweep {
-            ExpirySweep::AllLeased => ExpirySweep::AllLeased,
+            ExpirySweep::Startup => ExpirySweep::Startup,
             _ => ExpirySweep::Overdue,
         };
         // A safety net against missed hints (e.g. another master changed the database).
@@ -471,7 +478,11 @@ impl Scheduler {
     /// Act on a committed batch: send assignments, revocations and rejections. Returns whether
     /// another round should run at once.
     fn settle(&mut self, outcome: Option<BatchOutcome>) -> bool {
-        let batch = std::mem::take(&mut self.batch);
+        let next = Batch {
+            master_id: self.batch.master_id.clone(),
+            ..Batch::default()
+        };
+        let batch = std::mem::replace(&mut self.batch, next);
         let planned = std::mem::take(&mut self.planned);
         let Some(outcome) = outcome else {
             self.cache.invalidate();

@@ -183,15 +183,24 @@ pub enum ExpirySweep {
     /// None.
     #[default]
     None,
-    /// Those past their deadline.
+    /// Those past their deadline, or held by a master whose heartbeat is stale (it died).
+    /// Also heartbeats this master.
     Overdue,
-    /// All of them (at start-up: the sessions that held them died with the previous process).
-    AllLeased,
+    /// At a master's start-up: on a shared database, those overdue or held by dead masters
+    /// (this master's previous process among them, once its heartbeat is stale); on the
+    /// single-master embedded database, all of them (their sessions died with the previous
+    /// process).
+    Startup,
 }
+
+/// A master is considered dead when its heartbeat is older than this.
+pub const MASTER_TIMEOUT_SECONDS: i64 = 10;
 
 /// Everything one scheduler round commits, in one transaction (group commit).
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The committing master (stamped on the leases it creates, heartbeated by sweeps).
+    pub master_id: Arc<str>,
     /// Worker identities that connected (upserted into `workers`).
     pub workers_seen: Vec<(Arc<str>, &'static str)>,
     /// Results received.

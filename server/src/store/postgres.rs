@@ -15,7 +15,7 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::{QuorumPolicy, ReplicaFact};
@@ -320,7 +320,7 @@ impl Store for PgStore {
         record_workers(&mut tx, batch).await?;
         record_results(&mut tx, batch, &mut outcome, &mut touched).await?;
         end_leases(&mut tx, batch, &mut touched).await?;
-        sweep_expired(&mut tx, batch.sweep, &mut outcome, &mut touched).await?;
+        sweep_expired(&mut tx, batch, &mut outcome, &mut touched).await?;
         reconcile(&mut tx, &touched, &mut outcome).await?;
         create_leases(&mut tx, batch, &mut outcome).await?;
 
@@ -449,23 +449,35 @@ async fn end_leases(tx: &mut Tx, batch: &Batch, touched: &mut BTreeSet<(i64, i32
 
 async fn sweep_expired(
     tx: &mut Tx,
-    sweep: ExpirySweep,
+    batch: &Batch,
     outcome: &mut BatchOutcome,
     touched: &mut BTreeSet<(i64, i32)>,
 ) -> Result<()> {
-    let sql = match sweep {
-        ExpirySweep::None => return Ok(()),
-        ExpirySweep::Overdue => {
-            "UPDATE replicas SET state = 'expired'
-             WHERE state = 'leased' AND deadline < now()
-             RETURNING id, job_id, chunk_idx"
-        }
-        ExpirySweep::AllLeased => {
-            "UPDATE replicas SET state = 'expired' WHERE state = 'leased'
-             RETURNING id, job_id, chunk_idx"
-        }
-    };
-    let rows = sqlx::query(sql).fetch_all(&mut **tx).await?;
+    if batch.sweep == ExpirySweep::None {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO masters (id) VALUES ($1)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+    )
+    .bind(&*batch.master_id)
+    .execute(&mut **tx)
+    .await?;
+    // Overdue leases, and leases of masters that stopped heartbeating (killed, or cut off):
+    // their workers have failed over or are gone, so the chunks are reissued.
+    let rows = sqlx::query(
+        "UPDATE replicas r SET state = 'expired'
+         WHERE r.state = 'leased'
+           AND (r.deadline < now()
+                OR r.master_id IS NULL
+                OR NOT EXISTS (SELECT 1 FROM masters m
+                               WHERE m.id = r.master_id
+                                 AND m.heartbeat_at > now() - $1 * interval '1 second'))
+         RETURNING r.id, r.job_id, r.chunk_idx",
+    )
+    .bind(MASTER_TIMEOUT_SECONDS as f64)
+    .fetch_all(&mut **tx)
+    .await?;
     for row in rows {
         outcome.expired.push(row.try_get("id")?);
         touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
@@ -739,8 +751,8 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .map(|&i| batch.leases[i].lease_seconds)
         .collect();
     let rows = sqlx::query(
-        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline)
-         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second'
+        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id)
+         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5
          FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[])
               AS t(job_id, idx, worker_id, seconds)
          ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
@@ -751,6 +763,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     .bind(&indexes)
     .bind(&workers)
     .bind(&seconds)
+    .bind(&*batch.master_id)
     .fetch_all(&mut **tx)
     .await?;
     let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());

@@ -385,7 +385,7 @@ impl Store for SqliteStore {
         let deadline_before = match batch.sweep {
             ExpirySweep::None => None,
             ExpirySweep::Overdue => Some(now_ms()),
-            ExpirySweep::AllLeased => Some(i64::MAX),
+            ExpirySweep::Startup => Some(i64::MAX),
         };
         if let Some(before) = deadline_before {
             let rows = sqlx::query(
@@ -615,8 +615,8 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
             continue;
         }
         let lease: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO replicas (job_id, chunk_idx, worker_id, issued_at, deadline_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO replicas (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
              DO NOTHING
              RETURNING id",
@@ -626,6 +626,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .bind(&*request.worker_id)
         .bind(now)
         .bind(now_ms + i64::from(request.lease_seconds) * 1000)
+        .bind(&*batch.master_id)
         .fetch_optional(&mut **tx)
         .await?;
         match lease {

@@ -346,8 +346,17 @@ pub fn spawn_server_process(home: &Home, listen: &str) -> (Process, SocketAddr) 
 
 /// A real `grid-worker` process.
 pub fn spawn_worker(server_ws: &str, threads: u32, identity_file: &std::path::Path) -> Process {
+    spawn_worker_failover(&[server_ws], threads, identity_file)
+}
+
+/// A real `grid-worker` process given several masters, in order of preference.
+pub fn spawn_worker_failover(
+    servers: &[&str],
+    threads: u32,
+    identity_file: &std::path::Path,
+) -> Process {
     let child = Command::new(target_dir_binary("grid-worker"))
-        .args(["--server", server_ws, "--threads", &threads.to_string()])
+        .args(["--server", &servers.join(","), "--threads", &threads.to_string()])
         .arg("--identity-file")
         .arg(identity_file)
         .env("RUST_LOG", "warn")

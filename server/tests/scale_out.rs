@@ -1,0 +1,83 @@
+//! Scale-out: several masters share one PostgreSQL (claims and leases live in the database),
+//! workers fail over between them, and losing a master loses no chunk.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Api, Backend, Home, primes_inputs, spawn_server_process, spawn_worker_failover};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_one_killed_mid_job_loses_nothing() {
+    let home = Home::new(Backend::Postgres).await;
+    let (mut master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
+    let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
+    let ws_a = format!("ws://{addr_a}/ws");
+    let ws_b = format!("ws://{addr_b}/ws");
+    let api_a = Api::new(&format!("http://{addr_a}"), ADMIN_TOKEN);
+    let api_b = Api::new(&format!("http://{addr_b}"), ADMIN_TOKEN);
+
+    // Half the workers prefer A, half prefer B; all know both.
+    let identities = tempfile::tempdir().unwrap();
+    let _workers: Vec<_> = (0..4)
+        .map(|i| {
+            let servers = if i % 2 == 0 {
+                [ws_a.as_str(), ws_b.as_str()]
+            } else {
+                [ws_b.as_str(), ws_a.as_str()]
+            };
+            spawn_worker_failover(&servers, 1, &identities.path().join(format!("w{i}.id")))
+        })
+        .collect();
+
+    let inputs = primes_inputs(100_000_000_000, 100_000_000_000 + 80 * 50_000_000, 80);
+    let expected: u64 = inputs
+        .iter()
+        .map(|input| grid_kernels::run("primes", input).unwrap()["count"].as_u64().unwrap())
+        .sum();
+    // Submitted through A; B serves it too, from the shared database.
+    let job = api_a
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+
+    // Both masters hand out work (B learns of the job by polling within a second) before A
+    // dies mid-job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = api_b.get(&format!("/api/v1/jobs/{job}")).await;
+        let done = body["chunks"]["done"].as_i64().unwrap_or(0);
+        if done >= 5 && home_masters(&home).await >= 2 {
+            assert!(done < 80, "the job finished before A could be killed");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    master_a.kill();
+
+    let finished = api_b.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api_b.results(job).await;
+    let mut seen = BTreeMap::new();
+    for line in &results {
+        *seen.entry(line["index"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 80, "no chunk lost");
+    assert!(seen.values().all(|&n| n == 1), "no chunk twice");
+    let total: u64 = results
+        .iter()
+        .map(|line| line["output"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, expected);
+    assert!(results.iter().all(|line| line["agreeing"] == 2));
+}
+
+async fn home_masters(home: &Home) -> i64 {
+    home.open()
+        .await
+        .count("SELECT count(DISTINCT master_id) FROM replicas")
+        .await
+}
