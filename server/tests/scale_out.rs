@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Api, Backend, Home, primes_inputs, spawn_server_process, spawn_worker_failover};
+use common::{
+    ADMIN_TOKEN, Api, Backend, Home, primes_inputs, spawn_server_process, spawn_worker_failover,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +38,11 @@ async fn two_masters_one_killed_mid_job_loses_nothing() {
     let inputs = primes_inputs(100_000_000_000, 100_000_000_000 + 80 * 50_000_000, 80);
     let expected: u64 = inputs
         .iter()
-        .map(|input| grid_kernels::run("primes", input).unwrap()["count"].as_u64().unwrap())
+        .map(|input| {
+            grid_kernels::run("primes", input).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
     // Submitted through A; B serves it too, from the shared database.
     let job = api_a
@@ -53,7 +59,10 @@ async fn two_masters_one_killed_mid_job_loses_nothing() {
             assert!(done < 80, "the job finished before A could be killed");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     master_a.kill();

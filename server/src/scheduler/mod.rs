@@ -172,10 +172,8 @@ pub fn capacity_for(slots: u32) -> usize {
 pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (inbox, events) = mpsc::channel(INBOX_CAPACITY);
     // A fresh identity per process: leases name the master whose session holds them.
-    let master_id: Arc<str> = Arc::from(format!(
-        "master-{}",
-        hex::encode(rand::random::<[u8; 8]>())
-    ));
+    let master_id: Arc<str> =
+        Arc::from(format!("master-{}", hex::encode(rand::random::<[u8; 8]>())));
     tracing::info!(master = %master_id, "scheduler started");
     let handle = SchedulerHandle {
         inbox,

@@ -356,7 +356,12 @@ pub fn spawn_worker_failover(
     identity_file: &std::path::Path,
 ) -> Process {
     let child = Command::new(target_dir_binary("grid-worker"))
-        .args(["--server", &servers.join(","), "--threads", &threads.to_string()])
+        .args([
+            "--server",
+            &servers.join(","),
+            "--threads",
+            &threads.to_string(),
+        ])
         .arg("--identity-file")
         .arg(identity_file)
         .env("RUST_LOG", "warn")
