@@ -21,6 +21,9 @@ pub enum Error {
     /// 401: no bearer token, or one the master does not know.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// 401: a volunteer route without a worker identity in `X-Grid-Volunteer`.
+    #[error("the X-Grid-Volunteer header must hold this volunteer's worker identity")]
+    NoVolunteerIdentity,
     /// 403: the token is valid but not allowed to do this (e.g. non-admin creating tokens).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -67,7 +70,9 @@ impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Unauthorized | Error::NoVolunteerIdentity => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

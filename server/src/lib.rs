@@ -8,9 +8,11 @@
 //!   as one batch; [`scheduler::dispatch`] is its in-memory cache of ready chunks.
 //! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
+//!   [`store::insights`] holds the read-mostly queries of dashboards and volunteers.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
+//! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
 //! resolves. `main.rs` only reads configuration, sets up logging and binds.
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -43,12 +46,17 @@ use crate::auth::TokenCache;
 use crate::limits::Limits;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
+use crate::store::insights::{Database, Insights};
 
 /// Shared state of every handler and session.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The database.
     pub store: Arc<dyn Store>,
+    /// The same database, for the read-mostly queries of dashboards and volunteers.
+    pub insights: Arc<dyn Insights>,
+    /// The dashboard's shared sampler and the credit cache.
+    pub dashboard: dashboard::Feed,
     /// The scheduler's inbox.
     pub scheduler: SchedulerHandle,
     /// Documented limits.
@@ -84,6 +92,13 @@ pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::fro
 /// contribute page.
 pub fn router(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
+    routes()
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Every route of the master, before its state is attached (the OpenAPI test lists them).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(web::routes())
         .nest("/api/v1", api::v1())
@@ -92,15 +107,25 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::health::readyz))
         .route("/metrics", get(metrics::scrape))
         .route("/ws", get(worker_socket))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
 }
 
 async fn api_not_found() -> error::Error {
     error::Error::NotFound("route")
 }
 
-async fn worker_socket(
+/// A worker's session: the WebSocket speaking the worker protocol (`grid-protocol`).
+#[utoipa::path(
+    get,
+    operation_id = "worker_session",
+    summary = "Open a worker session",
+    path = "/ws",
+    tag = "workers",
+    responses(
+        (status = 101, description = "Switching to the WebSocket worker protocol (JSON text frames)"),
+        (status = 403, description = "A page of another origin may not open worker sessions", body = api::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn worker_socket(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
@@ -128,15 +153,19 @@ async fn worker_socket(
 /// sessions with a "going away" reason (their leases are handed back), and return.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Database>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let insights: Arc<dyn Insights> = store.clone();
+    let store: Arc<dyn Store> = store;
     let (scheduler, scheduler_task) = scheduler::spawn(store.clone());
     let drain = scheduler.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {
+        dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,
+        insights,
         scheduler,
         limits: Arc::new(options.limits),
         admin_token_hash: options.admin_token.as_deref().map(auth::hash_token),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use grid_server::config::{Config, redact_url};
-use grid_server::store::Store;
+use grid_server::store::insights::Database;
 use grid_server::store::postgres::PgStore;
 use grid_server::store::sqlite::SqliteStore;
 use grid_server::{ServeOptions, serve};
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
 
-    let (store, admin_token): (Arc<dyn Store>, String) = match &config.database_url {
+    let (store, admin_token): (Arc<dyn Database>, String) = match &config.database_url {
         Some(url) => {
             let store = PgStore::connect(url)
                 .await

@@ -95,6 +95,14 @@ fn describe() {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
 pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse> {
     for (chunk_state, count) in state.store.chunk_states().await? {
         metrics::gauge!("grid_chunks", "state" => chunk_state).set(count as f64);

@@ -1,10 +1,12 @@
 //! The contribute page: the pages and assets of `frontend/dist/`, and who may open worker
 //! sessions from a browser.
 //!
-//! - [`routes`]: `/` (the contribute page) and `/{file}` (its assets), embedded in the binary
-//!   at build time with `rust-embed` (release builds; debug builds read the folder at run
-//!   time). `cargo xtask` writes `frontend/dist/` (xtask/src/web.rs) before building the
+//! - [`routes`]: `/` (the contribute page), `/dashboard`, and `/{file}` (other pages, assets),
+//!   embedded in the binary at build time with `rust-embed` (release builds; debug builds read
+//!   the folder at run time). `cargo xtask` writes `frontend/dist/` (xtask/src/web.rs) before building the
 //!   master; a master built without it still runs, and `/` explains how to build the page.
+//!   (Cargo tracks the embedded files, not the folder: a release build made while the folder
+//!   was missing is not rebuilt when it appears; build the page first.)
 //! - [`OriginPolicy`]: the `Origin` check of the WebSocket endpoint `/ws`.
 //!
 //! Caching: assets are named by content hash (`app.<16 hex>.js`) and cached for a year as
@@ -58,11 +60,16 @@ pub struct Asset {
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
+        .route("/dashboard", get(dashboard))
         .route("/{file}", get(file))
 }
 
 async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers, embedded)
+}
+
+async fn dashboard(headers: HeaderMap) -> Response {
+    serve("dashboard.html", &headers, embedded)
 }
 
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {

@@ -57,7 +57,10 @@ async fn tokens_and_ownership(backend: Backend) {
     let (status, body) = alice.get(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(status, 200);
     assert_eq!(body["state"], "queued");
-    assert_eq!(body["chunks"], json!({"total": 3, "done": 0, "failed": 0}));
+    assert_eq!(
+        body["chunks"],
+        json!({"total": 3, "done": 0, "failed": 0, "revised": 0})
+    );
     assert_eq!(
         body["replicas"],
         json!({"issued": 0, "returned": 0, "invalid": 0, "expired": 0})

@@ -6,6 +6,7 @@
 //! - one of three volunteers closes its tab mid-job and the job still completes;
 //! - a browser and a native worker agree on every chunk of `primes`, `mandelbrot` and `sha256`
 //!   jobs (bit-identical outputs across wasm and native);
+//! - the page shows the master going away, reconnects by itself when it is back, and computes;
 //! - the page's headers (types, caching, CSP) and the `Origin` check of `/ws`.
 //!
 //! These tests need the web build (`frontend/dist`), Chromium, Node and `playwright-core`.
@@ -18,9 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_worker};
+use common::{
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_server_process,
+    spawn_worker,
+};
 use grid_server::{ServeOptions, serve};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 /// How long one browser scenario may take, end to end.
@@ -80,8 +85,8 @@ impl Tools {
     }
 
     /// The master must serve the page, not the "not built" placeholder.
-    async fn check_served(&self, server: &InProcessServer) {
-        let response = reqwest::get(format!("{}/", server.http())).await.unwrap();
+    async fn check_served(&self, base: &str) {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
         assert_eq!(
             response.status().as_u16(),
             200,
@@ -122,6 +127,87 @@ impl Tools {
     }
 }
 
+/// Read stdout lines of browser.mjs until `expected` (bounded).
+async fn expect_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    expected: &str,
+) {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("browser.mjs did not say {expected} within 120 s"))
+            .unwrap();
+        match line {
+            Some(line) if line.trim() == expected => return,
+            Some(_) => continue,
+            None => panic!("browser.mjs ended before saying {expected}; see its log above"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_when_the_master_comes_back() {
+    let tools = Tools::find();
+    let home = Home::new(Backend::Postgres).await;
+    let (mut master, addr) = spawn_server_process(&home, "127.0.0.1:0");
+    let base = format!("http://{addr}");
+    tools.check_served(&base).await;
+    let api = Api::new(&base, ADMIN_TOKEN);
+    let first = api
+        .submit(
+            json!({"kernel": "primes", "inputs": primes_inputs(0, 2_000_000, 4), "redundancy": 1}),
+        )
+        .await;
+
+    let mut child = tokio::process::Command::new(&tools.node)
+        .arg(&tools.script)
+        .args(["reconnect", &base, ADMIN_TOKEN, &first.to_string()])
+        .env("CHROMIUM", &tools.chromium)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    // The page computed the first job; now the master dies without a goodbye.
+    expect_line(&mut lines, "READY").await;
+    master.kill();
+    stdin.write_all(b"KILLED\n").await.unwrap();
+    expect_line(&mut lines, "RECONNECTING").await;
+    // Back on the same address: the page must find it by itself.
+    let (_master, _) = spawn_server_process(&home, &addr.to_string());
+    let inputs = primes_inputs(0, 3_000_000, 6);
+    let second = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 1}))
+        .await;
+    stdin
+        .write_all(format!("RESTARTED {second}\n").as_bytes())
+        .await
+        .unwrap();
+
+    let mut last = String::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(SCENARIO_TIMEOUT, lines.next_line()).await {
+        last = line;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "browser scenario reconnect failed: {last}"
+    );
+    let summary: Value = serde_json::from_str(&last).unwrap_or(Value::Null);
+    assert_eq!(summary["ok"], true, "{last}");
+    let finished = api.wait_finished(second, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(second).await;
+    assert_eq!(total_count(&results, 6, 1), reference_total(&inputs));
+}
+
 /// Check every chunk is there once, in order, agreed by `quorum` workers; the sum of counts.
 fn total_count(results: &[Value], chunks: usize, quorum: u64) -> u64 {
     let indexes: Vec<u64> = results
@@ -157,7 +243,7 @@ fn reference_total(inputs: &[Value]) -> u64 {
 async fn two_browser_tabs_compute_a_primes_job_alone() {
     let tools = Tools::find();
     let server = InProcessServer::start(Backend::Postgres).await;
-    tools.check_served(&server).await;
+    tools.check_served(&server.http()).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let inputs = primes_inputs(0, 10_000_000, 20);
     let job = api
@@ -175,10 +261,9 @@ async fn two_browser_tabs_compute_a_primes_job_alone() {
 
     let finished = api.wait_finished(job, Duration::from_secs(10)).await;
     assert_eq!(finished["state"], "done", "{finished}");
-    assert_eq!(
-        finished["chunks"],
-        json!({"total": 20, "done": 20, "failed": 0})
-    );
+    assert_eq!(finished["chunks"]["total"], 20, "{finished}");
+    assert_eq!(finished["chunks"]["done"], 20, "{finished}");
+    assert_eq!(finished["chunks"]["failed"], 0, "{finished}");
     assert_eq!(finished["replicas"]["invalid"], 0, "{finished}");
     let results = api.results(job).await;
     assert_eq!(total_count(&results, 20, 2), 664_579);
@@ -205,7 +290,7 @@ async fn two_browser_tabs_compute_a_primes_job_alone() {
 async fn closing_a_tab_mid_job_loses_nothing() {
     let tools = Tools::find();
     let server = InProcessServer::start(Backend::Postgres).await;
-    tools.check_served(&server).await;
+    tools.check_served(&server.http()).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     // Chunks of a few hundred milliseconds, so the job is still running when the tab closes.
     let start = 100_000_000_000;
@@ -273,7 +358,7 @@ fn sha256_inputs() -> Vec<Value> {
 async fn a_browser_and_a_native_worker_agree_on_every_chunk() {
     let tools = Tools::find();
     let server = InProcessServer::start(Backend::Postgres).await;
-    tools.check_served(&server).await;
+    tools.check_served(&server.http()).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let jobs = [
         ("primes", primes_inputs(0, 10_000_000, 10)),

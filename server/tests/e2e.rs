@@ -94,7 +94,7 @@ async fn primes_to_ten_to_the_eight_verified_by_two_native_workers(backend: Back
     assert_eq!(finished["state"], "done", "{finished}");
     assert_eq!(
         finished["chunks"],
-        json!({"total": 100, "done": 100, "failed": 0})
+        json!({"total": 100, "done": 100, "failed": 0, "revised": 0})
     );
     assert_eq!(finished["replicas"]["invalid"], 0);
     let results = api.results(job).await;

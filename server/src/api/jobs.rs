@@ -34,7 +34,7 @@ pub const DEFAULT_LEASE_SECONDS: i64 = 300;
 const RESULTS_PAGE: i64 = 2_000;
 
 /// The body of `POST /api/v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
     /// Built-in kernel name.
@@ -51,6 +51,9 @@ pub struct SubmitJob {
     priority: Option<i64>,
     /// Lease length in seconds (default 300).
     lease_seconds: Option<i64>,
+    /// `fixed` (default): every chunk needs `redundancy` agreeing results; `adaptive`: a
+    /// trusted worker's result may be accepted alone, spot-checked at random.
+    verification: Option<String>,
 }
 
 fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i32> {
@@ -111,6 +114,16 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
         body.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
         LEASE_SECONDS_RANGE,
     )?;
+    let verification = match body.verification.as_deref() {
+        None | Some("fixed") => "fixed",
+        Some("adaptive") => "adaptive",
+        Some(other) => {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("verification must be `fixed` or `adaptive`, not `{other}`"),
+            ));
+        }
+    };
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for (index, input) in body.inputs.iter().enumerate() {
         let canonical = grid_protocol::canonical_json(input);
@@ -133,6 +146,7 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
         max_replicas,
         priority,
         lease_seconds,
+        verification,
         inputs,
     })
 }
@@ -143,6 +157,23 @@ fn parse_id(raw: &str) -> Result<i64> {
 }
 
 /// `POST /api/v1/jobs`
+#[utoipa::path(
+    post,
+    operation_id = "submit_job",
+    summary = "Submit a job",
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    security(("bearer" = [])),
+    request_body = SubmitJob,
+    responses(
+        (status = 201, description = "Stored; `Location` names the job", body = JobView),
+        (status = 400, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over a limit (inputs, input size, body)", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json", body = super::openapi::ErrorBody),
+        (status = 422, description = "Unknown kernel, invalid input or field", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,12 +193,38 @@ pub async fn submit(
 }
 
 /// `GET /api/v1/jobs`: the caller's jobs, newest first (at most 1000).
+#[utoipa::path(
+    get,
+    operation_id = "list_jobs",
+    summary = "List the caller's jobs",
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's jobs, newest first", body = super::openapi::JobList),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
     let jobs = state.store.jobs(caller.0, 1000).await?;
     Ok(Json(json!({"jobs": jobs})))
 }
 
 /// `GET /api/v1/jobs/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "get_job",
+    summary = "Get a job",
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -183,6 +240,21 @@ pub async fn show(
 }
 
 /// `DELETE /api/v1/jobs/{id}`: cancel; outstanding leases are revoked from their workers.
+#[utoipa::path(
+    delete,
+    operation_id = "cancel_job",
+    summary = "Cancel a job",
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+        (status = 409, description = "Already finished", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,6 +285,21 @@ pub async fn cancel(
 
 /// `GET /api/v1/jobs/{id}/results`: NDJSON, one line per finished chunk in index order,
 /// streamed page by page so a large job never sits in memory.
+#[utoipa::path(
+    get,
+    operation_id = "job_results",
+    summary = "Stream a job's results",
+    path = "/api/v1/jobs/{id}/results",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "NDJSON: one ResultLine per finished chunk, in index order",
+            content_type = "application/x-ndjson", body = super::openapi::ResultLine),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn results(
     State(state): State<AppState>,
     caller: Caller,

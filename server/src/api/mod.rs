@@ -4,11 +4,22 @@
 //! - [`tokens`]: the admin creates submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
+//! - [`events`]: a job's progress as server-sent events; [`chunks`]: its chunk map;
+//!   [`image`]: a `mandelbrot` job's picture.
+//! - [`volunteers`]: credit, the leaderboard and display names; [`dashboard`]: the dashboard's
+//!   live feed (server-sent events).
+//! - [`openapi`]: the OpenAPI document of all of it.
 
+pub mod chunks;
+pub mod dashboard;
+pub mod events;
 pub mod health;
+pub mod image;
 pub mod jobs;
 pub mod json;
+pub mod openapi;
 pub mod tokens;
+pub mod volunteers;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -22,7 +33,17 @@ pub fn v1() -> Router<AppState> {
         .route("/jobs", post(jobs::submit).get(jobs::list))
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/results", get(jobs::results))
+        .route("/jobs/{id}/events", get(events::events))
+        .route("/jobs/{id}/chunks", get(chunks::map))
+        .route("/jobs/{id}/image.png", get(image::image))
         .route("/tokens", post(tokens::create))
+        .route("/volunteers", get(volunteers::list))
+        .route(
+            "/volunteers/me",
+            get(volunteers::me).put(volunteers::set_name),
+        )
+        .route("/dashboard/events", get(dashboard::events))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -11,6 +11,19 @@ use crate::auth::{Caller, hash_token, new_token};
 use crate::error::{Error, Result};
 
 /// Create a submitter token (admin only).
+#[utoipa::path(
+    post,
+    operation_id = "create_token",
+    summary = "Create a submitter token",
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new token, shown once", body = super::openapi::TokenCreated),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not the admin token", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -127,6 +127,34 @@ impl DispatchCache {
     }
 }
 
+impl DispatchCache {
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// One entry for `worker_id` (used for the ringer pool: entries are reusable, each worker
+    /// gets a given ringer at most once).
+    pub fn take_for_one(&mut self, worker_id: &str) -> Option<Proposal> {
+        let start = rand::random_range(0..self.entries.len().max(1));
+        let len = self.entries.len();
+        (0..len)
+            .map(|offset| (start + offset) % len)
+            .find(|&i| !self.entries[i].chunk.holders.iter().any(|h| h == worker_id))
+            .map(|i| {
+                let entry = &mut self.entries[i];
+                entry.chunk.holders.push(worker_id.to_owned());
+                Proposal {
+                    job_id: entry.chunk.job_id,
+                    idx: entry.chunk.idx,
+                    kernel: entry.chunk.kernel.clone(),
+                    input: entry.chunk.input.clone(),
+                    lease_seconds: entry.chunk.lease_seconds,
+                }
+            })
+    }
+}
+
 fn order_key(chunk: &ReadyChunk) -> (i32, i64, i32) {
     // Higher priority first: negate it so the tuple sorts ascending.
     (chunk.priority.saturating_neg(), chunk.job_id, chunk.idx)

@@ -37,6 +37,19 @@ const CACHE_LOAD_LIMIT: usize = 4096;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Capacity of the scheduler's inbox; sessions wait (backpressure) when it is full.
 const INBOX_CAPACITY: usize = 65_536;
+/// A session's first assignments are all ringers while the pool has any: a worker proves itself
+/// on known answers before its word counts (a liar is caught before it can collude).
+const NEW_WORKER_RINGER_RATE: f64 = 1.0;
+/// How many assignments count as "first".
+const NEW_WORKER_ASSIGNMENTS: u32 = 4;
+/// Afterwards, this share of assignments are ringers.
+const RINGER_RATE: f64 = 0.02;
+/// Ringer candidates loaded at once.
+const RINGER_POOL_SIZE: i64 = 256;
+/// How often the ringer pool and the blacklist are reloaded; more often while the pool is
+/// empty, so the first accepted answers become spot-checks quickly.
+const TRUST_REFRESH: Duration = Duration::from_secs(5);
+const TRUST_REFRESH_EMPTY_POOL: Duration = Duration::from_millis(250);
 
 /// What a session's writer sends to its socket.
 #[derive(Debug)]
@@ -144,6 +157,8 @@ struct Session {
     outbox: mpsc::UnboundedSender<Outbound>,
     /// Cache generation at which this worker last asked the database for chunks of its own.
     starved_generation: Option<u64>,
+    /// Assignments planned for this session so far (new sessions get more spot-checks).
+    assigned: u32,
 }
 
 impl Session {
@@ -194,6 +209,9 @@ pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle
         planned: Vec::new(),
         draining_all: false,
         drain_waiters: Vec::new(),
+        ringers: DispatchCache::new(),
+        blacklist: HashSet::new(),
+        trust_loaded_at: None,
     };
     let task = tokio::spawn(scheduler.run());
     (handle, task)
@@ -212,6 +230,12 @@ struct Scheduler {
     planned: Vec<(SessionId, Proposal)>,
     /// A graceful shutdown has begun: no new assignments.
     draining_all: bool,
+    /// Accepted chunks to send as spot-checks.
+    ringers: DispatchCache,
+    /// Identities that get no more work.
+    blacklist: HashSet<Arc<str>>,
+    /// When the ringer pool and the blacklist were last loaded.
+    trust_loaded_at: Option<std::time::Instant>,
     /// Told once no lease is outstanding during a graceful shutdown.
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -300,6 +324,7 @@ impl Scheduler {
                         draining: false,
                         outbox,
                         starved_generation: None,
+                        assigned: 0,
                     },
                 );
             }
@@ -393,12 +418,13 @@ impl Scheduler {
         let mut hungry: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.free_credit() > 0)
+            .filter(|(_, s)| s.free_credit() > 0 && !self.blacklist.contains(&s.worker_id))
             .map(|(id, _)| *id)
             .collect();
         if hungry.is_empty() {
             return Ok(());
         }
+        self.refresh_trust().await?;
         // Oldest sessions first, so the order is stable from round to round.
         hungry.sort_unstable();
         if self.cache.needs_load() {
@@ -429,17 +455,73 @@ impl Scheduler {
                 self.cache.merge(more);
                 proposals.extend(self.cache.take_for(&worker_id, want - proposals.len()));
             }
-            for proposal in proposals {
+            // Spot-checks: some slots carry a ringer instead (a known answer, see docs/trust.md).
+            let mut ringers = Vec::new();
+            if let Some(session) = self.sessions.get_mut(&session_id) {
+                while ringers.len() < proposals.len() {
+                    let rate = if session.assigned < NEW_WORKER_ASSIGNMENTS {
+                        NEW_WORKER_RINGER_RATE
+                    } else {
+                        RINGER_RATE
+                    };
+                    session.assigned += 1;
+                    if rand::random::<f64>() >= rate {
+                        break;
+                    }
+                    match self.ringers.take_for_one(&worker_id) {
+                        Some(ringer) => ringers.push(ringer),
+                        None => break,
+                    }
+                }
+            }
+            if !ringers.is_empty() {
+                // The displaced proposals stay wanted: the next cache load offers them again.
+                proposals.truncate(proposals.len() - ringers.len());
+                self.cache.invalidate();
+            }
+            for (proposal, ringer) in proposals
+                .into_iter()
+                .map(|p| (p, false))
+                .chain(ringers.into_iter().map(|p| (p, true)))
+            {
                 self.batch.leases.push(LeaseRequest {
                     job_id: proposal.job_id,
                     idx: proposal.idx,
                     worker_id: worker_id.clone(),
                     lease_seconds: proposal.lease_seconds,
+                    ringer,
                 });
                 self.planned.push((session_id, proposal));
             }
             // Count the planned leases against the session's credit for the rest of the round.
         }
+        Ok(())
+    }
+
+    /// Reload the ringer pool and the blacklist now and then (other masters blacklist too).
+    async fn refresh_trust(&mut self) -> Result<(), Error> {
+        let interval = if self.ringers.is_empty() {
+            TRUST_REFRESH_EMPTY_POOL
+        } else {
+            TRUST_REFRESH
+        };
+        if self
+            .trust_loaded_at
+            .is_some_and(|at| at.elapsed() < interval)
+        {
+            return Ok(());
+        }
+        self.trust_loaded_at = Some(std::time::Instant::now());
+        let pool = self.store.ringer_pool(RINGER_POOL_SIZE).await?;
+        let size = pool.len();
+        self.ringers.load(pool, size.max(1));
+        self.blacklist = self
+            .store
+            .blacklisted()
+            .await?
+            .into_iter()
+            .map(Arc::from)
+            .collect();
         Ok(())
     }
 
@@ -532,6 +614,9 @@ impl Scheduler {
             progress = true;
             self.cache.invalidate();
         }
+        for worker in &outcome.blacklisted {
+            self.blacklist.insert(Arc::from(worker.as_str()));
+        }
         progress && self.sessions.values().any(|s| s.free_credit() > 0)
     }
 }
@@ -547,6 +632,10 @@ fn record_metrics(batch: &Batch, outcome: &BatchOutcome) {
         .increment(outcome.valid_replicas);
     metrics::counter!("grid_replica_verdicts_total", "verdict" => "invalid")
         .increment(outcome.invalid_replicas);
+    metrics::counter!("grid_chunks_accepted_alone_total").increment(outcome.accepted_alone);
+    metrics::counter!("grid_ringers_judged_total").increment(outcome.ringers_judged);
+    metrics::counter!("grid_workers_blacklisted_total").increment(outcome.blacklisted.len() as u64);
+    metrics::counter!("grid_chunks_backtracked_total").increment(outcome.backtracked);
     let gone = batch
         .ended
         .iter()

@@ -10,6 +10,7 @@
 //! The verification decision itself is not here: the store loads a chunk's replicas and asks
 //! [`crate::verifier::decide`], so every backend decides the same way.
 
+pub mod insights;
 pub mod postgres;
 pub mod review;
 pub mod sqlite;
@@ -47,12 +48,25 @@ pub struct NewJob {
     pub priority: i32,
     /// Lease length for each replica.
     pub lease_seconds: i32,
+    /// `fixed` or `adaptive`.
+    pub verification: &'static str,
     /// Canonical JSON text of each chunk input, in index order.
     pub inputs: Vec<String>,
 }
 
+impl NewJob {
+    /// Replicas each chunk wants at first: adaptive jobs start with one.
+    pub fn initial_wanted(&self) -> i32 {
+        if self.verification == "adaptive" {
+            1
+        } else {
+            self.redundancy
+        }
+    }
+}
+
 /// Chunk counters of a job.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChunkCounts {
     /// Chunks in the job.
     pub total: i64,
@@ -60,10 +74,13 @@ pub struct ChunkCounts {
     pub done: i64,
     /// Chunks that failed (agreed error, or no quorum).
     pub failed: i64,
+    /// Chunks reopened after acceptance because a worker behind them was caught lying;
+    /// non-zero means results of this job changed (or may still change).
+    pub revised: i64,
 }
 
 /// Replica counters of a job.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReplicaCounts {
     /// Leases ever created.
     pub issued: i64,
@@ -76,7 +93,7 @@ pub struct ReplicaCounts {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Job id.
     pub id: i64,
@@ -94,6 +111,8 @@ pub struct JobView {
     pub priority: i32,
     /// Lease length in seconds.
     pub lease_seconds: i32,
+    /// `fixed` or `adaptive`.
+    pub verification: String,
     /// Chunk counters.
     pub chunks: ChunkCounts,
     /// Replica counters.
@@ -175,6 +194,8 @@ pub struct LeaseRequest {
     pub worker_id: Arc<str>,
     /// Lease length.
     pub lease_seconds: i32,
+    /// A spot-check of an accepted chunk (not part of its quorum).
+    pub ringer: bool,
 }
 
 /// Which leased replicas to expire in this batch.
@@ -261,6 +282,14 @@ pub struct BatchOutcome {
     pub reopened: bool,
     /// Chunks accepted in this batch.
     pub accepted: u64,
+    /// Of those, accepted on one trusted worker's word alone (adaptive).
+    pub accepted_alone: u64,
+    /// Spot-check ringers judged.
+    pub ringers_judged: u64,
+    /// Workers blacklisted in this batch.
+    pub blacklisted: Vec<String>,
+    /// Chunks reopened by backtracking.
+    pub backtracked: u64,
     /// Chunks failed in this batch.
     pub failed: u64,
     /// Returned replicas judged valid in this batch.
@@ -279,6 +308,26 @@ pub(crate) const CHUNK_STATES_SQL: &str = "
       COALESCE(SUM(CASE WHEN state = 'cancelled'
                         THEN chunk_count - chunks_done - chunks_failed ELSE 0 END), 0)
     FROM jobs";
+
+/// Job counters after a review round: `$1` ids, `$2` done, `$3` failed, `$4` revised deltas.
+/// A job whose chunks are all decided becomes done (or failed); one reopened by backtracking
+/// goes back to running. Cancelled jobs keep their state.
+pub(crate) const COUNT_JOBS_SQL_POSTGRES: &str = "
+    UPDATE jobs j
+    SET chunks_done = j.chunks_done + t.done,
+        chunks_failed = j.chunks_failed + t.failed,
+        chunks_revised = j.chunks_revised + t.revised,
+        state = CASE
+            WHEN j.state = 'cancelled' THEN j.state
+            WHEN j.chunks_done + t.done + j.chunks_failed + t.failed < j.chunk_count THEN 'running'
+            WHEN j.chunks_failed + t.failed > 0 THEN 'failed'
+            ELSE 'done' END,
+        finished_at = CASE
+            WHEN j.state = 'cancelled' THEN j.finished_at
+            WHEN j.chunks_done + t.done + j.chunks_failed + t.failed < j.chunk_count THEN NULL
+            ELSE now() END
+    FROM UNNEST($1::bigint[], $2::int[], $3::int[], $4::int[]) AS t(id, done, failed, revised)
+    WHERE j.id = t.id";
 
 /// Every operation the master performs on its database.
 #[async_trait]
@@ -301,6 +350,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Ready chunks in dispatch order; with `for_worker`, only those that worker may take.
     async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>>;
+    /// Spot-check candidates: accepted chunks agreed by at least two workers, at random.
+    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
+    /// Identities currently blacklisted.
+    async fn blacklisted(&self) -> Result<Vec<String>>;
     /// Commit one scheduler round atomically.
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
     /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.

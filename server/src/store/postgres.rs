@@ -11,14 +11,14 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::review::{
-    Accepted, ChunkUnderReview, count_decisions, count_verdicts, replica_status, review,
+    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
-use crate::verifier::{QuorumPolicy, ReplicaFact};
+use crate::verifier::QuorumPolicy;
 
 /// Rows per `INSERT ... SELECT FROM UNNEST` when storing a job's chunks.
 const CHUNK_INSERT_BATCH: usize = 20_000;
@@ -57,6 +57,7 @@ impl PgStore {
 const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.state, j.redundancy, j.max_replicas, j.priority,
            j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
+           j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
            r.issued, r.returned, r.invalid, r.expired
     FROM jobs j
@@ -65,7 +66,7 @@ const JOB_VIEW_SELECT: &str = "
                count(*) FILTER (WHERE state = 'returned') AS returned,
                count(*) FILTER (WHERE verdict = 'invalid') AS invalid,
                count(*) FILTER (WHERE state = 'expired') AS expired
-        FROM replicas WHERE job_id = j.id
+        FROM replicas WHERE job_id = j.id AND NOT ringer
     ) r";
 
 fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
@@ -78,10 +79,12 @@ fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
         max_replicas: row.try_get("max_replicas")?,
         priority: row.try_get("priority")?,
         lease_seconds: row.try_get("lease_seconds")?,
+        verification: row.try_get("verification")?,
         chunks: ChunkCounts {
             total: i64::from(row.try_get::<i32, _>("chunk_count")?),
             done: i64::from(row.try_get::<i32, _>("chunks_done")?),
             failed: i64::from(row.try_get::<i32, _>("chunks_failed")?),
+            revised: i64::from(row.try_get::<i32, _>("chunks_revised")?),
         },
         replicas: ReplicaCounts {
             issued: row.try_get("issued")?,
@@ -131,8 +134,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
-                               lease_seconds, chunk_count)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                               lease_seconds, chunk_count, verification)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
@@ -142,8 +145,10 @@ impl Store for PgStore {
         .bind(job.priority)
         .bind(job.lease_seconds)
         .bind(chunk_count)
+        .bind(job.verification)
         .fetch_one(&mut *tx)
         .await?;
+        let initial_wanted = job.initial_wanted();
         for (batch_number, inputs) in job.inputs.chunks(CHUNK_INSERT_BATCH).enumerate() {
             let first = batch_number * CHUNK_INSERT_BATCH;
             let indexes: Vec<i32> = (first..first + inputs.len())
@@ -156,7 +161,7 @@ impl Store for PgStore {
             )
             .bind(id)
             .bind(job.priority)
-            .bind(job.redundancy)
+            .bind(initial_wanted)
             .bind(&indexes)
             .bind(inputs)
             .execute(&mut *tx)
@@ -287,29 +292,30 @@ impl Store for PgStore {
         .bind(for_worker)
         .fetch_all(&self.pool)
         .await?;
-        let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
-        let mut chunks = Vec::with_capacity(rows.len());
-        for row in rows {
-            let kernel: String = row.try_get("kernel")?;
-            let kernel = kernels
-                .entry(kernel.clone())
-                .or_insert_with(|| Arc::from(kernel))
-                .clone();
-            let input: String = row.try_get("input")?;
-            let input = serde_json::from_str(&input)
-                .map_err(|error| Error::Internal(anyhow::anyhow!("stored input: {error}")))?;
-            chunks.push(ReadyChunk {
-                job_id: row.try_get("job_id")?,
-                idx: row.try_get("idx")?,
-                priority: row.try_get("priority")?,
-                kernel,
-                input: Arc::new(input),
-                lease_seconds: row.try_get("lease_seconds")?,
-                wanted: row.try_get("wanted")?,
-                holders: row.try_get("holders")?,
-            });
-        }
-        Ok(chunks)
+        ready_rows(&rows)
+    }
+
+    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, 1 AS wanted,
+                    ARRAY(SELECT r.worker_id FROM replicas r
+                          WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                            AND r.state IN ('leased', 'returned')) AS holders
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
+             ORDER BY random() LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        ready_rows(&rows)
+    }
+
+    async fn blacklisted(&self) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar("SELECT id FROM workers WHERE blacklisted_at IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
@@ -348,6 +354,34 @@ impl Store for PgStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// Ready-chunk rows (job_id, idx, priority, kernel, input, lease_seconds, wanted, holders) as
+/// dispatch cache entries.
+fn ready_rows(rows: &[PgRow]) -> Result<Vec<ReadyChunk>> {
+    let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
+    let mut chunks = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kernel: String = row.try_get("kernel")?;
+        let kernel = kernels
+            .entry(kernel.clone())
+            .or_insert_with(|| Arc::from(kernel))
+            .clone();
+        let input: String = row.try_get("input")?;
+        let input = serde_json::from_str(&input)
+            .map_err(|error| Error::Internal(anyhow::anyhow!("stored input: {error}")))?;
+        chunks.push(ReadyChunk {
+            job_id: row.try_get("job_id")?,
+            idx: row.try_get("idx")?,
+            priority: row.try_get("priority")?,
+            kernel,
+            input: Arc::new(input),
+            lease_seconds: row.try_get("lease_seconds")?,
+            wanted: row.try_get("wanted")?,
+            holders: row.try_get("holders")?,
+        });
+    }
+    Ok(chunks)
+}
 
 async fn record_workers(tx: &mut Tx, batch: &Batch) -> Result<()> {
     if batch.workers_seen.is_empty() {
@@ -485,7 +519,12 @@ async fn sweep_expired(
     Ok(())
 }
 
-/// Run the verifier over every touched chunk and apply its decisions.
+/// The reviewer's view of an open PostgreSQL transaction: set-based statements over arrays.
+struct PgReview<'t> {
+    tx: &'t mut Tx,
+}
+
+/// Run verification and trust over the touched chunks (see [`super::review`]).
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
@@ -494,210 +533,336 @@ async fn reconcile(
     if touched.is_empty() {
         return Ok(());
     }
-    let job_ids: Vec<i64> = touched.iter().map(|(job, _)| *job).collect();
-    let indexes: Vec<i32> = touched.iter().map(|(_, idx)| *idx).collect();
+    review::reconcile(&mut PgReview { tx }, touched, outcome).await
+}
 
-    // Lock the chunks (in key order, so concurrent masters cannot deadlock on them), then read
-    // their replicas: under READ COMMITTED the read after the lock sees every committed result.
-    let chunk_rows = sqlx::query(
-        "SELECT c.job_id, c.idx, c.state, c.wanted, j.redundancy, j.max_replicas
-         FROM chunks c
-         JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
-           ON c.job_id = t.job_id AND c.idx = t.idx
-         JOIN jobs j ON j.id = c.job_id
-         ORDER BY c.job_id, c.idx
-         FOR UPDATE OF c",
-    )
-    .bind(&job_ids)
-    .bind(&indexes)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut chunks: BTreeMap<(i64, i32), ChunkUnderReview> = BTreeMap::new();
-    for row in chunk_rows {
-        let redundancy: i32 = row.try_get("redundancy")?;
-        let max_replicas: i32 = row.try_get("max_replicas")?;
-        chunks.insert(
-            (row.try_get("job_id")?, row.try_get("idx")?),
-            ChunkUnderReview {
-                state: row.try_get("state")?,
-                wanted: row.try_get("wanted")?,
-                policy: QuorumPolicy {
-                    redundancy: u32::try_from(redundancy).unwrap_or(1),
-                    max_replicas: u32::try_from(max_replicas).unwrap_or(1),
+fn key_columns<'a>(keys: impl Iterator<Item = &'a ChunkKey>) -> (Vec<i64>, Vec<i32>) {
+    keys.map(|&(job, idx)| (job, idx)).unzip()
+}
+
+#[async_trait]
+impl ReviewDb for PgReview<'_> {
+    async fn load_chunks(
+        &mut self,
+        keys: &BTreeSet<ChunkKey>,
+    ) -> Result<BTreeMap<ChunkKey, ChunkRow>> {
+        let (job_ids, indexes) = key_columns(keys.iter());
+        // Locked in key order, so concurrent masters cannot deadlock on them; under READ
+        // COMMITTED every read after the lock sees each committed result.
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.state, c.wanted, c.quorum, c.output_digest,
+                    j.redundancy, j.max_replicas, j.verification
+             FROM chunks c
+             JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+               ON c.job_id = t.job_id AND c.idx = t.idx
+             JOIN jobs j ON j.id = c.job_id
+             ORDER BY c.job_id, c.idx
+             FOR UPDATE OF c",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut chunks = BTreeMap::new();
+        for row in rows {
+            let redundancy: i32 = row.try_get("redundancy")?;
+            let max_replicas: i32 = row.try_get("max_replicas")?;
+            let quorum: Option<i32> = row.try_get("quorum")?;
+            let verification: String = row.try_get("verification")?;
+            chunks.insert(
+                (row.try_get("job_id")?, row.try_get("idx")?),
+                ChunkRow {
+                    state: row.try_get("state")?,
+                    wanted: row.try_get("wanted")?,
+                    policy: QuorumPolicy {
+                        redundancy: u32::try_from(redundancy).unwrap_or(1),
+                        max_replicas: u32::try_from(max_replicas).unwrap_or(1),
+                        adaptive: verification == "adaptive",
+                        quorum: quorum.and_then(|q| u32::try_from(q).ok()),
+                    },
+                    output_digest: digest_of(row.try_get("output_digest")?),
                 },
-                replicas: Vec::new(),
-            },
-        );
-    }
-    let replica_rows = sqlx::query(
-        "SELECT r.id, r.job_id, r.chunk_idx, r.state, r.outcome_digest, r.outcome_is_error
-         FROM replicas r
-         JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
-           ON r.job_id = t.job_id AND r.chunk_idx = t.idx",
-    )
-    .bind(&job_ids)
-    .bind(&indexes)
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in replica_rows {
-        let key = (row.try_get("job_id")?, row.try_get("chunk_idx")?);
-        let Some(chunk) = chunks.get_mut(&key) else {
-            continue;
-        };
-        let state: String = row.try_get("state")?;
-        let digest: Option<Vec<u8>> = row.try_get("outcome_digest")?;
-        chunk.replicas.push(ReplicaFact {
-            lease: row.try_get("id")?,
-            status: replica_status(
-                &state,
-                digest.and_then(|d| d.try_into().ok()),
-                row.try_get("outcome_is_error")?,
-            ),
-        });
+            );
+        }
+        Ok(chunks)
     }
 
-    let decisions = review(&chunks);
-    outcome.reopened |= decisions.reopened;
-    let accept = AcceptColumns::from(&decisions.accepted[..]);
-    let fail = (
-        decisions.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
-        decisions.failed.iter().map(|f| f.1).collect::<Vec<_>>(),
-        decisions
-            .failed
-            .iter()
-            .map(|f| f.2.as_str())
-            .collect::<Vec<_>>(),
-    );
-    let want = (
-        decisions.wanted.iter().map(|w| w.0).collect::<Vec<_>>(),
-        decisions.wanted.iter().map(|w| w.1).collect::<Vec<_>>(),
-        decisions.wanted.iter().map(|w| w.2).collect::<Vec<_>>(),
-    );
-    let decided: (Vec<i64>, Vec<i32>) = decisions.decided().unzip();
-    let finished_per_job = &decisions.finished_per_job;
+    async fn load_replicas(&mut self, keys: &BTreeSet<ChunkKey>) -> Result<Vec<ReplicaRow>> {
+        let (job_ids, indexes) = key_columns(keys.iter());
+        let rows = sqlx::query(
+            "SELECT r.id, r.job_id, r.chunk_idx, r.worker_id, r.state, r.outcome_digest,
+                    r.outcome_is_error, r.ringer, r.verdict
+             FROM replicas r
+             JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+               ON r.job_id = t.job_id AND r.chunk_idx = t.idx",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReplicaRow {
+                    lease: row.try_get("id")?,
+                    chunk: (row.try_get("job_id")?, row.try_get("chunk_idx")?),
+                    worker_id: row.try_get("worker_id")?,
+                    state: row.try_get("state")?,
+                    digest: digest_of(row.try_get("outcome_digest")?),
+                    is_error: row
+                        .try_get::<Option<bool>, _>("outcome_is_error")?
+                        .unwrap_or(false),
+                    ringer: row.try_get("ringer")?,
+                    verdict: row.try_get("verdict")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
 
-    if !accept.job_ids.is_empty() {
+    async fn load_standings(
+        &mut self,
+        workers: &BTreeSet<String>,
+    ) -> Result<HashMap<String, (i64, bool)>> {
+        let ids: Vec<&str> = workers.iter().map(String::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT id, consecutive_valid, blacklisted_at IS NOT NULL AS blacklisted
+             FROM workers WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut standings = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let consecutive: i32 = row.try_get("consecutive_valid")?;
+            standings.insert(
+                row.try_get("id")?,
+                (i64::from(consecutive), row.try_get("blacklisted")?),
+            );
+        }
+        Ok(standings)
+    }
+
+    async fn accept(&mut self, accepted: &[Accepted]) -> Result<()> {
+        let (job_ids, indexes) = key_columns(accepted.iter().map(|a| &a.chunk));
+        let canonical: Vec<i64> = accepted.iter().map(|a| a.canonical).collect();
+        let agreeing: Vec<i32> = accepted.iter().map(|a| a.agreeing).collect();
+        let is_error: Vec<bool> = accepted.iter().map(|a| a.is_error).collect();
+        let digests: Vec<Vec<u8>> = accepted.iter().map(|a| a.digest.to_vec()).collect();
+        let quorum: Vec<Option<i32>> = accepted.iter().map(|a| a.quorum).collect();
+        let alone_by: Vec<Option<&str>> = accepted.iter().map(|a| a.alone_by.as_deref()).collect();
         sqlx::query(
             "UPDATE chunks c
              SET state = CASE WHEN t.is_error THEN 'failed' ELSE 'done' END,
                  wanted = 0, agreeing = t.agreeing, finished_at = now(),
                  output = CASE WHEN t.is_error THEN NULL ELSE r.outcome END,
-                 error = CASE WHEN t.is_error THEN r.outcome ELSE NULL END
-             FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bool[])
-                  AS t(job_id, idx, canonical, agreeing, is_error)
+                 error = CASE WHEN t.is_error THEN r.outcome ELSE NULL END,
+                 output_digest = t.digest, quorum = COALESCE(t.quorum, c.quorum),
+                 accepted_alone_by = t.alone_by
+             FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bool[],
+                         $6::bytea[], $7::int[], $8::text[])
+                  AS t(job_id, idx, canonical, agreeing, is_error, digest, quorum, alone_by)
              JOIN replicas r ON r.id = t.canonical
              WHERE c.job_id = t.job_id AND c.idx = t.idx",
         )
-        .bind(&accept.job_ids)
-        .bind(&accept.indexes)
-        .bind(&accept.canonical)
-        .bind(&accept.agreeing)
-        .bind(&accept.is_error)
-        .execute(&mut **tx)
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(&canonical)
+        .bind(&agreeing)
+        .bind(&is_error)
+        .bind(&digests)
+        .bind(&quorum)
+        .bind(&alone_by)
+        .execute(&mut **self.tx)
         .await?;
-        let verdicts: Vec<String> = sqlx::query_scalar(
-            "UPDATE replicas r
-             SET verdict = CASE WHEN r.outcome_digest = t.digest THEN 'valid' ELSE 'invalid' END
-             FROM UNNEST($1::bigint[], $2::int[], $3::bytea[]) AS t(job_id, idx, digest)
-             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'returned'
-             RETURNING r.verdict",
-        )
-        .bind(&accept.job_ids)
-        .bind(&accept.indexes)
-        .bind(&accept.digests)
-        .fetch_all(&mut **tx)
-        .await?;
-        count_verdicts(&verdicts, outcome);
+        Ok(())
     }
-    if !fail.0.is_empty() {
+
+    async fn fail(&mut self, failed: &[(ChunkKey, String)]) -> Result<()> {
+        let (job_ids, indexes) = key_columns(failed.iter().map(|f| &f.0));
+        let reasons: Vec<&str> = failed.iter().map(|f| f.1.as_str()).collect();
         sqlx::query(
             "UPDATE chunks c SET state = 'failed', wanted = 0, error = t.reason,
                                  finished_at = now()
              FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS t(job_id, idx, reason)
              WHERE c.job_id = t.job_id AND c.idx = t.idx",
         )
-        .bind(&fail.0)
-        .bind(&fail.1)
-        .bind(&fail.2)
-        .execute(&mut **tx)
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(&reasons)
+        .execute(&mut **self.tx)
         .await?;
+        Ok(())
     }
-    if !decided.0.is_empty() {
-        // Leases still out on a decided chunk are pointless: revoke them so workers stop.
-        let revoked: Vec<i64> = sqlx::query_scalar(
+
+    async fn set_wanted(&mut self, wanted: &[(ChunkKey, i32, Option<i32>)]) -> Result<()> {
+        let (job_ids, indexes) = key_columns(wanted.iter().map(|w| &w.0));
+        let counts: Vec<i32> = wanted.iter().map(|w| w.1).collect();
+        let quorum: Vec<Option<i32>> = wanted.iter().map(|w| w.2).collect();
+        sqlx::query(
+            "UPDATE chunks c SET wanted = t.wanted, quorum = COALESCE(t.quorum, c.quorum)
+             FROM UNNEST($1::bigint[], $2::int[], $3::int[], $4::int[])
+                  AS t(job_id, idx, wanted, quorum)
+             WHERE c.job_id = t.job_id AND c.idx = t.idx",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(&counts)
+        .bind(&quorum)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
+        let leases: Vec<i64> = verdicts.iter().map(|v| v.0).collect();
+        let valid: Vec<bool> = verdicts.iter().map(|v| v.1).collect();
+        sqlx::query(
+            "UPDATE replicas r
+             SET verdict = CASE WHEN t.valid THEN 'valid' ELSE 'invalid' END
+             FROM UNNEST($1::bigint[], $2::bool[]) AS t(id, valid)
+             WHERE r.id = t.id",
+        )
+        .bind(&leases)
+        .bind(&valid)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_live(&mut self, keys: &[ChunkKey]) -> Result<Vec<i64>> {
+        let (job_ids, indexes) = key_columns(keys.iter());
+        let revoked = sqlx::query_scalar(
             "UPDATE replicas r SET state = 'revoked'
              FROM UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
              WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.state = 'leased'
+               AND NOT r.ringer
              RETURNING r.id",
         )
-        .bind(&decided.0)
-        .bind(&decided.1)
-        .fetch_all(&mut **tx)
+        .bind(&job_ids)
+        .bind(&indexes)
+        .fetch_all(&mut **self.tx)
         .await?;
-        outcome.revoked.extend(revoked);
-        count_decisions(&decisions, outcome);
-
-        let jobs: Vec<i64> = finished_per_job.keys().copied().collect();
-        let done: Vec<i32> = finished_per_job.values().map(|c| c.0).collect();
-        let failed: Vec<i32> = finished_per_job.values().map(|c| c.1).collect();
-        sqlx::query(
-            "UPDATE jobs j
-             SET chunks_done = j.chunks_done + t.done,
-                 chunks_failed = j.chunks_failed + t.failed
-             FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(id, done, failed)
-             WHERE j.id = t.id",
-        )
-        .bind(&jobs)
-        .bind(&done)
-        .bind(&failed)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE jobs
-             SET state = CASE WHEN chunks_failed > 0 THEN 'failed' ELSE 'done' END,
-                 finished_at = now()
-             WHERE id = ANY($1) AND state IN ('queued', 'running')
-               AND chunks_done + chunks_failed = chunk_count",
-        )
-        .bind(&jobs)
-        .execute(&mut **tx)
-        .await?;
+        Ok(revoked)
     }
-    if !want.0.is_empty() {
-        sqlx::query(
-            "UPDATE chunks c SET wanted = t.wanted
-             FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(job_id, idx, wanted)
-             WHERE c.job_id = t.job_id AND c.idx = t.idx",
-        )
-        .bind(&want.0)
-        .bind(&want.1)
-        .bind(&want.2)
-        .execute(&mut **tx)
-        .await?;
+
+    async fn count_jobs(&mut self, per_job: &BTreeMap<i64, JobDelta>) -> Result<()> {
+        let jobs: Vec<i64> = per_job.keys().copied().collect();
+        let done: Vec<i32> = per_job.values().map(|d| d.done).collect();
+        let failed: Vec<i32> = per_job.values().map(|d| d.failed).collect();
+        let revised: Vec<i32> = per_job.values().map(|d| d.revised).collect();
+        sqlx::query(super::COUNT_JOBS_SQL_POSTGRES)
+            .bind(&jobs)
+            .bind(&done)
+            .bind(&failed)
+            .bind(&revised)
+            .execute(&mut **self.tx)
+            .await?;
+        Ok(())
     }
-    Ok(())
-}
 
-/// Accepted chunks as columns for `UNNEST`.
-struct AcceptColumns {
-    job_ids: Vec<i64>,
-    indexes: Vec<i32>,
-    canonical: Vec<i64>,
-    agreeing: Vec<i32>,
-    is_error: Vec<bool>,
-    digests: Vec<Vec<u8>>,
-}
-
-impl From<&[Accepted]> for AcceptColumns {
-    fn from(accepted: &[Accepted]) -> Self {
-        AcceptColumns {
-            job_ids: accepted.iter().map(|a| a.job_id).collect(),
-            indexes: accepted.iter().map(|a| a.idx).collect(),
-            canonical: accepted.iter().map(|a| a.canonical).collect(),
-            agreeing: accepted.iter().map(|a| a.agreeing).collect(),
-            is_error: accepted.iter().map(|a| a.is_error).collect(),
-            digests: accepted.iter().map(|a| a.digest.to_vec()).collect(),
+    async fn update_reputation(
+        &mut self,
+        deltas: &BTreeMap<String, ReputationDelta>,
+    ) -> Result<HashMap<String, i64>> {
+        let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
+        let valid: Vec<i32> = deltas.values().map(|d| d.valid).collect();
+        let invalid: Vec<i32> = deltas.values().map(|d| d.invalid).collect();
+        let rows = sqlx::query(
+            "UPDATE workers w
+             SET valid_count = w.valid_count + t.valid,
+                 invalid_count = w.invalid_count + t.invalid,
+                 consecutive_valid = CASE WHEN t.invalid > 0 THEN 0
+                                          ELSE w.consecutive_valid + t.valid END
+             FROM UNNEST($1::text[], $2::int[], $3::int[]) AS t(id, valid, invalid)
+             WHERE w.id = t.id
+             RETURNING w.id, w.invalid_count",
+        )
+        .bind(&ids)
+        .bind(&valid)
+        .bind(&invalid)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut totals = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let invalid: i32 = row.try_get("invalid_count")?;
+            totals.insert(row.try_get("id")?, i64::from(invalid));
         }
+        Ok(totals)
+    }
+
+    async fn blacklist(&mut self, workers: &BTreeMap<String, String>) -> Result<()> {
+        let ids: Vec<&str> = workers.keys().map(String::as_str).collect();
+        let reasons: Vec<&str> = workers.values().map(String::as_str).collect();
+        sqlx::query(
+            "UPDATE workers w SET blacklisted_at = now(), blacklist_reason = t.reason
+             FROM UNNEST($1::text[], $2::text[]) AS t(id, reason)
+             WHERE w.id = t.id AND w.blacklisted_at IS NULL",
+        )
+        .bind(&ids)
+        .bind(&reasons)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn backtrack(
+        &mut self,
+        worker: &str,
+    ) -> Result<(Vec<(ChunkKey, bool)>, Vec<(i64, ChunkKey)>)> {
+        let rows = sqlx::query(
+            "WITH hit AS (
+                 SELECT job_id, chunk_idx AS idx FROM replicas
+                 WHERE worker_id = $1 AND verdict = 'valid' AND NOT ringer
+                 UNION
+                 SELECT job_id, idx FROM chunks WHERE accepted_alone_by = $1
+             ),
+             reopened AS (
+                 SELECT c.job_id, c.idx, c.state FROM chunks c JOIN hit USING (job_id, idx)
+                 WHERE c.state IN ('done', 'failed')
+                 FOR UPDATE OF c
+             )
+             UPDATE chunks c
+             SET state = 'open', wanted = 0, output = NULL, error = NULL, agreeing = NULL,
+                 output_digest = NULL, accepted_alone_by = NULL, finished_at = NULL,
+                 revised = c.revised + 1,
+                 quorum = CASE WHEN j.verification = 'adaptive' THEN j.redundancy END
+             FROM reopened, jobs j
+             WHERE c.job_id = reopened.job_id AND c.idx = reopened.idx AND j.id = c.job_id
+             RETURNING c.job_id, c.idx, reopened.state AS was",
+        )
+        .bind(worker)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut chunks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let was: String = row.try_get("was")?;
+            chunks.push((
+                (row.try_get("job_id")?, row.try_get("idx")?),
+                was == "failed",
+            ));
+        }
+        sqlx::query(
+            "UPDATE replicas SET verdict = 'invalid'
+             WHERE worker_id = $1 AND verdict = 'valid'",
+        )
+        .bind(worker)
+        .execute(&mut **self.tx)
+        .await?;
+        let rows = sqlx::query(
+            "UPDATE replicas SET state = 'revoked'
+             WHERE worker_id = $1 AND state = 'leased' RETURNING id, job_id, chunk_idx",
+        )
+        .bind(worker)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut revoked = Vec::with_capacity(rows.len());
+        for row in rows {
+            revoked.push((
+                row.try_get("id")?,
+                (row.try_get("job_id")?, row.try_get("chunk_idx")?),
+            ));
+        }
+        Ok((chunks, revoked))
     }
 }
 
@@ -709,8 +874,9 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     if batch.leases.is_empty() {
         return Ok(());
     }
+    // Ringers need no claim: their chunk is already accepted.
     let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
-    for request in &batch.leases {
+    for request in batch.leases.iter().filter(|r| !r.ringer) {
         *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
     }
     let claim_jobs: Vec<i64> = per_chunk.keys().map(|k| k.0).collect();
@@ -735,11 +901,15 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         ));
     }
     let granted: Vec<usize> = (0..batch.leases.len())
-        .filter(|&i| claimed.contains(&(batch.leases[i].job_id, batch.leases[i].idx)))
+        .filter(|&i| {
+            let request = &batch.leases[i];
+            request.ringer || claimed.contains(&(request.job_id, request.idx))
+        })
         .collect();
     if granted.is_empty() {
         return Ok(());
     }
+    let ringers: Vec<bool> = granted.iter().map(|&i| batch.leases[i].ringer).collect();
     let job_ids: Vec<i64> = granted.iter().map(|&i| batch.leases[i].job_id).collect();
     let indexes: Vec<i32> = granted.iter().map(|&i| batch.leases[i].idx).collect();
     let workers: Vec<&str> = granted
@@ -751,10 +921,11 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .map(|&i| batch.leases[i].lease_seconds)
         .collect();
     let rows = sqlx::query(
-        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id)
-         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5
-         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[])
-              AS t(job_id, idx, worker_id, seconds)
+        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id, ringer)
+         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5,
+                t.ringer
+         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[])
+              AS t(job_id, idx, worker_id, seconds, ringer)
          ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
          DO NOTHING
          RETURNING id, job_id, chunk_idx, worker_id",
@@ -764,6 +935,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     .bind(&workers)
     .bind(&seconds)
     .bind(&*batch.master_id)
+    .bind(&ringers)
     .fetch_all(&mut **tx)
     .await?;
     let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());

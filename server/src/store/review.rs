@@ -1,146 +1,385 @@
-//! The part of a commit every backend shares: given the touched chunks and all their replicas,
-//! run the verifier and sort its decisions into what each backend then writes.
+//! Verification and trust inside a commit, written once for every backend.
+//!
+//! [`reconcile`] takes the chunks a batch touched and, through the small [`ReviewDb`] trait
+//! each backend implements over its open transaction:
+//! 1. loads the chunks (locked), their replicas and the standing of the workers behind them;
+//! 2. judges spot-check ringers against the accepted digest of their chunk;
+//! 3. runs the verifier ([`crate::verifier::decide`]) over every open chunk and applies the
+//!    decisions (accept, fail, want more), persisting an adaptive chunk's quorum;
+//! 4. sets verdicts on the returned replicas of accepted chunks and updates reputations;
+//! 5. blacklists workers caught lying — a failed ringer, or [`BLACKLIST_AFTER_INVALID`]
+//!    invalid results — and backtracks: every chunk their word helped accept is reopened and
+//!    goes round this loop again, so it is verified anew by others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
 
 use super::BatchOutcome;
-use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact};
+use crate::error::Result;
+use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus, Standing};
 
-/// A chunk as the verifier needs it, loaded (and locked) by a backend.
-#[derive(Debug)]
-pub struct ChunkUnderReview {
+/// Invalid results after which a worker is blacklisted (a failed ringer blacklists at once).
+pub const BLACKLIST_AFTER_INVALID: i64 = 2;
+
+/// Chunk key: `(job_id, idx)`.
+pub type ChunkKey = (i64, i32);
+
+/// A chunk row as the reviewer needs it.
+#[derive(Debug, Clone)]
+pub struct ChunkRow {
     /// `open`, `done`, `failed` or `cancelled`: only open chunks are decided.
     pub state: String,
     /// Replicas currently wanted.
     pub wanted: i32,
-    /// The job's quorum policy.
+    /// The job's quorum policy with the chunk's fixed quorum.
     pub policy: QuorumPolicy,
-    /// Every replica of the chunk.
-    pub replicas: Vec<ReplicaFact>,
+    /// Digest of the accepted outcome (done chunks).
+    pub output_digest: Option<[u8; 32]>,
 }
 
-/// A chunk accepted with a quorum.
-#[derive(Debug)]
+/// A replica row as the reviewer needs it.
+#[derive(Debug, Clone)]
+pub struct ReplicaRow {
+    /// Lease id.
+    pub lease: i64,
+    /// Its chunk.
+    pub chunk: ChunkKey,
+    /// The worker.
+    pub worker_id: String,
+    /// `leased`, `returned`, `expired`, `released` or `revoked`.
+    pub state: String,
+    /// Outcome digest, when returned.
+    pub digest: Option<[u8; 32]>,
+    /// Whether the outcome is an error.
+    pub is_error: bool,
+    /// A spot-check of an already accepted chunk.
+    pub ringer: bool,
+    /// `valid`, `invalid`, or none yet.
+    pub verdict: Option<String>,
+}
+
+/// A chunk accepted with a quorum (or alone, adaptive).
+#[derive(Debug, Clone)]
 pub struct Accepted {
-    /// Job id.
-    pub job_id: i64,
-    /// Chunk index.
-    pub idx: i32,
+    /// Chunk.
+    pub chunk: ChunkKey,
     /// The replica whose outcome is stored.
     pub canonical: i64,
     /// How many agreed.
     pub agreeing: i32,
     /// The agreed outcome is an error: the chunk fails with it.
     pub is_error: bool,
-    /// The winning digest: returned replicas with another digest are invalid.
+    /// Digest of the accepted outcome.
     pub digest: [u8; 32],
+    /// The quorum to persist (adaptive), if fixed now.
+    pub quorum: Option<i32>,
+    /// The worker whose word alone accepted it.
+    pub alone_by: Option<String>,
 }
 
-/// Everything the verifier decided for one batch.
-#[derive(Debug, Default)]
-pub struct Decisions {
-    /// Chunks accepted (with an output or an agreed error).
-    pub accepted: Vec<Accepted>,
-    /// Chunks failed without quorum: `(job_id, idx, reason)`.
-    pub failed: Vec<(i64, i32, String)>,
-    /// Chunks whose wanted count changes: `(job_id, idx, wanted)`.
-    pub wanted: Vec<(i64, i32, i32)>,
-    /// Per job, chunks newly done and newly failed.
-    pub finished_per_job: BTreeMap<i64, (i32, i32)>,
-    /// Some chunk wants more replicas than before.
-    pub reopened: bool,
+/// A change of reputation for one worker from one round of verdicts.
+#[derive(Debug, Clone, Default)]
+pub struct ReputationDelta {
+    /// New valid results.
+    pub valid: i32,
+    /// New invalid results.
+    pub invalid: i32,
 }
 
-impl Decisions {
-    /// Every chunk decided (accepted or failed) in this batch.
-    pub fn decided(&self) -> impl Iterator<Item = (i64, i32)> + '_ {
-        self.accepted
-            .iter()
-            .map(|a| (a.job_id, a.idx))
-            .chain(self.failed.iter().map(|f| (f.0, f.1)))
+/// The backend operations [`reconcile`] needs, over one open transaction.
+#[async_trait]
+pub trait ReviewDb: Send {
+    /// Chunks with their job's policy, locked against concurrent reviewers (in key order).
+    async fn load_chunks(
+        &mut self,
+        keys: &BTreeSet<ChunkKey>,
+    ) -> Result<BTreeMap<ChunkKey, ChunkRow>>;
+    /// Every replica of these chunks.
+    async fn load_replicas(&mut self, keys: &BTreeSet<ChunkKey>) -> Result<Vec<ReplicaRow>>;
+    /// `(consecutive_valid, blacklisted)` of these workers.
+    async fn load_standings(
+        &mut self,
+        workers: &BTreeSet<String>,
+    ) -> Result<HashMap<String, (i64, bool)>>;
+    /// Mark chunks accepted (done, or failed with an agreed error).
+    async fn accept(&mut self, accepted: &[Accepted]) -> Result<()>;
+    /// Mark chunks failed without quorum.
+    async fn fail(&mut self, failed: &[(ChunkKey, String)]) -> Result<()>;
+    /// Set chunks' wanted replicas, and their quorum when fixed now.
+    async fn set_wanted(&mut self, wanted: &[(ChunkKey, i32, Option<i32>)]) -> Result<()>;
+    /// Set replica verdicts.
+    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()>;
+    /// Revoke the live leases of these chunks, returning them.
+    async fn revoke_live(&mut self, keys: &[ChunkKey]) -> Result<Vec<i64>>;
+    /// Add to jobs' done/failed counters (negative when backtracking reopens chunks, counted in
+    /// `revised`) and move jobs between running and finished accordingly.
+    async fn count_jobs(&mut self, per_job: &BTreeMap<i64, JobDelta>) -> Result<()>;
+    /// Apply reputation deltas; returns each worker's total invalid results afterwards.
+    async fn update_reputation(
+        &mut self,
+        deltas: &BTreeMap<String, ReputationDelta>,
+    ) -> Result<HashMap<String, i64>>;
+    /// Blacklist workers (those not already blacklisted).
+    async fn blacklist(&mut self, workers: &BTreeMap<String, String>) -> Result<()>;
+    /// Reopen every decided chunk the worker's word helped accept: returns the chunks (with
+    /// whether each had failed; the caller adjusts job counters) and the worker's live leases,
+    /// now revoked, with their chunks.
+    async fn backtrack(
+        &mut self,
+        worker: &str,
+    ) -> Result<(Vec<(ChunkKey, bool)>, Vec<(i64, ChunkKey)>)>;
+}
+
+/// Changes to one job's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobDelta {
+    /// Chunks newly done (negative: reopened).
+    pub done: i32,
+    /// Chunks newly failed (negative: reopened).
+    pub failed: i32,
+    /// Chunks reopened by backtracking.
+    pub revised: i32,
+}
+
+/// Review every touched chunk (and every chunk backtracking reopens) and apply the outcome.
+pub async fn reconcile<D: ReviewDb>(
+    db: &mut D,
+    touched: &BTreeSet<ChunkKey>,
+    outcome: &mut BatchOutcome,
+) -> Result<()> {
+    let mut pending: BTreeSet<ChunkKey> = touched.clone();
+    // Backtracking can cascade (a reopened chunk's other voter may be caught too), but each
+    // worker is blacklisted once, so this ends; the bound is a guard.
+    for _ in 0..16 {
+        if pending.is_empty() {
+            break;
+        }
+        pending = review_round(db, &pending, outcome).await?;
     }
+    Ok(())
 }
 
-/// Run the verifier over every open chunk under review.
-pub fn review(chunks: &BTreeMap<(i64, i32), ChunkUnderReview>) -> Decisions {
-    let mut decisions = Decisions::default();
-    for (&(job_id, idx), chunk) in chunks {
+/// One pass; returns the chunks reopened by backtracking.
+async fn review_round<D: ReviewDb>(
+    db: &mut D,
+    keys: &BTreeSet<ChunkKey>,
+    outcome: &mut BatchOutcome,
+) -> Result<BTreeSet<ChunkKey>> {
+    let chunks = db.load_chunks(keys).await?;
+    let replicas = db.load_replicas(keys).await?;
+    let workers: BTreeSet<String> = replicas.iter().map(|r| r.worker_id.clone()).collect();
+    let standings = db.load_standings(&workers).await?;
+    let standing_of = |worker: &str| {
+        standings
+            .get(worker)
+            .map_or(Standing::Untrusted, |&(c, b)| {
+                Standing::from_reputation(c, b)
+            })
+    };
+
+    let mut verdicts: Vec<(i64, bool)> = Vec::new();
+    let mut reputation: BTreeMap<String, ReputationDelta> = BTreeMap::new();
+    let mut caught: BTreeMap<String, String> = BTreeMap::new();
+
+    // Ringers: judged against the accepted digest; they never count towards a quorum.
+    for ringer in replicas.iter().filter(|r| r.ringer) {
+        let (Some(digest), None, "returned") =
+            (ringer.digest, &ringer.verdict, ringer.state.as_str())
+        else {
+            continue;
+        };
+        let Some(expected) = chunks.get(&ringer.chunk).and_then(|c| c.output_digest) else {
+            continue;
+        };
+        let valid = digest == expected;
+        verdicts.push((ringer.lease, valid));
+        let delta = reputation.entry(ringer.worker_id.clone()).or_default();
+        if valid {
+            delta.valid += 1;
+        } else {
+            delta.invalid += 1;
+            caught.insert(ringer.worker_id.clone(), "failed a spot-check".into());
+        }
+        outcome.ringers_judged += 1;
+    }
+
+    // The verifier over open chunks.
+    let mut by_chunk: BTreeMap<ChunkKey, Vec<&ReplicaRow>> = BTreeMap::new();
+    for replica in replicas.iter().filter(|r| !r.ringer) {
+        by_chunk.entry(replica.chunk).or_default().push(replica);
+    }
+    let mut accepted = Vec::new();
+    let mut failed = Vec::new();
+    let mut wanted = Vec::new();
+    let mut per_job: BTreeMap<i64, JobDelta> = BTreeMap::new();
+    for (&key, chunk) in &chunks {
         if chunk.state != "open" {
             continue;
         }
-        match verifier::decide(chunk.policy, &chunk.replicas) {
+        let rows = by_chunk.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let facts: Vec<ReplicaFact> = rows
+            .iter()
+            .map(|row| ReplicaFact {
+                lease: row.lease,
+                status: status(row),
+                standing: standing_of(&row.worker_id),
+            })
+            .collect();
+        let (decision, quorum) = verifier::decide(chunk.policy, &facts, rand::random::<f64>());
+        let quorum = quorum.map(|q| i32::try_from(q).unwrap_or(i32::MAX));
+        match decision {
             Decision::Accept {
                 canonical,
                 digest,
                 agreeing,
                 is_error,
+                alone,
             } => {
-                decisions.accepted.push(Accepted {
-                    job_id,
-                    idx,
+                let alone_by = alone
+                    .then(|| rows.iter().find(|r| r.lease == canonical))
+                    .flatten()
+                    .map(|r| r.worker_id.clone());
+                if !alone {
+                    // Verdicts on every counted result: agreeing or not.
+                    for row in rows {
+                        if row.state == "returned"
+                            && row.verdict.is_none()
+                            && standing_of(&row.worker_id) != Standing::Blacklisted
+                            && let Some(d) = row.digest
+                        {
+                            let valid = d == digest;
+                            verdicts.push((row.lease, valid));
+                            let delta = reputation.entry(row.worker_id.clone()).or_default();
+                            if valid {
+                                delta.valid += 1;
+                            } else {
+                                delta.invalid += 1;
+                            }
+                        }
+                    }
+                }
+                let delta = per_job.entry(key.0).or_default();
+                if is_error {
+                    delta.failed += 1;
+                    outcome.failed += 1;
+                } else {
+                    delta.done += 1;
+                    outcome.accepted += 1;
+                }
+                if alone {
+                    outcome.accepted_alone += 1;
+                }
+                accepted.push(Accepted {
+                    chunk: key,
                     canonical,
                     agreeing: i32::try_from(agreeing).unwrap_or(i32::MAX),
                     is_error,
                     digest,
+                    quorum,
+                    alone_by,
                 });
-                let counts = decisions.finished_per_job.entry(job_id).or_default();
-                if is_error {
-                    counts.1 += 1;
-                } else {
-                    counts.0 += 1;
-                }
             }
             Decision::Fail(reason) => {
-                decisions.failed.push((job_id, idx, reason));
-                decisions.finished_per_job.entry(job_id).or_default().1 += 1;
+                per_job.entry(key.0).or_default().failed += 1;
+                outcome.failed += 1;
+                failed.push((key, reason));
             }
             Decision::Want(n) => {
                 let n = i32::try_from(n).unwrap_or(i32::MAX);
-                if n != chunk.wanted {
-                    decisions.reopened |= n > chunk.wanted;
-                    decisions.wanted.push((job_id, idx, n));
+                if n != chunk.wanted || quorum.is_some() {
+                    outcome.reopened |= n > chunk.wanted;
+                    wanted.push((key, n, quorum));
                 }
             }
         }
     }
-    decisions
+
+    if !accepted.is_empty() {
+        db.accept(&accepted).await?;
+    }
+    if !failed.is_empty() {
+        db.fail(&failed).await?;
+    }
+    if !wanted.is_empty() {
+        db.set_wanted(&wanted).await?;
+    }
+    let decided: Vec<ChunkKey> = accepted
+        .iter()
+        .map(|a| a.chunk)
+        .chain(failed.iter().map(|f| f.0))
+        .collect();
+    if !decided.is_empty() {
+        // Leases still out on a decided chunk are pointless: revoke them so workers stop.
+        outcome.revoked.extend(db.revoke_live(&decided).await?);
+    }
+    if !verdicts.is_empty() {
+        for (_, valid) in &verdicts {
+            if *valid {
+                outcome.valid_replicas += 1;
+            } else {
+                outcome.invalid_replicas += 1;
+            }
+        }
+        db.set_verdicts(&verdicts).await?;
+    }
+    if !reputation.is_empty() {
+        let invalid_totals = db.update_reputation(&reputation).await?;
+        for (worker, total) in invalid_totals {
+            let already = standings.get(&worker).is_some_and(|s| s.1);
+            if total >= BLACKLIST_AFTER_INVALID && !already {
+                caught
+                    .entry(worker)
+                    .or_insert_with(|| format!("{total} results disagreed with the accepted ones"));
+            }
+        }
+    }
+    caught.retain(|worker, _| !standings.get(worker).is_some_and(|s| s.1));
+
+    let mut reopened = BTreeSet::new();
+    if !caught.is_empty() {
+        db.blacklist(&caught).await?;
+        for (worker, reason) in &caught {
+            tracing::warn!(worker = %worker, %reason, "worker blacklisted; backtracking");
+            let (chunks_reopened, leases) = db.backtrack(worker).await?;
+            for (lease, chunk) in leases {
+                // The chunk lost a live lease: it wants a replacement (reviewed next round).
+                outcome.revoked.push(lease);
+                reopened.insert(chunk);
+            }
+            for (key, was_failed) in chunks_reopened {
+                let delta = per_job.entry(key.0).or_default();
+                if was_failed {
+                    delta.failed -= 1;
+                } else {
+                    delta.done -= 1;
+                }
+                delta.revised += 1;
+                outcome.backtracked += 1;
+                reopened.insert(key);
+            }
+            outcome.blacklisted.push(worker.clone());
+        }
+        outcome.reopened = true;
+    }
+    if !per_job.is_empty() {
+        db.count_jobs(&per_job).await?;
+    }
+    Ok(reopened)
 }
 
-/// The verifier's view of a replica row.
-pub fn replica_status(
-    state: &str,
-    digest: Option<[u8; 32]>,
-    is_error: Option<bool>,
-) -> verifier::ReplicaStatus {
-    match (state, digest) {
-        ("leased", _) => verifier::ReplicaStatus::Live,
-        ("returned", Some(digest)) => verifier::ReplicaStatus::Returned {
+fn status(row: &ReplicaRow) -> ReplicaStatus {
+    match (row.state.as_str(), row.digest) {
+        ("leased", _) => ReplicaStatus::Live,
+        ("returned", Some(digest)) => ReplicaStatus::Returned {
             digest,
-            is_error: is_error.unwrap_or(false),
+            is_error: row.is_error,
         },
-        _ => verifier::ReplicaStatus::Ended,
+        _ => ReplicaStatus::Ended,
     }
 }
 
-/// Add the batch's decisions to the outcome's counters.
-pub fn count_decisions(decisions: &Decisions, outcome: &mut BatchOutcome) {
-    for accepted in &decisions.accepted {
-        if accepted.is_error {
-            outcome.failed += 1;
-        } else {
-            outcome.accepted += 1;
-        }
-    }
-    outcome.failed += decisions.failed.len() as u64;
-}
-
-/// Add verdicts (`valid` / `invalid`) to the outcome's counters.
-pub fn count_verdicts(verdicts: &[String], outcome: &mut BatchOutcome) {
-    for verdict in verdicts {
-        if verdict == "valid" {
-            outcome.valid_replicas += 1;
-        } else {
-            outcome.invalid_replicas += 1;
-        }
-    }
+/// A digest column's bytes as a digest.
+pub fn digest_of(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    bytes.and_then(|b| b.try_into().ok())
 }

@@ -20,13 +20,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use super::review::{ChunkUnderReview, count_decisions, count_verdicts, replica_status, review};
+use super::review::{
+    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
+};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
-use crate::verifier::{QuorumPolicy, ReplicaFact};
+use crate::verifier::QuorumPolicy;
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -68,14 +70,15 @@ impl SqliteStore {
 const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.state, j.redundancy, j.max_replicas, j.priority,
            j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
+           j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
-           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id) AS issued,
-           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.state = 'returned')
-               AS returned,
-           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.verdict = 'invalid')
-               AS invalid,
-           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND r.state = 'expired')
-               AS expired
+           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND NOT r.ringer) AS issued,
+           (SELECT count(*) FROM replicas r
+            WHERE r.job_id = j.id AND NOT r.ringer AND r.state = 'returned') AS returned,
+           (SELECT count(*) FROM replicas r
+            WHERE r.job_id = j.id AND NOT r.ringer AND r.verdict = 'invalid') AS invalid,
+           (SELECT count(*) FROM replicas r
+            WHERE r.job_id = j.id AND NOT r.ringer AND r.state = 'expired') AS expired
     FROM jobs j";
 
 fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
@@ -88,10 +91,12 @@ fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
         max_replicas: row.try_get("max_replicas")?,
         priority: row.try_get("priority")?,
         lease_seconds: row.try_get("lease_seconds")?,
+        verification: row.try_get("verification")?,
         chunks: ChunkCounts {
             total: row.try_get("chunk_count")?,
             done: row.try_get("chunks_done")?,
             failed: row.try_get("chunks_failed")?,
+            revised: row.try_get("chunks_revised")?,
         },
         replicas: ReplicaCounts {
             issued: row.try_get("issued")?,
@@ -145,8 +150,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
-                               lease_seconds, chunk_count, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+                               lease_seconds, chunk_count, created_at, verification)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
@@ -157,8 +162,10 @@ impl Store for SqliteStore {
         .bind(job.lease_seconds)
         .bind(job.inputs.len() as i64)
         .bind(Utc::now())
+        .bind(job.verification)
         .fetch_one(&mut *tx)
         .await?;
+        let initial_wanted = job.initial_wanted();
         for (idx, input) in job.inputs.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO chunks (job_id, idx, priority, input, wanted)
@@ -168,7 +175,7 @@ impl Store for SqliteStore {
             .bind(idx as i64)
             .bind(job.priority)
             .bind(input)
-            .bind(job.redundancy)
+            .bind(initial_wanted)
             .execute(&mut *tx)
             .await?;
         }
@@ -297,31 +304,30 @@ impl Store for SqliteStore {
         .bind(for_worker)
         .fetch_all(&self.pool)
         .await?;
-        let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
-        let mut chunks = Vec::with_capacity(rows.len());
-        for row in rows {
-            let kernel: String = row.try_get("kernel")?;
-            let kernel = kernels
-                .entry(kernel.clone())
-                .or_insert_with(|| Arc::from(kernel))
-                .clone();
-            let input: String = row.try_get("input")?;
-            let holders: String = row.try_get("holders")?;
-            let stored = |error: serde_json::Error| {
-                Error::Internal(anyhow::anyhow!("stored chunk data: {error}"))
-            };
-            chunks.push(ReadyChunk {
-                job_id: row.try_get("job_id")?,
-                idx: row.try_get("idx")?,
-                priority: row.try_get("priority")?,
-                kernel,
-                input: Arc::new(serde_json::from_str(&input).map_err(stored)?),
-                lease_seconds: row.try_get("lease_seconds")?,
-                wanted: row.try_get("wanted")?,
-                holders: serde_json::from_str(&holders).map_err(stored)?,
-            });
-        }
-        Ok(chunks)
+        ready_rows(&rows)
+    }
+
+    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, 1 AS wanted,
+                    (SELECT json_group_array(r.worker_id) FROM replicas r
+                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                       AND r.state IN ('leased', 'returned')) AS holders
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
+             ORDER BY random() LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        ready_rows(&rows)
+    }
+
+    async fn blacklisted(&self) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar("SELECT id FROM workers WHERE blacklisted_at IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
@@ -428,7 +434,42 @@ impl Store for SqliteStore {
 
 type Tx = Transaction<'static, Sqlite>;
 
-/// Run the verifier over every touched chunk and apply its decisions.
+/// Ready-chunk rows (job_id, idx, priority, kernel, input, lease_seconds, wanted, holders as a
+/// JSON array) as dispatch cache entries.
+fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
+    let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
+    let mut chunks = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kernel: String = row.try_get("kernel")?;
+        let kernel = kernels
+            .entry(kernel.clone())
+            .or_insert_with(|| Arc::from(kernel))
+            .clone();
+        let input: String = row.try_get("input")?;
+        let holders: String = row.try_get("holders")?;
+        let stored = |error: serde_json::Error| {
+            Error::Internal(anyhow::anyhow!("stored chunk data: {error}"))
+        };
+        chunks.push(ReadyChunk {
+            job_id: row.try_get("job_id")?,
+            idx: row.try_get("idx")?,
+            priority: row.try_get("priority")?,
+            kernel,
+            input: Arc::new(serde_json::from_str(&input).map_err(stored)?),
+            lease_seconds: row.try_get("lease_seconds")?,
+            wanted: row.try_get("wanted")?,
+            holders: serde_json::from_str(&holders).map_err(stored)?,
+        });
+    }
+    Ok(chunks)
+}
+
+/// The reviewer's view of an open SQLite transaction: simple per-row statements.
+struct SqliteReview<'t> {
+    tx: &'t mut Tx,
+}
+
+/// Run verification and trust over the touched chunks (see [`super::review`]).
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
@@ -437,148 +478,328 @@ async fn reconcile(
     if touched.is_empty() {
         return Ok(());
     }
-    let mut chunks: BTreeMap<(i64, i32), ChunkUnderReview> = BTreeMap::new();
-    for &(job_id, idx) in touched {
-        let Some(row) = sqlx::query(
-            "SELECT c.state, c.wanted, j.redundancy, j.max_replicas
-             FROM chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE c.job_id = ?1 AND c.idx = ?2",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .fetch_optional(&mut **tx)
-        .await?
-        else {
-            continue;
-        };
-        let mut replicas = Vec::new();
-        let replica_rows = sqlx::query(
-            "SELECT id, state, outcome_digest, outcome_is_error FROM replicas
-             WHERE job_id = ?1 AND chunk_idx = ?2",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .fetch_all(&mut **tx)
-        .await?;
-        for replica in replica_rows {
-            let state: String = replica.try_get("state")?;
-            let digest: Option<Vec<u8>> = replica.try_get("outcome_digest")?;
-            replicas.push(ReplicaFact {
-                lease: replica.try_get("id")?,
-                status: replica_status(
-                    &state,
-                    digest.and_then(|d| d.try_into().ok()),
-                    replica.try_get("outcome_is_error")?,
-                ),
-            });
-        }
-        let redundancy: i64 = row.try_get("redundancy")?;
-        let max_replicas: i64 = row.try_get("max_replicas")?;
-        chunks.insert(
-            (job_id, idx),
-            ChunkUnderReview {
-                state: row.try_get("state")?,
-                wanted: row.try_get("wanted")?,
-                policy: QuorumPolicy {
-                    redundancy: u32::try_from(redundancy).unwrap_or(1),
-                    max_replicas: u32::try_from(max_replicas).unwrap_or(1),
-                },
-                replicas,
-            },
-        );
-    }
+    review::reconcile(&mut SqliteReview { tx }, touched, outcome).await
+}
 
-    let decisions = review(&chunks);
-    outcome.reopened |= decisions.reopened;
-    let now = Utc::now();
-    for accepted in &decisions.accepted {
-        sqlx::query(
-            "UPDATE chunks
-             SET state = CASE WHEN ?4 THEN 'failed' ELSE 'done' END,
-                 wanted = 0, agreeing = ?3, finished_at = ?5,
-                 output = CASE WHEN ?4 THEN NULL ELSE
-                     (SELECT outcome FROM replicas WHERE id = ?6) END,
-                 error = CASE WHEN ?4 THEN
-                     (SELECT outcome FROM replicas WHERE id = ?6) ELSE NULL END
-             WHERE job_id = ?1 AND idx = ?2",
-        )
-        .bind(accepted.job_id)
-        .bind(accepted.idx)
-        .bind(accepted.agreeing)
-        .bind(accepted.is_error)
-        .bind(now)
-        .bind(accepted.canonical)
-        .execute(&mut **tx)
-        .await?;
-        let verdicts: Vec<String> = sqlx::query_scalar(
-            "UPDATE replicas
-             SET verdict = CASE WHEN outcome_digest = ?3 THEN 'valid' ELSE 'invalid' END
-             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'returned'
-             RETURNING verdict",
-        )
-        .bind(accepted.job_id)
-        .bind(accepted.idx)
-        .bind(&accepted.digest[..])
-        .fetch_all(&mut **tx)
-        .await?;
-        count_verdicts(&verdicts, outcome);
-    }
-    for (job_id, idx, reason) in &decisions.failed {
-        sqlx::query(
-            "UPDATE chunks SET state = 'failed', wanted = 0, error = ?3, finished_at = ?4
-             WHERE job_id = ?1 AND idx = ?2",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for (job_id, idx) in decisions.decided() {
-        // Leases still out on a decided chunk are pointless: revoke them so workers stop.
-        let revoked: Vec<i64> = sqlx::query_scalar(
-            "UPDATE replicas SET state = 'revoked'
-             WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'leased' RETURNING id",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .fetch_all(&mut **tx)
-        .await?;
-        outcome.revoked.extend(revoked);
-    }
-    count_decisions(&decisions, outcome);
-    for (job_id, (done, failed)) in &decisions.finished_per_job {
-        sqlx::query(
-            "UPDATE jobs SET chunks_done = chunks_done + ?2, chunks_failed = chunks_failed + ?3
-             WHERE id = ?1",
-        )
-        .bind(job_id)
-        .bind(done)
-        .bind(failed)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE jobs
-             SET state = CASE WHEN chunks_failed > 0 THEN 'failed' ELSE 'done' END,
-                 finished_at = ?2
-             WHERE id = ?1 AND state IN ('queued', 'running')
-               AND chunks_done + chunks_failed = chunk_count",
-        )
-        .bind(job_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for (job_id, idx, wanted) in &decisions.wanted {
-        sqlx::query("UPDATE chunks SET wanted = ?3 WHERE job_id = ?1 AND idx = ?2")
+#[async_trait]
+impl ReviewDb for SqliteReview<'_> {
+    async fn load_chunks(
+        &mut self,
+        keys: &BTreeSet<ChunkKey>,
+    ) -> Result<BTreeMap<ChunkKey, ChunkRow>> {
+        let mut chunks = BTreeMap::new();
+        for &(job_id, idx) in keys {
+            let Some(row) = sqlx::query(
+                "SELECT c.state, c.wanted, c.quorum, c.output_digest,
+                        j.redundancy, j.max_replicas, j.verification
+                 FROM chunks c JOIN jobs j ON j.id = c.job_id
+                 WHERE c.job_id = ?1 AND c.idx = ?2",
+            )
             .bind(job_id)
             .bind(idx)
-            .bind(wanted)
-            .execute(&mut **tx)
-            .await?;
+            .fetch_optional(&mut **self.tx)
+            .await?
+            else {
+                continue;
+            };
+            let redundancy: i64 = row.try_get("redundancy")?;
+            let max_replicas: i64 = row.try_get("max_replicas")?;
+            let quorum: Option<i64> = row.try_get("quorum")?;
+            let verification: String = row.try_get("verification")?;
+            chunks.insert(
+                (job_id, idx),
+                ChunkRow {
+                    state: row.try_get("state")?,
+                    wanted: row.try_get("wanted")?,
+                    policy: QuorumPolicy {
+                        redundancy: u32::try_from(redundancy).unwrap_or(1),
+                        max_replicas: u32::try_from(max_replicas).unwrap_or(1),
+                        adaptive: verification == "adaptive",
+                        quorum: quorum.and_then(|q| u32::try_from(q).ok()),
+                    },
+                    output_digest: digest_of(row.try_get("output_digest")?),
+                },
+            );
+        }
+        Ok(chunks)
     }
-    Ok(())
+
+    async fn load_replicas(&mut self, keys: &BTreeSet<ChunkKey>) -> Result<Vec<ReplicaRow>> {
+        let mut replicas = Vec::new();
+        for &(job_id, idx) in keys {
+            let rows = sqlx::query(
+                "SELECT id, worker_id, state, outcome_digest, outcome_is_error, ringer, verdict
+                 FROM replicas WHERE job_id = ?1 AND chunk_idx = ?2",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .fetch_all(&mut **self.tx)
+            .await?;
+            for row in rows {
+                replicas.push(ReplicaRow {
+                    lease: row.try_get("id")?,
+                    chunk: (job_id, idx),
+                    worker_id: row.try_get("worker_id")?,
+                    state: row.try_get("state")?,
+                    digest: digest_of(row.try_get("outcome_digest")?),
+                    is_error: row
+                        .try_get::<Option<bool>, _>("outcome_is_error")?
+                        .unwrap_or(false),
+                    ringer: row.try_get("ringer")?,
+                    verdict: row.try_get("verdict")?,
+                });
+            }
+        }
+        Ok(replicas)
+    }
+
+    async fn load_standings(
+        &mut self,
+        workers: &BTreeSet<String>,
+    ) -> Result<HashMap<String, (i64, bool)>> {
+        let mut standings = HashMap::with_capacity(workers.len());
+        for worker in workers {
+            let row = sqlx::query(
+                "SELECT consecutive_valid, blacklisted_at IS NOT NULL AS blacklisted
+                 FROM workers WHERE id = ?1",
+            )
+            .bind(worker)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+            if let Some(row) = row {
+                standings.insert(
+                    worker.clone(),
+                    (
+                        row.try_get("consecutive_valid")?,
+                        row.try_get("blacklisted")?,
+                    ),
+                );
+            }
+        }
+        Ok(standings)
+    }
+
+    async fn accept(&mut self, accepted: &[Accepted]) -> Result<()> {
+        let now = Utc::now();
+        for chunk in accepted {
+            sqlx::query(
+                "UPDATE chunks
+                 SET state = CASE WHEN ?4 THEN 'failed' ELSE 'done' END,
+                     wanted = 0, agreeing = ?3, finished_at = ?5,
+                     output = CASE WHEN ?4 THEN NULL ELSE
+                         (SELECT outcome FROM replicas WHERE id = ?6) END,
+                     error = CASE WHEN ?4 THEN
+                         (SELECT outcome FROM replicas WHERE id = ?6) ELSE NULL END,
+                     output_digest = ?7, quorum = COALESCE(?8, quorum),
+                     accepted_alone_by = ?9
+                 WHERE job_id = ?1 AND idx = ?2",
+            )
+            .bind(chunk.chunk.0)
+            .bind(chunk.chunk.1)
+            .bind(chunk.agreeing)
+            .bind(chunk.is_error)
+            .bind(now)
+            .bind(chunk.canonical)
+            .bind(&chunk.digest[..])
+            .bind(chunk.quorum)
+            .bind(chunk.alone_by.as_deref())
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn fail(&mut self, failed: &[(ChunkKey, String)]) -> Result<()> {
+        let now = Utc::now();
+        for ((job_id, idx), reason) in failed {
+            sqlx::query(
+                "UPDATE chunks SET state = 'failed', wanted = 0, error = ?3, finished_at = ?4
+                 WHERE job_id = ?1 AND idx = ?2",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_wanted(&mut self, wanted: &[(ChunkKey, i32, Option<i32>)]) -> Result<()> {
+        for ((job_id, idx), count, quorum) in wanted {
+            sqlx::query(
+                "UPDATE chunks SET wanted = ?3, quorum = COALESCE(?4, quorum)
+                 WHERE job_id = ?1 AND idx = ?2",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(count)
+            .bind(quorum)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
+        for (lease, valid) in verdicts {
+            sqlx::query("UPDATE replicas SET verdict = ?2 WHERE id = ?1")
+                .bind(lease)
+                .bind(if *valid { "valid" } else { "invalid" })
+                .execute(&mut **self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke_live(&mut self, keys: &[ChunkKey]) -> Result<Vec<i64>> {
+        let mut revoked = Vec::new();
+        for (job_id, idx) in keys {
+            let leases: Vec<i64> = sqlx::query_scalar(
+                "UPDATE replicas SET state = 'revoked'
+                 WHERE job_id = ?1 AND chunk_idx = ?2 AND state = 'leased' AND NOT ringer
+                 RETURNING id",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .fetch_all(&mut **self.tx)
+            .await?;
+            revoked.extend(leases);
+        }
+        Ok(revoked)
+    }
+
+    async fn count_jobs(&mut self, per_job: &BTreeMap<i64, JobDelta>) -> Result<()> {
+        let now = Utc::now();
+        for (job_id, delta) in per_job {
+            sqlx::query(
+                "UPDATE jobs
+                 SET state = CASE
+                         WHEN state = 'cancelled' THEN state
+                         WHEN chunks_done + ?2 + chunks_failed + ?3 < chunk_count THEN 'running'
+                         WHEN chunks_failed + ?3 > 0 THEN 'failed'
+                         ELSE 'done' END,
+                     finished_at = CASE
+                         WHEN state = 'cancelled' THEN finished_at
+                         WHEN chunks_done + ?2 + chunks_failed + ?3 < chunk_count THEN NULL
+                         ELSE ?5 END,
+                     chunks_done = chunks_done + ?2,
+                     chunks_failed = chunks_failed + ?3,
+                     chunks_revised = chunks_revised + ?4
+                 WHERE id = ?1",
+            )
+            .bind(job_id)
+            .bind(delta.done)
+            .bind(delta.failed)
+            .bind(delta.revised)
+            .bind(now)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn update_reputation(
+        &mut self,
+        deltas: &BTreeMap<String, ReputationDelta>,
+    ) -> Result<HashMap<String, i64>> {
+        let mut totals = HashMap::with_capacity(deltas.len());
+        for (worker, delta) in deltas {
+            let total: Option<i64> = sqlx::query_scalar(
+                "UPDATE workers
+                 SET valid_count = valid_count + ?2,
+                     invalid_count = invalid_count + ?3,
+                     consecutive_valid = CASE WHEN ?3 > 0 THEN 0
+                                              ELSE consecutive_valid + ?2 END
+                 WHERE id = ?1
+                 RETURNING invalid_count",
+            )
+            .bind(worker)
+            .bind(delta.valid)
+            .bind(delta.invalid)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+            if let Some(total) = total {
+                totals.insert(worker.clone(), total);
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn blacklist(&mut self, workers: &BTreeMap<String, String>) -> Result<()> {
+        let now = Utc::now();
+        for (worker, reason) in workers {
+            sqlx::query(
+                "UPDATE workers SET blacklisted_at = ?2, blacklist_reason = ?3
+                 WHERE id = ?1 AND blacklisted_at IS NULL",
+            )
+            .bind(worker)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn backtrack(
+        &mut self,
+        worker: &str,
+    ) -> Result<(Vec<(ChunkKey, bool)>, Vec<(i64, ChunkKey)>)> {
+        let rows = sqlx::query(
+            "SELECT c.job_id, c.idx, c.state FROM chunks c
+             WHERE c.state IN ('done', 'failed')
+               AND (c.accepted_alone_by = ?1
+                    OR EXISTS (SELECT 1 FROM replicas r
+                               WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                                 AND r.worker_id = ?1 AND r.verdict = 'valid'
+                                 AND NOT r.ringer))",
+        )
+        .bind(worker)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut chunks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: ChunkKey = (row.try_get("job_id")?, row.try_get("idx")?);
+            let was: String = row.try_get("state")?;
+            sqlx::query(
+                "UPDATE chunks
+                 SET state = 'open', wanted = 0, output = NULL, error = NULL, agreeing = NULL,
+                     output_digest = NULL, accepted_alone_by = NULL, finished_at = NULL,
+                     revised = revised + 1,
+                     quorum = (SELECT CASE WHEN verification = 'adaptive' THEN redundancy END
+                               FROM jobs WHERE id = ?1)
+                 WHERE job_id = ?1 AND idx = ?2",
+            )
+            .bind(key.0)
+            .bind(key.1)
+            .execute(&mut **self.tx)
+            .await?;
+            chunks.push((key, was == "failed"));
+        }
+        sqlx::query(
+            "UPDATE replicas SET verdict = 'invalid' WHERE worker_id = ?1 AND verdict = 'valid'",
+        )
+        .bind(worker)
+        .execute(&mut **self.tx)
+        .await?;
+        let rows = sqlx::query(
+            "UPDATE replicas SET state = 'revoked'
+             WHERE worker_id = ?1 AND state = 'leased' RETURNING id, job_id, chunk_idx",
+        )
+        .bind(worker)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut revoked = Vec::with_capacity(rows.len());
+        for row in rows {
+            revoked.push((
+                row.try_get("id")?,
+                (row.try_get("job_id")?, row.try_get("chunk_idx")?),
+            ));
+        }
+        Ok((chunks, revoked))
+    }
 }
 
 /// Create the requested leases (see the PostgreSQL store for the rules).
@@ -586,8 +807,9 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     if batch.leases.is_empty() {
         return Ok(());
     }
+    // Ringers need no claim: their chunk is already accepted.
     let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
-    for request in &batch.leases {
+    for request in batch.leases.iter().filter(|r| !r.ringer) {
         *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
     }
     let mut claimed = BTreeSet::new();
@@ -611,12 +833,13 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     let mut conflicted = BTreeSet::new();
     let mut started = BTreeSet::new();
     for (i, request) in batch.leases.iter().enumerate() {
-        if !claimed.contains(&(request.job_id, request.idx)) {
+        if !request.ringer && !claimed.contains(&(request.job_id, request.idx)) {
             continue;
         }
         let lease: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO replicas (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO replicas
+                 (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
              DO NOTHING
              RETURNING id",
@@ -627,6 +850,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .bind(now)
         .bind(now_ms + i64::from(request.lease_seconds) * 1000)
         .bind(&*batch.master_id)
+        .bind(request.ringer)
         .fetch_optional(&mut **tx)
         .await?;
         match lease {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{MasterMessage, PROTOCOL_VERSION, WorkerKind, WorkerMessage};
 use grid_server::limits::Limits;
-use grid_server::store::Store;
+use grid_server::store::insights::Database;
 use grid_server::store::postgres::PgStore;
 use grid_server::store::sqlite::SqliteStore;
 use grid_server::{ServeOptions, serve};
@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod volunteers;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -158,7 +160,7 @@ pub enum TestStore {
 }
 
 impl TestStore {
-    pub fn shared(&self) -> Arc<dyn Store> {
+    pub fn shared(&self) -> Arc<dyn Database> {
         match self {
             TestStore::Postgres(store) => Arc::new(store.clone()),
             TestStore::Sqlite(store) => Arc::new(store.clone()),
