@@ -3,6 +3,10 @@
 # embedded at build time), on a slim runtime image, as a non-root user.
 
 FROM rust:1.95-bookworm AS build
+# npm installs the pages' packages (the dashboard's chart) from frontend/package-lock.json.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
 RUN rustup target add wasm32-unknown-unknown \
  && (cargo install wasm-bindgen-cli --version 0.2.130 --locked \
      || cargo install wasm-bindgen-cli --version 0.2.130)

@@ -1,5 +1,7 @@
-// The benchmark's Web Worker: for each case, parse the input once (KernelBench), run once to
-// warm up (V8 tiers hot wasm functions up to its optimising compiler), then time `runs` runs.
+// The benchmark's Web Worker: times the kernels in WebAssembly. KernelBench parses an input
+// once; `run()` is nothing but grid_kernels::run, the same Rust the native side times. The
+// first request warms up (V8 compiles hot wasm functions again with its optimising compiler,
+// in the background: the first timed runs after a cold start are slower).
 
 import init, { KernelBench } from './grid_worker_wasm.js';
 
@@ -11,7 +13,10 @@ self.addEventListener('message', async ({ data }) => {
     for (const { kernel, input } of data.cases) {
       self.postMessage({ type: 'progress', kernel });
       const bench = new KernelBench(kernel, JSON.stringify(input));
-      bench.run();
+      if (data.warmup) {
+        bench.run();
+        bench.run();
+      }
       const ms = [];
       for (let i = 0; i < data.runs; i++) {
         const started = performance.now();

@@ -1,6 +1,7 @@
-// The benchmark page: runs bench-worker.js (the kernels, in WebAssembly, in a Web Worker) on
-// the inputs of bench/inputs.json (copied to bench-inputs.json by the web build), shows the
-// timings and leaves them as JSON in #bench-json for bench/wasm_vs_native.mjs.
+// The benchmark page: runs the kernels in WebAssembly in a Web Worker (bench-worker.js) on
+// the inputs of bench/inputs.json (copied to bench-inputs.json by the web build) and shows
+// the timings. bench/wasm_vs_native.mjs drives it through `window.gridBench.measure`,
+// alternating rounds with the native runs so both see the same machine load.
 
 const $ = (id) => document.getElementById(id);
 
@@ -10,54 +11,83 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
-async function run() {
-  const params = new URLSearchParams(location.search);
-  const runs = Math.max(1, Math.min(50, Number.parseInt(params.get('runs') ?? '5', 10) || 5));
-  $('run').disabled = true;
-  $('bench-state').textContent = 'loading inputs…';
-  $('results').replaceChildren();
+let worker = null;
+let cases = null;
+
+async function loadCases() {
+  if (cases) return cases;
   const response = await fetch('./bench-inputs.json', { cache: 'no-store' });
   if (!response.ok) throw new Error(`bench-inputs.json: HTTP ${response.status}`);
-  const cases = await response.json();
-  const worker = new Worker(new URL('./bench-worker.js', import.meta.url), { type: 'module' });
-  const results = [];
-  await new Promise((resolve, reject) => {
-    worker.addEventListener('error', (event) => reject(new Error(event.message || 'worker failed')));
-    worker.addEventListener('message', ({ data }) => {
+  cases = await response.json();
+  return cases;
+}
+
+/** Time every case `runs` times (after one warm-up run each if `warmup`). */
+async function measure(runs, warmup) {
+  const all = await loadCases();
+  worker ??= new Worker(new URL('./bench-worker.js', import.meta.url), { type: 'module' });
+  return new Promise((resolve, reject) => {
+    const results = [];
+    const onError = (event) => {
+      cleanup();
+      reject(new Error(event.message || 'the benchmark worker failed'));
+    };
+    const onMessage = ({ data }) => {
       if (data.type === 'progress') {
         $('bench-state').textContent = `running ${data.kernel}…`;
       } else if (data.type === 'result') {
         results.push(data.result);
-        const row = document.createElement('tr');
-        for (const text of [data.result.kernel, median(data.result.ms).toFixed(1),
-          String(data.result.ms.length), data.result.digest.slice(0, 16) + '…']) {
-          const cell = document.createElement('td');
-          cell.textContent = text;
-          row.append(cell);
-        }
-        $('results').append(row);
       } else if (data.type === 'done') {
-        resolve();
+        cleanup();
+        resolve(results);
       } else if (data.type === 'error') {
+        cleanup();
         reject(new Error(data.message));
       }
-    });
-    worker.postMessage({ cases, runs });
+    };
+    const cleanup = () => {
+      worker.removeEventListener('message', onMessage);
+      worker.removeEventListener('error', onError);
+    };
+    worker.addEventListener('message', onMessage);
+    worker.addEventListener('error', onError);
+    worker.postMessage({ cases: all, runs, warmup });
   });
-  worker.terminate();
-  $('bench-json').textContent = JSON.stringify(results);
-  $('bench-state').textContent = 'done';
-  $('bench-state').dataset.done = 'true';
-  $('run').disabled = false;
 }
 
-function start() {
-  run().catch((error) => {
+function show(results) {
+  $('results').replaceChildren();
+  for (const result of results) {
+    const row = document.createElement('tr');
+    for (const text of [result.kernel, median(result.ms).toFixed(1), String(result.ms.length),
+      result.digest.slice(0, 16) + '…']) {
+      const cell = document.createElement('td');
+      cell.textContent = text;
+      row.append(cell);
+    }
+    $('results').append(row);
+  }
+  $('bench-json').textContent = JSON.stringify(results);
+}
+
+async function run() {
+  const params = new URLSearchParams(location.search);
+  const runs = Math.max(1, Math.min(50, Number.parseInt(params.get('runs') ?? '5', 10) || 5));
+  $('run').disabled = true;
+  $('bench-state').textContent = 'starting…';
+  delete $('bench-state').dataset.done;
+  try {
+    show(await measure(runs, true));
+    $('bench-state').textContent = 'done';
+    $('bench-state').dataset.done = 'true';
+  } catch (error) {
     $('bench-state').textContent = `failed: ${error.message}`;
     $('bench-state').dataset.done = 'error';
+  } finally {
     $('run').disabled = false;
-  });
+  }
 }
 
-$('run').addEventListener('click', start);
-if (new URLSearchParams(location.search).get('autorun') === '1') start();
+window.gridBench = { measure };
+$('run').addEventListener('click', run);
+if (new URLSearchParams(location.search).get('autorun') === '1') run();

@@ -84,6 +84,19 @@ struct CachedCredits {
     at: Instant,
     decided: i64,
     credits: Arc<Vec<Credit>>,
+    /// How long computing it took: the cache is kept at least ten times that long, so credit
+    /// never takes more than a tenth of the database's time however large the grid grows.
+    cost: Duration,
+}
+
+impl CachedCredits {
+    fn fresh_for(&self) -> Duration {
+        CREDIT_FRESH.max(self.cost * 10)
+    }
+
+    fn live_for(&self) -> Duration {
+        CREDIT_TTL.max(self.cost * 10)
+    }
 }
 
 /// The shared sampler; cheap to clone.
@@ -156,19 +169,20 @@ impl Feed {
     }
 
     /// Every volunteer's credit, highest first: recomputed when older than [`CREDIT_TTL`], or
-    /// older than [`CREDIT_FRESH`] and chunks were decided since.
+    /// older than [`CREDIT_FRESH`] and chunks were decided since (both stretched to ten times
+    /// what the last computation took).
     pub async fn credits(&self) -> Result<Arc<Vec<Credit>>> {
         let mut cached = self.inner.credits.lock().await;
         let decided = if cached
             .as_ref()
-            .is_some_and(|c| c.at.elapsed() < CREDIT_FRESH)
+            .is_some_and(|c| c.at.elapsed() < c.fresh_for())
         {
             None
         } else {
             Some(decided_total(self.inner.store.as_ref()).await?)
         };
         if let Some(cache) = cached.as_ref()
-            && cache.at.elapsed() < CREDIT_TTL
+            && cache.at.elapsed() < cache.live_for()
             && decided.is_none_or(|decided| decided == cache.decided)
         {
             return Ok(Arc::clone(&cache.credits));
@@ -177,11 +191,13 @@ impl Feed {
             Some(decided) => decided,
             None => decided_total(self.inner.store.as_ref()).await?,
         };
+        let started = Instant::now();
         let credits = Arc::new(self.inner.insights.credits().await?);
         *cached = Some(CachedCredits {
             at: Instant::now(),
             decided,
             credits: Arc::clone(&credits),
+            cost: started.elapsed(),
         });
         Ok(credits)
     }

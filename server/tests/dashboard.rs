@@ -311,7 +311,7 @@ async fn volunteers_earn_credit_for_verified_work(backend: Backend) {
     let valid = server
         .store
         .count(&format!(
-            "SELECT count(*) FROM replicas WHERE job_id = {job} AND verdict = 'valid'"
+            "SELECT count(*) FROM replicas WHERE job_id = {job} AND verdict = 'valid' AND NOT ringer"
         ))
         .await;
     // Credit is cached for a second once chunks are decided: wait for it to catch up.
@@ -367,7 +367,7 @@ async fn volunteers_earn_credit_for_verified_work(backend: Backend) {
         let valid = server
             .store
             .count(&format!(
-                "SELECT count(*) FROM replicas WHERE worker_id = '{identity}' AND verdict = 'valid'"
+                "SELECT count(*) FROM replicas WHERE worker_id = '{identity}' AND verdict = 'valid' AND NOT ringer"
             ))
             .await;
         assert_eq!(figures["results"], valid, "{identity}: {figures}");
@@ -468,6 +468,55 @@ async fn volunteers_earn_credit_for_verified_work(backend: Backend) {
     assert_eq!(board["volunteers"].as_array().unwrap().len(), 1);
     let (status, _) = api.get("/api/v1/volunteers?limit=0").await;
     assert_eq!(status, 422);
+
+    // The finished job's credit was settled once, however often credit is read since; a job
+    // still running is added up live on top of it.
+    let second = api
+        .submit(json!({"kernel": "primes", "inputs": primes_inputs(0, 400_000, 40)}))
+        .await;
+    let volunteers = Volunteers::start_with_delay(
+        &server,
+        &[("cr-honest-1", false), ("cr-late", false)],
+        "primes",
+        Duration::from_millis(100),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.get(&format!("/api/v1/jobs/{second}")).await.1["chunks"]["done"] == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(volunteers);
+    let (_, running) = api.get(&format!("/api/v1/jobs/{second}")).await;
+    assert_eq!(running["state"], "running", "{running}");
+    // The volunteers are gone: what is valid now stays so. Wait for credit to catch up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let valid = server
+        .store
+        .count("SELECT count(*) FROM replicas WHERE verdict = 'valid' AND NOT ringer")
+        .await;
+    let settled = server
+        .store
+        .count("SELECT count(*) FROM credited_jobs")
+        .await;
+    assert_eq!(settled, 1, "only the finished job is settled");
+    for _ in 0..3 {
+        // Changing a name drops the cached credit: every read recomputes it.
+        volunteer_request(
+            &server,
+            reqwest::Method::PUT,
+            Some("cr-late"),
+            Some(r#"{"display_name": "late"}"#),
+        )
+        .await;
+        let (_, board) = api.get("/api/v1/volunteers").await;
+        let results: i64 = board["volunteers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["results"].as_i64().unwrap())
+            .sum();
+        assert_eq!(results, valid, "{board}");
+    }
     server.stop().await;
 }
 

@@ -5,6 +5,8 @@
 //!   `frontend/dist/`: the pages of `frontend/src/` with their scripts, styles and the wasm
 //!   renamed by content hash (`app.<16 hex>.js`), which `grid-server` embeds and serves with
 //!   long-lived caching. Run it before building `grid-server`.
+//!   The pages' npm packages (the dashboard's chart, uPlot) are installed from
+//!   `frontend/package-lock.json` when missing and copied into `frontend/dist/` the same way.
 //! - [`ensure_browser_tools`]: Chromium and Node (installed with apt when missing and running
 //!   as root) and `playwright-core` from `frontend/package-lock.json`.
 
@@ -30,9 +32,26 @@ const HASHED: &[(&str, &str)] = &[
     ("src", "app.js"),
     ("src", "bench.js"),
     ("src", "style.css"),
+    // The dashboard, job and API pages; uPlot is the dashboard's chart (npm, package.json).
+    ("node_modules/uplot/dist", "uPlot.esm.js"),
+    ("node_modules/uplot/dist", "uPlot.min.css"),
+    ("src", "sse.js"),
+    ("src", "pages.css"),
+    ("src", "dashboard.js"),
+    ("src", "job.js"),
+    ("src", "api.js"),
+    ("src", "volunteer.js"),
 ];
 /// Pages keep their names (they are what people open) and are served `no-cache`.
-const PAGES: &[&str] = &["index.html", "bench.html"];
+const PAGES: &[&str] = &[
+    "index.html",
+    "bench.html",
+    "dashboard.html",
+    "job.html",
+    "api.html",
+];
+/// A file of each npm package the pages use, to know whether `npm ci` has run.
+const NPM_PACKAGES: &[&str] = &["node_modules/uplot/dist/uPlot.esm.js"];
 
 fn step(message: &str) {
     eprintln!("\x1b[1mxtask:\x1b[0m {message}");
@@ -91,6 +110,7 @@ pub fn build_web(root: &Path, release: bool) -> Result<()> {
         .arg(&pkg)
         .arg(&wasm))?;
 
+    ensure_npm_packages(root)?;
     step("writing frontend/dist with content-hashed assets");
     write_dist(root)
 }
@@ -267,17 +287,39 @@ pub fn ensure_browser_tools(root: &Path) -> Result<()> {
         .exists()
     {
         step("installing playwright-core (npm ci in frontend/; no browser download)");
-        let ci = run(Command::new("npm")
-            .current_dir(&frontend)
-            .args(["ci", "--no-audit", "--no-fund"])
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"));
-        if let Err(error) = ci {
-            step(&format!("{error:#}; trying npm install"));
-            run(Command::new("npm")
-                .current_dir(&frontend)
-                .args(["install", "--no-audit", "--no-fund"])
-                .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"))?;
-        }
+        npm_ci(&frontend)?;
+    }
+    Ok(())
+}
+
+/// The npm packages the pages use (`frontend/package.json`), installed when missing.
+fn ensure_npm_packages(root: &Path) -> Result<()> {
+    let frontend = root.join("frontend");
+    if NPM_PACKAGES.iter().all(|file| frontend.join(file).exists()) {
+        return Ok(());
+    }
+    if output(Command::new("npm").arg("--version")).is_none() {
+        apt_install(
+            &["nodejs", "npm"],
+            "Node.js and npm (the pages use npm packages, e.g. the dashboard's chart)",
+        )?;
+    }
+    step("installing the pages' npm packages (npm ci in frontend/)");
+    npm_ci(&frontend)
+}
+
+/// `npm ci` in `frontend/` (falling back to `npm install`); never downloads browsers.
+fn npm_ci(frontend: &Path) -> Result<()> {
+    let ci = run(Command::new("npm")
+        .current_dir(frontend)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"));
+    if let Err(error) = ci {
+        step(&format!("{error:#}; trying npm install"));
+        run(Command::new("npm")
+            .current_dir(frontend)
+            .args(["install", "--no-audit", "--no-fund"])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"))?;
     }
     Ok(())
 }

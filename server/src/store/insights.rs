@@ -223,13 +223,14 @@ const MS_POSTGRES: &str =
 const MS_SQLITE: &str = "MAX((julianday(returned_at) - julianday(issued_at)) * 86400000.0, 0.0)";
 
 /// Per worker, valid results and credit of the replicas `filter` selects: each valid replica
-/// earns the shortest lease-to-result time among its chunk's valid replicas.
+/// earns the shortest lease-to-result time among its chunk's valid replicas. Spot-check
+/// replicas (ringers) are left out: they feed reputation, not credit.
 fn credit_per_worker(ms: &str, filter: &str) -> String {
     format!(
         "WITH valid AS (
             SELECT job_id, chunk_idx, worker_id, {ms} AS ms
             FROM replicas
-            WHERE verdict = 'valid' AND returned_at IS NOT NULL AND {filter}
+            WHERE verdict = 'valid' AND NOT ringer AND returned_at IS NOT NULL AND {filter}
         ), per_chunk AS (
             SELECT job_id, chunk_idx, min(ms) AS ms FROM valid GROUP BY job_id, chunk_idx
         )

@@ -1,0 +1,286 @@
+// End-to-end scenarios of the contribute page in headless Chromium, driven by
+// server/tests/browser.rs (which starts the master, submits the jobs and checks the API after).
+//
+//   node frontend/tests/browser.mjs <scenario> <base-url> <admin-token> <job-id>[,<job-id>...]
+//
+// Scenarios:
+//   two-tabs   two browser contexts (two volunteers) open /?autostart=1 and compute the jobs.
+//   close-one  three contexts; one is closed once the first job has made some progress.
+//   mixed      one context (a native grid-worker computes alongside, started by the Rust test).
+//   reconnect  one context computes the job, then talks with the Rust test over stdin/stdout:
+//              prints READY, waits for KILLED (the master was killed), checks the page shows
+//              "reconnecting", prints RECONNECTING, waits for "RESTARTED <job-id>" and checks
+//              the page reconnects by itself and computes that job.
+//
+// Each context is a separate volunteer: its own localStorage, so its own identity. The script
+// asserts on the DOM (state, counters, identity) and on the API (the jobs finish), checks
+// that no Content-Security-Policy violation or page error happened, prints a JSON summary as
+// the last line of stdout and exits 0; on failure it prints why and exits 1.
+
+import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require('playwright-core');
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const CONNECT_TIMEOUT_MS = 60_000;
+const JOB_TIMEOUT_MS = Number(process.env.GRID_BROWSER_JOB_TIMEOUT_MS || 240_000);
+
+const SCENARIOS = {
+  'two-tabs': { contexts: 2 },
+  'close-one': { contexts: 3, closeAfterChunks: 4 },
+  mixed: { contexts: 1 },
+  reconnect: { contexts: 1, masterGoesAway: true },
+};
+
+function log(message) {
+  process.stderr.write(`[browser.mjs ${new Date().toISOString().slice(11, 23)}] ${message}\n`);
+}
+
+class Failure extends Error {}
+
+function check(condition, message) {
+  if (!condition) throw new Failure(message);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function job(base, token, id) {
+  const response = await fetch(`${base}/api/v1/jobs/${id}`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  check(response.ok, `GET /api/v1/jobs/${id}: HTTP ${response.status}`);
+  return response.json();
+}
+
+const finished = (state) => ['done', 'failed', 'cancelled'].includes(state);
+
+/** Poll until `predicate(jobs)` holds; returns the jobs. */
+async function waitJobs(base, token, ids, predicate, what, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let jobs = [];
+  let lastLog = 0;
+  for (;;) {
+    jobs = await Promise.all(ids.map((id) => job(base, token, id)));
+    if (predicate(jobs)) return jobs;
+    if (Date.now() - lastLog > 5000) {
+      lastLog = Date.now();
+      log(`waiting for ${what}: ${jobs.map((j) => `job ${j.id} ${j.state} ${j.chunks.done}/${j.chunks.total}`).join(', ')}`);
+    }
+    check(Date.now() < deadline, `${what} did not happen within ${timeoutMs / 1000} s: ${JSON.stringify(jobs)}`);
+    await sleep(200);
+  }
+}
+
+/** One volunteer: a browser context with the contribute page open. */
+async function openVolunteer(browser, base, index) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+  });
+  page.on('response', (response) => {
+    if (response.status() >= 400) problems.push(`HTTP ${response.status()} for ${response.url()}`);
+  });
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (event) => {
+      window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
+    });
+  });
+  const response = await page.goto(`${base}/?autostart=1`);
+  check(response && response.status() === 200, `volunteer ${index}: / answered ${response?.status()}`);
+  const csp = response.headers()['content-security-policy'] || '';
+  check(csp.includes("script-src 'self' 'wasm-unsafe-eval'"), `volunteer ${index}: no CSP on the page: ${csp}`);
+  return { index, context, page, problems, closed: false };
+}
+
+async function dom(volunteer) {
+  return volunteer.page.evaluate(() => ({
+    state: document.getElementById('state').textContent,
+    chunksDone: Number(document.getElementById('chunks-done').textContent),
+    connections: document.getElementById('connections').textContent,
+    threads: Number(document.getElementById('threads').value),
+    cores: navigator.hardwareConcurrency,
+    id: document.getElementById('volunteer-id').textContent,
+    storedId: localStorage.getItem('grid.volunteer-id'),
+    visibility: document.getElementById('visibility').dataset.visibility,
+    lastError: document.getElementById('last-error').textContent,
+    csp: window.__cspViolations ?? [],
+  }));
+}
+
+async function waitConnected(volunteer) {
+  const deadline = Date.now() + CONNECT_TIMEOUT_MS;
+  for (;;) {
+    const seen = await dom(volunteer);
+    if (['connected', 'computing'].includes(seen.state)) return seen;
+    check(Date.now() < deadline, `volunteer ${volunteer.index} did not connect: ${JSON.stringify(seen)}`);
+    await sleep(100);
+  }
+}
+
+/** Wait until the page's counter shows at least `chunks`, allowing for its 200 ms status rate. */
+async function waitChunks(volunteer, chunks) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const seen = await dom(volunteer);
+    if (seen.chunksDone >= chunks) return seen;
+    check(Date.now() < deadline, `volunteer ${volunteer.index} shows ${seen.chunksDone} chunks, expected >= ${chunks}`);
+    await sleep(100);
+  }
+}
+
+/** Lines from the Rust test, one at a time. */
+let input = null;
+async function expectLine(prefix) {
+  input ??= createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  const { value, done } = await input.next();
+  check(!done && value.startsWith(prefix), `expected ${prefix} from the test, got ${done ? 'EOF' : value}`);
+  return value.slice(prefix.length).trim();
+}
+
+async function waitState(volunteer, states, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const seen = await dom(volunteer);
+    if (states.includes(seen.state)) return seen;
+    check(Date.now() < deadline, `volunteer ${volunteer.index} not ${states.join('/')}: ${JSON.stringify(seen)}`);
+    await sleep(100);
+  }
+}
+
+function checkClean(volunteer, seen, { masterWentAway = false } = {}) {
+  check(seen.csp.length === 0, `volunteer ${volunteer.index}: CSP violations: ${seen.csp.join('; ')}`);
+  // Chromium logs every refused connection attempt while the master is away.
+  const expected = /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/;
+  const problems = volunteer.problems.filter((p) => !(masterWentAway && expected.test(p)));
+  check(problems.length === 0, `volunteer ${volunteer.index}: ${problems.join('; ')}`);
+}
+
+async function main() {
+  const [scenarioName, base, token, idList] = process.argv.slice(2);
+  const scenario = SCENARIOS[scenarioName];
+  if (!scenario || !base || !token || !idList) {
+    process.stderr.write(`usage: browser.mjs <${Object.keys(SCENARIOS).join('|')}> <base-url> <admin-token> <job-id>[,<job-id>...]\n`);
+    process.exit(2);
+  }
+  const ids = idList.split(',').map((id) => id.trim()).filter(Boolean);
+
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  const summary = { scenario: scenarioName, volunteers: [] };
+  try {
+    const volunteers = [];
+    for (let i = 0; i < scenario.contexts; i++) volunteers.push(await openVolunteer(browser, base, i));
+    for (const volunteer of volunteers) {
+      const seen = await waitConnected(volunteer);
+      log(`volunteer ${volunteer.index} ${seen.id}: ${seen.state}, ${seen.connections} connections`);
+      check(/^browser-[0-9a-f]{16}$/.test(seen.id), `volunteer ${volunteer.index}: identity ${seen.id}`);
+      check(seen.storedId === seen.id, `volunteer ${volunteer.index}: identity not kept in localStorage`);
+      check(seen.threads === Math.min(64, seen.cores), `default threads ${seen.threads}, cores ${seen.cores}`);
+    }
+    const identities = new Set(await Promise.all(volunteers.map(async (v) => (await dom(v)).id)));
+    check(identities.size === volunteers.length, 'each browser context must be its own volunteer');
+
+    if (scenario.closeAfterChunks) {
+      await waitJobs(base, token, ids, (jobs) => jobs[0].chunks.done >= scenario.closeAfterChunks,
+        `${scenario.closeAfterChunks} chunks done`, JOB_TIMEOUT_MS);
+      const victim = volunteers[0];
+      const before = await dom(victim);
+      log(`closing volunteer 0 (${before.id}) mid-job after ${before.chunksDone} chunks`);
+      check(before.chunksDone > 0 || before.state === 'connected', 'the closed volunteer was contributing');
+      await victim.context.close();
+      victim.closed = true;
+      summary.closed = before.id;
+      const now = await job(base, token, ids[0]);
+      check(!finished(now.state), `job ${ids[0]} had already finished when the tab closed: ${JSON.stringify(now)}`);
+    }
+
+    if (scenario.masterGoesAway) {
+      const volunteer = volunteers[0];
+      await waitJobs(base, token, ids, (all) => all.every((j) => finished(j.state)), 'the first job', JOB_TIMEOUT_MS);
+      const before = await waitChunks(volunteer, 1);
+      process.stdout.write('READY\n');
+      await expectLine('KILLED');
+      const away = await waitState(volunteer, ['reconnecting'], 30_000);
+      check(away.lastError !== '', 'the page does not say why it is reconnecting');
+      log(`master gone: page says ${away.state} (${away.lastError})`);
+      process.stdout.write('RECONNECTING\n');
+      ids.splice(0, ids.length, await expectLine('RESTARTED'));
+      const back = await waitState(volunteer, ['connected', 'computing'], 60_000);
+      log(`master back: page says ${back.state}, ${back.connections} connections`);
+      await waitJobs(base, token, ids, (all) => all.every((j) => finished(j.state)), 'the second job', JOB_TIMEOUT_MS);
+      const after = await waitChunks(volunteer, before.chunksDone + 1);
+      checkClean(volunteer, after, { masterWentAway: true });
+      summary.volunteers.push({ id: after.id, chunksBefore: before.chunksDone, chunksAfter: after.chunksDone });
+      summary.ok = true;
+      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      return;
+    }
+
+    const jobs = await waitJobs(base, token, ids, (all) => all.every((j) => finished(j.state)),
+      'every job finishing', JOB_TIMEOUT_MS);
+    summary.jobs = jobs;
+    for (const j of jobs) check(j.state === 'done', `job ${j.id} ended ${j.state}: ${JSON.stringify(j)}`);
+
+    for (const volunteer of volunteers.filter((v) => !v.closed)) {
+      const seen = await waitChunks(volunteer, 1);
+      log(`volunteer ${volunteer.index} ${seen.id}: ${seen.chunksDone} chunks, state ${seen.state}`);
+      check(['connected', 'computing'].includes(seen.state), `volunteer ${volunteer.index} state ${seen.state}`);
+      checkClean(volunteer, seen);
+      summary.volunteers.push({ id: seen.id, chunksDone: seen.chunksDone, state: seen.state });
+    }
+
+    if (scenarioName === 'two-tabs') {
+      const volunteer = volunteers[0];
+      const { page } = volunteer;
+      // Hidden tab: the page says what happens (the event is what browsers fire).
+      await page.evaluate(() => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+        document.dispatchEvent(new Event('visibilitychange'));
+      });
+      check((await dom(volunteer)).visibility === 'hidden', 'the page does not react to being hidden');
+      await page.evaluate(() => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'visible' });
+        document.dispatchEvent(new Event('visibilitychange'));
+      });
+      // Fewer threads: the extra Web Worker gives its work back and goes.
+      await page.fill('#threads', '1');
+      await page.dispatchEvent('#threads', 'change');
+      await page.waitForFunction(() => document.getElementById('connections').textContent === '1 / 1');
+      // Pause gives everything back and shows it.
+      await page.click('#toggle');
+      await page.waitForFunction(() => document.getElementById('state').textContent === 'paused');
+      check((await dom(volunteer)).connections === '0 / 0', 'paused but still connected');
+      // A reload keeps the identity.
+      const id = (await dom(volunteer)).id;
+      await page.reload();
+      const reloaded = await dom(volunteer);
+      check(reloaded.id === id, 'the identity changed on reload');
+      check(reloaded.threads === 1, 'the thread setting was not remembered');
+    }
+    summary.ok = true;
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(() => process.exit(0), (error) => {
+  const message = error instanceof Failure ? error.message : error?.stack || String(error);
+  process.stderr.write(`browser.mjs FAILED: ${message}\n`);
+  process.stdout.write(`${JSON.stringify({ ok: false, error: String(error?.message ?? error) })}\n`);
+  process.exit(1);
+});
