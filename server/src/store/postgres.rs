@@ -843,7 +843,8 @@ impl ReviewDb for PgReview<'_> {
         }
         sqlx::query(
             "UPDATE replicas SET verdict = 'invalid'
-             WHERE worker_id = $1 AND verdict = 'valid'",
+             WHERE worker_id = $1 AND state = 'returned' AND NOT ringer
+               AND (verdict = 'valid' OR verdict IS NULL)",
         )
         .bind(worker)
         .execute(&mut **self.tx)

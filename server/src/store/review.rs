@@ -241,13 +241,17 @@ async fn review_round<D: ReviewDb>(
                     .flatten()
                     .map(|r| r.worker_id.clone());
                 if !alone {
-                    // Verdicts on every counted result: agreeing or not.
+                    // Verdicts on every counted result: agreeing or not. Results of blacklisted
+                    // workers were not counted: they are invalid, and earn no reputation.
                     for row in rows {
-                        if row.state == "returned"
-                            && row.verdict.is_none()
-                            && standing_of(&row.worker_id) != Standing::Blacklisted
-                            && let Some(d) = row.digest
-                        {
+                        if row.state != "returned" || row.verdict.is_some() {
+                            continue;
+                        }
+                        if standing_of(&row.worker_id) == Standing::Blacklisted {
+                            verdicts.push((row.lease, false));
+                            continue;
+                        }
+                        if let Some(d) = row.digest {
                             let valid = d == digest;
                             verdicts.push((row.lease, valid));
                             let delta = reputation.entry(row.worker_id.clone()).or_default();

@@ -779,7 +779,9 @@ impl ReviewDb for SqliteReview<'_> {
             chunks.push((key, was == "failed"));
         }
         sqlx::query(
-            "UPDATE replicas SET verdict = 'invalid' WHERE worker_id = ?1 AND verdict = 'valid'",
+            "UPDATE replicas SET verdict = 'invalid'
+             WHERE worker_id = ?1 AND state = 'returned' AND NOT ringer
+               AND (verdict = 'valid' OR verdict IS NULL)",
         )
         .bind(worker)
         .execute(&mut **self.tx)
