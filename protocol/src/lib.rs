@@ -164,6 +164,27 @@ pub fn to_json<T: Serialize>(message: &T) -> String {
     serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
 }
 
+/// The result frame a worker sends for `lease`. A frame larger than the master's
+/// `max_message_bytes` (from its welcome) is replaced by a deterministic error outcome, so honest
+/// workers — native or browser — still agree on that chunk. Returns the frame and whether it
+/// was replaced.
+pub fn result_frame(
+    lease: LeaseId,
+    outcome: Outcome,
+    max_message_bytes: Option<usize>,
+) -> (String, bool) {
+    let text = to_json(&WorkerMessage::Result { lease, outcome });
+    match max_message_bytes {
+        Some(limit) if text.len() > limit => {
+            let outcome = Outcome::Err(format!(
+                "output too large: the master accepts results of at most {limit} bytes"
+            ));
+            (to_json(&WorkerMessage::Result { lease, outcome }), true)
+        }
+        _ => (text, false),
+    }
+}
+
 /// Returns true if `id` is an acceptable worker identity.
 pub fn is_valid_worker_id(id: &str) -> bool {
     !id.is_empty()

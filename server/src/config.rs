@@ -30,6 +30,16 @@ pub struct Config {
     #[arg(long, env = "GRID_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Web origins (scheme://host[:port], comma separated, or `*`) whose pages may open worker
+    /// sessions at /ws, besides the master's own; native workers send no Origin and are always
+    /// allowed.
+    #[arg(long, env = "GRID_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How long a graceful shutdown waits for in-flight results, in seconds.
+    #[arg(long, env = "GRID_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -49,6 +59,8 @@ impl std::fmt::Debug for Config {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("allowed_origins", &self.allowed_origins)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("log_format", &self.log_format)
             .finish()
     }

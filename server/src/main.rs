@@ -72,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
 
     let options = ServeOptions {
         admin_token: Some(admin_token),
+        allowed_origins: config.allowed_origins.clone(),
+        shutdown_grace: Some(std::time::Duration::from_secs(config.shutdown_grace)),
         ..ServeOptions::default()
     };
     serve(listener, store, options, shutdown_signal()).await

@@ -15,7 +15,9 @@ fn main() -> Result<(), String> {
         .next()
         .ok_or("usage: bench_native <inputs.json> [runs]")?;
     let runs: usize = match args.next() {
-        Some(text) => text.parse().map_err(|_| format!("bad run count {text:?}"))?,
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("bad run count {text:?}"))?,
         None => 5,
     };
     let text = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;

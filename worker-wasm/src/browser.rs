@@ -71,7 +71,9 @@ impl BrowserWorker {
     ) -> Result<BrowserWorker, JsValue> {
         install_panic_hook();
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            return Err(JsValue::from_str("the master's URL must start with ws:// or wss://"));
+            return Err(JsValue::from_str(
+                "the master's URL must start with ws:// or wss://",
+            ));
         }
         if !grid_protocol::is_valid_worker_id(&worker_id) {
             return Err(JsValue::from_str(
@@ -186,7 +188,10 @@ impl std::fmt::Debug for Callbacks {
 }
 
 /// A closure running `action` on the worker, if it still exists and is not busy.
-fn handler(me: &Weak<RefCell<Worker>>, action: impl Fn(&mut Worker) + 'static) -> Closure<dyn FnMut()> {
+fn handler(
+    me: &Weak<RefCell<Worker>>,
+    action: impl Fn(&mut Worker) + 'static,
+) -> Closure<dyn FnMut()> {
     let me = me.clone();
     Closure::new(move || {
         if let Some(shared) = me.upgrade()
@@ -365,8 +370,7 @@ impl Worker {
     fn set_cpu_percent(&mut self, percent: u32) {
         self.duty = DutyCycle::new(percent);
         // Re-plan a pause in progress with the new setting.
-        self.idle_until_ms =
-            self.last_chunk_end_ms + self.duty.idle_after(self.last_compute_ms);
+        self.idle_until_ms = self.last_chunk_end_ms + self.duty.idle_after(self.last_compute_ms);
         if let Some(timer) = self.timers.pump.take() {
             clear_timeout(&timer);
             self.schedule_pump();
@@ -580,7 +584,10 @@ impl Worker {
         self.last_post_ms = performance_now();
         let status = js_sys::JSON::parse(&self.status.to_json()).unwrap_or(JsValue::NULL);
         if let Err(error) = self.on_status.call1(&JsValue::NULL, &status) {
-            web_sys::console::error_2(&JsValue::from_str("grid worker: status callback failed"), &error);
+            web_sys::console::error_2(
+                &JsValue::from_str("grid worker: status callback failed"),
+                &error,
+            );
         }
     }
 }

@@ -12,7 +12,7 @@
 //! Worker dies and the page starts a new one; the master reissues the lease when the socket
 //! drops.
 
-use grid_protocol::{Outcome, Task, WorkerMessage, to_json};
+use grid_protocol::{Outcome, Task};
 use wasm_bindgen::prelude::*;
 
 use crate::session::Assignment;
@@ -31,17 +31,7 @@ pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
 pub fn result_frame(assignment: &Assignment, max_message_bytes: Option<usize>) -> String {
     let lease = assignment.lease;
     let outcome = run_chunk(&assignment.task, &assignment.input);
-    let text = to_json(&WorkerMessage::Result { lease, outcome });
-    match max_message_bytes {
-        Some(limit) if text.len() > limit => {
-            // Deterministic, so honest workers still agree on this chunk.
-            let outcome = Outcome::Err(format!(
-                "output too large: the master accepts results of at most {limit} bytes"
-            ));
-            to_json(&WorkerMessage::Result { lease, outcome })
-        }
-        _ => text,
-    }
+    grid_protocol::result_frame(lease, outcome, max_message_bytes).0
 }
 
 /// One kernel on one input, for timing: the input is parsed once, [`KernelBench::run`] does
@@ -99,6 +89,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use grid_protocol::WorkerMessage;
     use serde_json::json;
 
     fn assignment(kernel: &str, input: serde_json::Value) -> Assignment {
@@ -112,7 +103,10 @@ mod tests {
     #[test]
     fn outputs_and_kernel_errors_become_results() {
         let frame = result_frame(&assignment("primes", json!({"start": 0, "end": 100})), None);
-        assert_eq!(frame, r#"{"type":"result","lease":9,"outcome":{"ok":{"count":25}}}"#);
+        assert_eq!(
+            frame,
+            r#"{"type":"result","lease":9,"outcome":{"ok":{"count":25}}}"#
+        );
 
         let frame = result_frame(&assignment("nope", json!({})), None);
         assert_eq!(

@@ -54,7 +54,10 @@ mod tests {
             let duty = DutyCycle::new(percent);
             let busy = 30.0;
             let share = busy / (busy + duty.idle_after(busy));
-            assert!((share - f64::from(percent) / 100.0).abs() < 1e-9, "{percent}");
+            assert!(
+                (share - f64::from(percent) / 100.0).abs() < 1e-9,
+                "{percent}"
+            );
         }
     }
 

@@ -208,8 +208,7 @@ impl Session {
 
     /// A heartbeat frame, once welcomed.
     pub fn heartbeat(&self) -> Option<String> {
-        self.welcome()
-            .map(|_| to_json(&WorkerMessage::Heartbeat))
+        self.welcome().map(|_| to_json(&WorkerMessage::Heartbeat))
     }
 
     /// Give every queued assignment back (pausing): the frame to send, if any were queued.
@@ -291,7 +290,9 @@ mod tests {
         }
         // A duplicate assignment is ignored.
         assert_eq!(session.on_text(&assign(6)), Ok(Reaction::Nothing));
-        let revoke = to_json(&MasterMessage::Revoke { leases: vec![6, 99] });
+        let revoke = to_json(&MasterMessage::Revoke {
+            leases: vec![6, 99],
+        });
         assert_eq!(session.on_text(&revoke), Ok(Reaction::Nothing));
         assert_eq!(session.next_assignment().map(|a| a.lease), Some(5));
         assert_eq!(session.next_assignment().map(|a| a.lease), Some(7));

@@ -492,19 +492,12 @@ impl Active<'_> {
             return;
         }
         debug!(lease, ok = !outcome.is_err(), "computed");
-        let mut text = to_json(&WorkerMessage::Result { lease, outcome });
-        if let Some(limit) = self.max_message_bytes.filter(|&limit| text.len() > limit) {
+        let (text, oversized) = grid_protocol::result_frame(lease, outcome, self.max_message_bytes);
+        if oversized {
             warn!(
                 lease,
-                bytes = text.len(),
-                limit,
-                "result too large for the master"
+                "result too large for the master: sent as an error outcome"
             );
-            // Deterministic, so honest workers still agree on this chunk.
-            let outcome = Outcome::Err(format!(
-                "output too large: the master accepts results of at most {limit} bytes"
-            ));
-            text = to_json(&WorkerMessage::Result { lease, outcome });
         }
         let _ = self.out.send(Message::text(text));
     }
