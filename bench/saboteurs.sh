@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Trust benchmark (issue 6): plain 2-voting ("fixed") against adaptive verification, same seeds,
-# same run. For each saboteur fraction and sabotage mode, one echo job of CHUNKS chunks is run
+# Trust benchmark (issue 6): plain 2-voting (a "fixed" job on a master started with
+# --no-trust: no spot-checks, blacklisting or backtracking) against adaptive verification (with
+# them), same seeds, same run. For each saboteur fraction and sabotage mode, one echo job of CHUNKS chunks is run
 # by WORKERS simulated workers (grid-loadgen) on a fresh PostgreSQL database per cell, and we
 # print the wrong results accepted (an echo output differing from its input, read from the
 # final results) and the replicas issued per chunk (every replica, spot-check ringers
@@ -23,7 +24,11 @@ run_cell() {
   local policy="$1" mode="$2" fraction="$3" saboteurs
   saboteurs=$(awk "BEGIN { printf \"%d\", $WORKERS * $fraction + 0.5 }")
   create_database
-  start_server postgres
+  if [ "$policy" = fixed ]; then
+    GRID_NO_TRUST=true start_server postgres
+  else
+    GRID_NO_TRUST=false start_server postgres
+  fi
   jq -nc --argjson n "$CHUNKS" --arg p "$policy" \
     '{kernel: "echo", redundancy: 2, verification: $p, inputs: [range(0; $n) | {i: .}]}' \
     >"$BENCH_TMP/job.json"
@@ -55,7 +60,7 @@ echo "| sabotage     | frac | policy   | chunks | wrong | replicas/chunk | black
 echo "|--------------|------|----------|--------|-------|----------------|-------------|"
 for mode in $MODES; do
   for fraction in $FRACTIONS; do
-    for policy in fixed adaptive; do
+    for policy in ${POLICIES:-fixed adaptive}; do
       run_cell "$policy" "$mode" "$fraction"
     done
   done

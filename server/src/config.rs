@@ -36,6 +36,10 @@ pub struct Config {
     #[arg(long, env = "GRID_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Plain voting: no spot-checks, blacklisting or backtracking (for comparisons).
+    #[arg(long, env = "GRID_NO_TRUST")]
+    pub no_trust: bool,
+
     /// How long a graceful shutdown waits for in-flight results, in seconds.
     #[arg(long, env = "GRID_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Config {
             )
             .field("allowed_origins", &self.allowed_origins)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("no_trust", &self.no_trust)
             .field("log_format", &self.log_format)
             .finish()
     }

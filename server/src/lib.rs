@@ -83,6 +83,9 @@ pub struct ServeOptions {
     pub allowed_origins: Vec<String>,
     /// How long a graceful shutdown waits for in-flight results (default 10 s).
     pub shutdown_grace: Option<std::time::Duration>,
+    /// Plain voting: no spot-check ringers, no blacklisting, no backtracking (reputation is
+    /// still recorded). For comparisons; see docs/trust.md.
+    pub no_trust: bool,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -159,7 +162,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let insights: Arc<dyn Insights> = store.clone();
     let store: Arc<dyn Store> = store;
-    let (scheduler, scheduler_task) = scheduler::spawn(store.clone());
+    let (scheduler, scheduler_task) = scheduler::spawn(store.clone(), options.no_trust);
     let drain = scheduler.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {

@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         admin_token: Some(admin_token),
         allowed_origins: config.allowed_origins.clone(),
         shutdown_grace: Some(std::time::Duration::from_secs(config.shutdown_grace)),
+        no_trust: config.no_trust,
         ..ServeOptions::default()
     };
     serve(listener, store, options, shutdown_signal()).await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer};
 use futures_util::StreamExt;
 use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
+use grid_server::ServeOptions;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 on_both_backends!(
     colluders_are_caught_and_cannot_get_a_wrong_result_accepted,
     a_sleeper_caught_later_is_backtracked_and_results_are_right,
+    plain_voting_has_no_spot_checks_and_blacklists_nobody,
 );
 
 /// How a test peer answers.
@@ -195,6 +197,49 @@ async fn a_sleeper_caught_later_is_backtracked_and_results_are_right(backend: Ba
     );
     server.stop().await;
     for task in honest.into_iter().chain([sleeper]) {
+        task.abort();
+    }
+}
+
+async fn plain_voting_has_no_spot_checks_and_blacklists_nobody(backend: Backend) {
+    let options = ServeOptions {
+        no_trust: true,
+        ..ServeOptions::default()
+    };
+    let server = InProcessServer::start_with_options(backend, options).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let peers: Vec<_> = [
+        ("honest-x", Behaviour::Honest),
+        ("honest-y", Behaviour::Honest),
+        ("liar-z", Behaviour::Colluding),
+    ]
+    .into_iter()
+    .map(|(id, behaviour)| spawn_peer(server.ws(), id, 2, behaviour))
+    .collect();
+    warm_up(&server, &api).await;
+    let expected = inputs(40, "plain");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(60)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    // With one liar among three, two honest votes always outvote it: right results, the liar's
+    // results counted invalid — but no ringers were sent and nobody is blacklisted.
+    assert_right(&api.results(job).await, &expected);
+    assert!(
+        finished["replicas"]["invalid"].as_i64().unwrap() > 0,
+        "{finished}"
+    );
+    assert_eq!(
+        server
+            .store
+            .count("SELECT count(*) FROM replicas WHERE ringer")
+            .await,
+        0
+    );
+    assert!(!blacklisted(&server, "liar-z").await);
+    server.stop().await;
+    for task in peers {
         task.abort();
     }
 }

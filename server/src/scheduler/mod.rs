@@ -184,7 +184,10 @@ pub fn capacity_for(slots: u32) -> usize {
 }
 
 /// Start the scheduler task. It stops when every handle is dropped.
-pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    store: Arc<dyn Store>,
+    trust_off: bool,
+) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (inbox, events) = mpsc::channel(INBOX_CAPACITY);
     // A fresh identity per process: leases name the master whose session holds them.
     let master_id: Arc<str> =
@@ -204,6 +207,7 @@ pub fn spawn(store: Arc<dyn Store>) -> (SchedulerHandle, tokio::task::JoinHandle
             // The previous process's sessions died with it, and so did their leases.
             sweep: ExpirySweep::Startup,
             master_id: master_id.clone(),
+            trust_off,
             ..Batch::default()
         },
         planned: Vec::new(),
@@ -505,9 +509,10 @@ impl Scheduler {
         } else {
             TRUST_REFRESH
         };
-        if self
-            .trust_loaded_at
-            .is_some_and(|at| at.elapsed() < interval)
+        if self.batch.trust_off
+            || self
+                .trust_loaded_at
+                .is_some_and(|at| at.elapsed() < interval)
         {
             return Ok(());
         }
@@ -560,6 +565,7 @@ impl Scheduler {
     fn settle(&mut self, outcome: Option<BatchOutcome>) -> bool {
         let next = Batch {
             master_id: self.batch.master_id.clone(),
+            trust_off: self.batch.trust_off,
             ..Batch::default()
         };
         let batch = std::mem::replace(&mut self.batch, next);
@@ -614,7 +620,7 @@ impl Scheduler {
             progress = true;
             self.cache.invalidate();
         }
-        for worker in &outcome.blacklisted {
+        for worker in outcome.blacklisted.iter().filter(|_| !batch.trust_off) {
             self.blacklist.insert(Arc::from(worker.as_str()));
         }
         progress && self.sessions.values().any(|s| s.free_credit() > 0)

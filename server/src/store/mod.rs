@@ -222,6 +222,8 @@ pub const MASTER_TIMEOUT_SECONDS: i64 = 10;
 pub struct Batch {
     /// The committing master (stamped on the leases it creates, heartbeated by sweeps).
     pub master_id: Arc<str>,
+    /// Plain voting: no blacklisting or backtracking in this batch's review (`--no-trust`).
+    pub trust_off: bool,
     /// Worker identities that connected (upserted into `workers`).
     pub workers_seen: Vec<(Arc<str>, &'static str)>,
     /// Results received.

@@ -327,7 +327,7 @@ impl Store for PgStore {
         record_results(&mut tx, batch, &mut outcome, &mut touched).await?;
         end_leases(&mut tx, batch, &mut touched).await?;
         sweep_expired(&mut tx, batch, &mut outcome, &mut touched).await?;
-        reconcile(&mut tx, &touched, &mut outcome).await?;
+        reconcile(&mut tx, &touched, &mut outcome, batch.trust_off).await?;
         create_leases(&mut tx, batch, &mut outcome).await?;
 
         tx.commit().await?;
@@ -529,11 +529,12 @@ async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
     outcome: &mut BatchOutcome,
+    trust_off: bool,
 ) -> Result<()> {
     if touched.is_empty() {
         return Ok(());
     }
-    review::reconcile(&mut PgReview { tx }, touched, outcome).await
+    review::reconcile(&mut PgReview { tx }, touched, outcome, trust_off).await
 }
 
 fn key_columns<'a>(keys: impl Iterator<Item = &'a ChunkKey>) -> (Vec<i64>, Vec<i32>) {
@@ -962,7 +963,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        reconcile(tx, &conflicted, outcome).await?;
+        reconcile(tx, &conflicted, outcome, batch.trust_off).await?;
     }
     let started: BTreeSet<i64> = job_ids.iter().copied().collect();
     let started: Vec<i64> = started.into_iter().collect();

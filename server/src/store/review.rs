@@ -147,6 +147,7 @@ pub async fn reconcile<D: ReviewDb>(
     db: &mut D,
     touched: &BTreeSet<ChunkKey>,
     outcome: &mut BatchOutcome,
+    trust_off: bool,
 ) -> Result<()> {
     let mut pending: BTreeSet<ChunkKey> = touched.clone();
     // Backtracking can cascade (a reopened chunk's other voter may be caught too), but each
@@ -155,7 +156,7 @@ pub async fn reconcile<D: ReviewDb>(
         if pending.is_empty() {
             break;
         }
-        pending = review_round(db, &pending, outcome).await?;
+        pending = review_round(db, &pending, outcome, trust_off).await?;
     }
     Ok(())
 }
@@ -165,6 +166,7 @@ async fn review_round<D: ReviewDb>(
     db: &mut D,
     keys: &BTreeSet<ChunkKey>,
     outcome: &mut BatchOutcome,
+    trust_off: bool,
 ) -> Result<BTreeSet<ChunkKey>> {
     let chunks = db.load_chunks(keys).await?;
     let replicas = db.load_replicas(keys).await?;
@@ -338,7 +340,7 @@ async fn review_round<D: ReviewDb>(
             }
         }
     }
-    caught.retain(|worker, _| !standings.get(worker).is_some_and(|s| s.1));
+    caught.retain(|worker, _| !trust_off && !standings.get(worker).is_some_and(|s| s.1));
 
     let mut reopened = BTreeSet::new();
     if !caught.is_empty() {

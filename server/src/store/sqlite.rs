@@ -407,7 +407,7 @@ impl Store for SqliteStore {
                 touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
             }
         }
-        reconcile(&mut tx, &touched, &mut outcome).await?;
+        reconcile(&mut tx, &touched, &mut outcome, batch.trust_off).await?;
         create_leases(&mut tx, batch, &mut outcome).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -474,11 +474,12 @@ async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
     outcome: &mut BatchOutcome,
+    trust_off: bool,
 ) -> Result<()> {
     if touched.is_empty() {
         return Ok(());
     }
-    review::reconcile(&mut SqliteReview { tx }, touched, outcome).await
+    review::reconcile(&mut SqliteReview { tx }, touched, outcome, trust_off).await
 }
 
 #[async_trait]
@@ -866,7 +867,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        Box::pin(reconcile(tx, &conflicted, outcome)).await?;
+        Box::pin(reconcile(tx, &conflicted, outcome, batch.trust_off)).await?;
     }
     for job_id in started {
         sqlx::query(

@@ -225,6 +225,19 @@ impl InProcessServer {
     }
 
     pub async fn start_with(backend: Backend, limits: Limits) -> InProcessServer {
+        Self::start_with_options(
+            backend,
+            ServeOptions {
+                limits,
+                ..ServeOptions::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with_options(backend: Backend, options: ServeOptions) -> InProcessServer {
+        let limits = options.limits.clone();
+        let no_trust = options.no_trust;
         let home = Home::new(backend).await;
         let store = home.open().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -233,6 +246,7 @@ impl InProcessServer {
         let options = ServeOptions {
             admin_token: Some(ADMIN_TOKEN.into()),
             limits,
+            no_trust,
             ..ServeOptions::default()
         };
         let task = tokio::spawn({
