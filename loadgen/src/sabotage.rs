@@ -95,6 +95,12 @@ pub fn choose_saboteurs(workers: u32, count: u32, seed: u64) -> Vec<u32> {
     chosen
 }
 
+/// The lie every colluding saboteur of a run seeded `seed` tells for `input` (whose honest
+/// outcome is `honest`): what a verifier sees when colluders win a vote.
+pub fn colluding_lie(seed: u64, input: &Value, honest: &Outcome) -> Outcome {
+    forge(honest, &colluding_salt(seed, input))
+}
+
 /// The salt every colluder derives for `input`: equal inputs, equal lies.
 fn colluding_salt(seed: u64, input: &Value) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -219,6 +225,7 @@ mod tests {
         let (lie_b, lied_b) = b.report(&input, honest(input.clone()));
         assert!(lied_a && lied_b);
         assert_eq!(lie_a, lie_b);
+        assert_eq!(lie_a, colluding_lie(9, &input, &honest(input.clone())));
         assert_ne!(lie_a, honest(input.clone()));
         // Another seed, another lie.
         let (other, _) =

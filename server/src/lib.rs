@@ -147,7 +147,10 @@ pub(crate) async fn worker_socket(
     };
     let max = state.limits.max_ws_message_bytes;
     let shutdown = state.shutdown.clone();
-    ws.max_message_size(max)
+    // tungstenite's default 128 KiB read buffer is zero-filled before every read and held per
+    // connection: 4 KiB keeps an idle session at ~13 KiB (measured with 10,000 workers).
+    ws.read_buffer_size(4 * 1024)
+        .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(socket, state, shutdown))
 }

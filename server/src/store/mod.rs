@@ -352,7 +352,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Ready chunks in dispatch order; with `for_worker`, only those that worker may take.
     async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>>;
-    /// Spot-check candidates: accepted chunks agreed by at least two workers, at random.
+    /// Spot-check candidates, at random: accepted chunks agreed by at least two workers, one of
+    /// them trusted and not blacklisted.
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
     /// Identities currently blacklisted.
     async fn blacklisted(&self) -> Result<Vec<String>>;

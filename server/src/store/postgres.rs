@@ -168,6 +168,11 @@ impl Store for PgStore {
             .await?;
         }
         tx.commit().await?;
+        if job.inputs.len() >= CHUNK_INSERT_BATCH {
+            // Fresh statistics after a big insert keep the dispatch and review plans on their
+            // indexes (autovacuum would catch up only later).
+            sqlx::query("ANALYZE chunks").execute(&self.pool).await?;
+        }
         self.job(owner, id)
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
@@ -303,9 +308,14 @@ impl Store for PgStore {
                             AND r.state IN ('leased', 'returned')) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
+               AND EXISTS (SELECT 1 FROM replicas v JOIN workers w ON w.id = v.worker_id
+                           WHERE v.job_id = c.job_id AND v.chunk_idx = c.idx
+                             AND v.verdict = 'valid' AND w.blacklisted_at IS NULL
+                             AND w.consecutive_valid >= $2)
              ORDER BY random() LIMIT $1",
         )
         .bind(limit)
+        .bind(i32::try_from(crate::verifier::TRUST_THRESHOLD).unwrap_or(10))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
@@ -556,7 +566,13 @@ impl ReviewDb for PgReview<'_> {
              FROM chunks c
              JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
                ON c.job_id = t.job_id AND c.idx = t.idx
-             JOIN jobs j ON j.id = c.job_id
+             -- A lateral lookup (OFFSET 0 keeps it from being flattened) so the planner
+             -- always reaches chunks by (job_id, idx); a plain join to jobs let it scan
+             -- every chunk of the job per touched chunk when statistics were stale.
+             CROSS JOIN LATERAL (
+                 SELECT redundancy, max_replicas, verification FROM jobs
+                 WHERE id = c.job_id OFFSET 0
+             ) j
              ORDER BY c.job_id, c.idx
              FOR UPDATE OF c",
         )

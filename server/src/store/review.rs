@@ -7,8 +7,8 @@
 //! 3. runs the verifier ([`crate::verifier::decide`]) over every open chunk and applies the
 //!    decisions (accept, fail, want more), persisting an adaptive chunk's quorum;
 //! 4. sets verdicts on the returned replicas of accepted chunks and updates reputations;
-//! 5. blacklists workers caught lying — a failed ringer, or [`BLACKLIST_AFTER_INVALID`]
-//!    invalid results — and backtracks: every chunk their word helped accept is reopened and
+//! 5. blacklists workers caught lying — [`BLACKLIST_AFTER_INVALID`] invalid results, failed
+//!    ringers included — and backtracks: every chunk their word helped accept is reopened and
 //!    goes round this loop again, so it is verified anew by others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,7 +19,7 @@ use super::BatchOutcome;
 use crate::error::Result;
 use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus, Standing};
 
-/// Invalid results after which a worker is blacklisted (a failed ringer blacklists at once).
+/// Invalid results (failed ringers included) after which a worker is blacklisted.
 pub const BLACKLIST_AFTER_INVALID: i64 = 2;
 
 /// Chunk key: `(job_id, idx)`.
@@ -200,8 +200,9 @@ async fn review_round<D: ReviewDb>(
         if valid {
             delta.valid += 1;
         } else {
+            // Counts as an invalid result (two blacklist): a single failed ringer could be an
+            // honest worker meeting a chunk that colluders won before they were caught.
             delta.invalid += 1;
-            caught.insert(ringer.worker_id.clone(), "failed a spot-check".into());
         }
         outcome.ringers_judged += 1;
     }

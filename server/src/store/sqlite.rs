@@ -315,9 +315,14 @@ impl Store for SqliteStore {
                        AND r.state IN ('leased', 'returned')) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
+               AND EXISTS (SELECT 1 FROM replicas v JOIN workers w ON w.id = v.worker_id
+                           WHERE v.job_id = c.job_id AND v.chunk_idx = c.idx
+                             AND v.verdict = 'valid' AND w.blacklisted_at IS NULL
+                             AND w.consecutive_valid >= ?2)
              ORDER BY random() LIMIT ?1",
         )
         .bind(limit)
+        .bind(i64::from(crate::verifier::TRUST_THRESHOLD))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
