@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_server_process,
-    spawn_worker,
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
+    primes_total, spawn_server_process, spawn_worker,
 };
 use grid_server::{ServeOptions, serve};
 use serde_json::{Value, json};
@@ -205,38 +205,10 @@ async fn the_page_reconnects_when_the_master_comes_back() {
     let finished = api.wait_finished(second, Duration::from_secs(10)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(second).await;
-    assert_eq!(total_count(&results, 6, 1), reference_total(&inputs));
-}
-
-/// Check every chunk is there once, in order, agreed by `quorum` workers; the sum of counts.
-fn total_count(results: &[Value], chunks: usize, quorum: u64) -> u64 {
-    let indexes: Vec<u64> = results
-        .iter()
-        .map(|line| line["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(indexes, (0..chunks as u64).collect::<Vec<_>>());
-    for line in results {
-        assert_eq!(line["agreeing"].as_u64(), Some(quorum), "{line}");
-    }
-    results
-        .iter()
-        .map(|line| {
-            line["output"]["count"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{line}"))
-        })
-        .sum()
-}
-
-fn reference_total(inputs: &[Value]) -> u64 {
-    inputs
-        .iter()
-        .map(|input| {
-            grid_kernels::run("primes", input).unwrap()["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum()
+    assert_eq!(
+        primes_total(&results, 6, Some(1)),
+        primes_reference(&inputs)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +238,7 @@ async fn two_browser_tabs_compute_a_primes_job_alone() {
     assert_eq!(finished["chunks"]["failed"], 0, "{finished}");
     assert_eq!(finished["replicas"]["invalid"], 0, "{finished}");
     let results = api.results(job).await;
-    assert_eq!(total_count(&results, 20, 2), 664_579);
+    assert_eq!(primes_total(&results, 20, Some(2)), 664_579);
 
     // Only the two browser volunteers computed it: every chunk by both.
     let store = &server.store;
@@ -310,7 +282,10 @@ async fn closing_a_tab_mid_job_loses_nothing() {
         "the closed tab's leases were taken back: {finished}"
     );
     let results = api.results(job).await;
-    assert_eq!(total_count(&results, 48, 2), reference_total(&inputs));
+    assert_eq!(
+        primes_total(&results, 48, Some(2)),
+        primes_reference(&inputs)
+    );
     let by_closed = server
         .store
         .count(&format!(

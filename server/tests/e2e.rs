@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_server_process,
-    spawn_worker,
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
+    primes_total, spawn_server_process, spawn_worker,
 };
 use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
 use serde_json::{Value, json};
@@ -21,59 +21,6 @@ on_both_backends!(
     a_worker_killed_mid_job_loses_nothing,
     the_master_killed_and_restarted_mid_job_loses_nothing,
 );
-
-/// Sum of the `count` outputs, after checking every index appears once, in order.
-fn total_count(results: &[Value], chunks: usize) -> u64 {
-    let indexes: Vec<u64> = results
-        .iter()
-        .map(|line| line["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        indexes,
-        (0..chunks as u64).collect::<Vec<_>>(),
-        "every chunk exactly once, in index order"
-    );
-    results
-        .iter()
-        .map(|line| {
-            line["output"]["count"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{line}"))
-        })
-        .sum()
-}
-
-/// The expected total, computed here with the same kernels.
-fn reference_total(inputs: &[Value]) -> u64 {
-    inputs
-        .iter()
-        .map(|input| {
-            grid_kernels::run("primes", input).unwrap()["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum()
-}
-
-/// Wait until at least `done` chunks of the job are accepted.
-async fn wait_progress(api: &Api, job: i64, done: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(response) = api
-            .client
-            .get(format!("{}/api/v1/jobs/{job}", api.base))
-            .bearer_auth(&api.token)
-            .send()
-            .await
-            && let Ok(body) = response.json::<Value>().await
-            && body["chunks"]["done"].as_i64().unwrap_or(0) >= done
-        {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn primes_to_ten_to_the_eight_verified_by_two_native_workers(backend: Backend) {
     let server = InProcessServer::start(backend).await;
@@ -102,7 +49,7 @@ async fn primes_to_ten_to_the_eight_verified_by_two_native_workers(backend: Back
         results.iter().all(|line| line["agreeing"] == 2),
         "every chunk agreed by two"
     );
-    assert_eq!(total_count(&results, 100), 5_761_455);
+    assert_eq!(primes_total(&results, 100, None), 5_761_455);
     // Two distinct workers really computed each chunk.
     let distinct = server
         .store
@@ -147,7 +94,7 @@ async fn a_lying_peer_is_outvoted_and_counted_invalid(backend: Backend) {
     let finished = api.wait_finished(job, Duration::from_secs(120)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
-    assert_eq!(total_count(&results, 12), reference_total(&inputs));
+    assert_eq!(primes_total(&results, 12, None), primes_reference(&inputs));
     let liar_returned = server
         .store
         .count(&format!(
@@ -196,7 +143,7 @@ async fn a_worker_killed_mid_job_loses_nothing(backend: Backend) {
     let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let inputs = slow_inputs();
-    let expected = reference_total(&inputs);
+    let expected = primes_reference(&inputs);
     let home = tempfile::tempdir().unwrap();
     let mut victim = spawn_worker(&server.ws(), 1, &home.path().join("victim.id"));
     let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
@@ -204,7 +151,7 @@ async fn a_worker_killed_mid_job_loses_nothing(backend: Backend) {
     let job = api
         .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
         .await;
-    wait_progress(&api, job, 5).await;
+    api.wait_progress(job, 5).await;
     victim.kill();
 
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
@@ -214,7 +161,7 @@ async fn a_worker_killed_mid_job_loses_nothing(backend: Backend) {
         "the killed worker's leases were taken back: {finished}"
     );
     let results = api.results(job).await;
-    assert_eq!(total_count(&results, 60), expected);
+    assert_eq!(primes_total(&results, 60, None), expected);
     server.stop().await;
 }
 
@@ -224,7 +171,7 @@ async fn the_master_killed_and_restarted_mid_job_loses_nothing(backend: Backend)
     let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
     let ws = format!("ws://{addr}/ws");
     let inputs = slow_inputs();
-    let expected = reference_total(&inputs);
+    let expected = primes_reference(&inputs);
     let identities = tempfile::tempdir().unwrap();
     let _w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
     let _w2 = spawn_worker(&ws, 1, &identities.path().join("w2.id"));
@@ -232,14 +179,14 @@ async fn the_master_killed_and_restarted_mid_job_loses_nothing(backend: Backend)
         .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
         .await;
 
-    wait_progress(&api, job, 10).await;
+    api.wait_progress(job, 10).await;
     master.kill();
     let (_master, _) = spawn_server_process(&home, &addr.to_string());
 
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
-    assert_eq!(total_count(&results, 60), expected);
+    assert_eq!(primes_total(&results, 60, None), expected);
     // Exactly one accepted output per chunk, and two distinct agreeing workers behind each.
     let unique: BTreeSet<u64> = results
         .iter()

@@ -10,74 +10,23 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, primes_inputs, spawn_server_process,
-    spawn_worker,
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, primes_inputs, primes_reference,
+    primes_total, spawn_server_process, spawn_worker,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 
 on_both_backends!(
     thirty_percent_of_workers_killed_at_random,
     the_master_killed_ten_times_during_one_job,
 );
 
-fn reference(inputs: &[Value]) -> u64 {
-    inputs
-        .iter()
-        .map(|input| {
-            grid_kernels::run("primes", input).unwrap()["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum()
-}
-
-/// Every index exactly once, in order, agreed by `redundancy`; returns the summed counts.
-fn check_results(results: &[Value], chunks: u64, redundancy: u64) -> u64 {
-    let indexes: Vec<u64> = results
-        .iter()
-        .map(|l| l["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        indexes,
-        (0..chunks).collect::<Vec<_>>(),
-        "every chunk exactly once"
-    );
-    assert!(
-        results
-            .iter()
-            .all(|l| l["agreeing"].as_u64() == Some(redundancy)),
-        "every chunk agreed"
-    );
-    results
-        .iter()
-        .map(|l| l["output"]["count"].as_u64().unwrap())
-        .sum()
-}
-
-async fn done_chunks(api: &Api, job: i64) -> i64 {
-    match api
-        .client
-        .get(format!("{}/api/v1/jobs/{job}", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-    {
-        Ok(response) => response
-            .json::<Value>()
-            .await
-            .map(|body| body["chunks"]["done"].as_i64().unwrap_or(0))
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 async fn thirty_percent_of_workers_killed_at_random(backend: Backend) {
     let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let inputs = primes_inputs(200_000_000_000, 200_000_000_000 + 60 * 30_000_000, 60);
-    let expected = reference(&inputs);
+    let expected = primes_reference(&inputs);
     let identities = tempfile::tempdir().unwrap();
     let mut workers: Vec<_> = (0..10)
         .map(|i| spawn_worker(&server.ws(), 1, &identities.path().join(format!("w{i}.id"))))
@@ -87,7 +36,7 @@ async fn thirty_percent_of_workers_killed_at_random(backend: Backend) {
         .await;
     let mut rng = StdRng::seed_from_u64(30);
     for _ in 0..3 {
-        let progress = done_chunks(&api, job).await;
+        let progress = api.done_chunks(job).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
         let victim = rng.random_range(0..workers.len());
         workers.remove(victim).kill();
@@ -98,7 +47,7 @@ async fn thirty_percent_of_workers_killed_at_random(backend: Backend) {
     }
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(finished["state"], "done", "{finished}");
-    assert_eq!(check_results(&api.results(job).await, 60, 2), expected);
+    assert_eq!(primes_total(&api.results(job).await, 60, Some(2)), expected);
     server.stop().await;
 }
 
@@ -108,7 +57,7 @@ async fn the_master_killed_ten_times_during_one_job(backend: Backend) {
     let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
     let ws = format!("ws://{addr}/ws");
     let inputs = primes_inputs(300_000_000_000, 300_000_000_000 + 100 * 30_000_000, 100);
-    let expected = reference(&inputs);
+    let expected = primes_reference(&inputs);
     let identities = tempfile::tempdir().unwrap();
     let _workers: Vec<_> = (0..3)
         .map(|i| spawn_worker(&ws, 1, &identities.path().join(format!("w{i}.id"))))
@@ -124,5 +73,8 @@ async fn the_master_killed_ten_times_during_one_job(backend: Backend) {
     }
     let finished = api.wait_finished(job, Duration::from_secs(240)).await;
     assert_eq!(finished["state"], "done", "{finished}");
-    assert_eq!(check_results(&api.results(job).await, 100, 2), expected);
+    assert_eq!(
+        primes_total(&api.results(job).await, 100, Some(2)),
+        expected
+    );
 }

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, spawn_server_process,
-    spawn_worker,
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
+    primes_total, spawn_server_process, spawn_worker,
 };
 use grid_protocol::{Outcome, WorkerMessage};
 use serde_json::{Value, json};
@@ -111,14 +111,7 @@ async fn sigterm_during_a_job_loses_nothing(backend: Backend) {
     let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
     let ws = format!("ws://{addr}/ws");
     let inputs = primes_inputs(100_000_000_000, 100_000_000_000 + 40 * 30_000_000, 40);
-    let expected: u64 = inputs
-        .iter()
-        .map(|input| {
-            grid_kernels::run("primes", input).unwrap()["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let expected = primes_reference(&inputs);
     let identities = tempfile::tempdir().unwrap();
     let _w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
     let _w2 = spawn_worker(&ws, 1, &identities.path().join("w2.id"));
@@ -146,16 +139,7 @@ async fn sigterm_during_a_job_loses_nothing(backend: Backend) {
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
-    let indexes: Vec<u64> = results
-        .iter()
-        .map(|l| l["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(indexes, (0..40).collect::<Vec<_>>());
-    let total: u64 = results
-        .iter()
-        .map(|l| l["output"]["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, expected);
+    assert_eq!(primes_total(&results, 40, None), expected);
 }
 
 #[test]

@@ -108,14 +108,7 @@ impl DispatchCache {
                 continue;
             }
             entry.remaining -= 1;
-            entry.chunk.holders.push(worker_id.to_owned());
-            proposals.push(Proposal {
-                job_id: entry.chunk.job_id,
-                idx: entry.chunk.idx,
-                kernel: entry.chunk.kernel.clone(),
-                input: entry.chunk.input.clone(),
-                lease_seconds: entry.chunk.lease_seconds,
-            });
+            proposals.push(entry.propose_to(worker_id));
             if proposals.len() == count {
                 break;
             }
@@ -141,23 +134,27 @@ impl DispatchCache {
         (0..len)
             .map(|offset| (start + offset) % len)
             .find(|&i| !self.entries[i].chunk.holders.iter().any(|h| h == worker_id))
-            .map(|i| {
-                let entry = &mut self.entries[i];
-                entry.chunk.holders.push(worker_id.to_owned());
-                Proposal {
-                    job_id: entry.chunk.job_id,
-                    idx: entry.chunk.idx,
-                    kernel: entry.chunk.kernel.clone(),
-                    input: entry.chunk.input.clone(),
-                    lease_seconds: entry.chunk.lease_seconds,
-                }
-            })
+            .map(|i| self.entries[i].propose_to(worker_id))
     }
 }
 
 fn order_key(chunk: &ReadyChunk) -> (i32, i64, i32) {
     // Higher priority first: negate it so the tuple sorts ascending.
     (chunk.priority.saturating_neg(), chunk.job_id, chunk.idx)
+}
+
+impl Entry {
+    /// A proposal of this chunk for `worker_id`, who becomes one of its holders.
+    fn propose_to(&mut self, worker_id: &str) -> Proposal {
+        self.chunk.holders.push(worker_id.to_owned());
+        Proposal {
+            job_id: self.chunk.job_id,
+            idx: self.chunk.idx,
+            kernel: self.chunk.kernel.clone(),
+            input: self.chunk.input.clone(),
+            lease_seconds: self.chunk.lease_seconds,
+        }
+    }
 }
 
 impl From<ReadyChunk> for Entry {

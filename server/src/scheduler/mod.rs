@@ -211,6 +211,7 @@ pub fn spawn(
             ..Batch::default()
         },
         planned: Vec::new(),
+        result_sessions: HashMap::new(),
         draining_all: false,
         drain_waiters: Vec::new(),
         ringers: DispatchCache::new(),
@@ -232,6 +233,8 @@ struct Scheduler {
     batch: Batch,
     /// For each entry of `batch.leases`, the session and proposal it came from.
     planned: Vec<(SessionId, Proposal)>,
+    /// Which session sent each result of the round, by lease (to answer refusals).
+    result_sessions: HashMap<LeaseId, SessionId>,
     /// A graceful shutdown has begun: no new assignments.
     draining_all: bool,
     /// Accepted chunks to send as spot-checks.
@@ -344,6 +347,7 @@ impl Scheduler {
                     Some(state) if self.holders.get(&lease) == Some(&session) => {
                         self.holders.remove(&lease);
                         state.leases.remove(&lease);
+                        self.result_sessions.insert(lease, session);
                         self.batch.results.push(ResultSubmission {
                             lease,
                             worker_id: state.worker_id.clone(),
@@ -571,18 +575,18 @@ impl Scheduler {
         let batch = std::mem::replace(&mut self.batch, next);
         let planned = std::mem::take(&mut self.planned);
         let Some(outcome) = outcome else {
+            self.result_sessions.clear();
             self.cache.invalidate();
             return false;
         };
         record_metrics(&batch, &outcome);
+        let result_sessions = std::mem::take(&mut self.result_sessions);
         for lease in &outcome.refused {
             // The session let go of the lease when the result arrived; it is no longer live in
             // the database either (revoked by a cancel, or expired meanwhile).
-            if let Some(result) = batch.results.iter().find(|r| r.lease == *lease)
-                && let Some(session) = self
-                    .sessions
-                    .values()
-                    .find(|s| s.worker_id == result.worker_id)
+            if let Some(session) = result_sessions
+                .get(lease)
+                .and_then(|id| self.sessions.get(id))
             {
                 session.send(MasterMessage::Rejected {
                     lease: *lease,

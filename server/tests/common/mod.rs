@@ -448,6 +448,37 @@ impl Api {
         job["id"].as_i64().unwrap()
     }
 
+    /// Chunks of the job accepted so far; 0 while the master cannot answer (some tests
+    /// restart it).
+    pub async fn done_chunks(&self, id: i64) -> i64 {
+        match self
+            .client
+            .get(format!("{}/api/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+        {
+            Ok(response) => response
+                .json::<Value>()
+                .await
+                .map(|body| body["chunks"]["done"].as_i64().unwrap_or(0))
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Wait until at least `done` chunks of the job are accepted (bounded).
+    pub async fn wait_progress(&self, id: i64, done: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while self.done_chunks(id).await < done {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} makes no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Poll the job until it reaches a final state (bounded).
     pub async fn wait_finished(&self, id: i64, within: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + within;
@@ -492,6 +523,45 @@ impl Api {
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
     }
+}
+
+/// The total the `primes` inputs should give, computed here with the same kernels.
+pub fn primes_reference(inputs: &[Value]) -> u64 {
+    inputs
+        .iter()
+        .map(|input| {
+            grid_kernels::run("primes", input).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// Sum of the `count` outputs of `primes` results, after checking every index appears exactly
+/// once, in order (and, with `agreeing`, that every chunk was agreed by that many workers).
+pub fn primes_total(results: &[Value], chunks: u64, agreeing: Option<u64>) -> u64 {
+    let indexes: Vec<u64> = results
+        .iter()
+        .map(|line| line["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        (0..chunks).collect::<Vec<_>>(),
+        "every chunk exactly once, in index order"
+    );
+    if let Some(agreeing) = agreeing {
+        for line in results {
+            assert_eq!(line["agreeing"].as_u64(), Some(agreeing), "{line}");
+        }
+    }
+    results
+        .iter()
+        .map(|line| {
+            line["output"]["count"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{line}"))
+        })
+        .sum()
 }
 
 /// `count` primes chunks splitting [start, end) evenly.
