@@ -448,10 +448,14 @@ impl Active<'_> {
     /// Compute a chunk now; its result is due after the simulated compute time.
     fn start(&mut self, queued: Queued) {
         let started = Instant::now();
-        let Task::Kernel(kernel) = &queued.task;
-        let honest = match grid_kernels::run(kernel, &queued.input) {
-            Ok(output) => Outcome::Ok(output),
-            Err(error) => Outcome::Err(error.to_string()),
+        let honest = match &queued.task {
+            Task::Kernel { name } => match grid_kernels::run(name, &queued.input) {
+                Ok(output) => Outcome::Ok(output),
+                Err(error) => Outcome::Err(error.to_string()),
+            },
+            // Simulated workers run built-in kernels only; an honest loadgen worker reports
+            // the same error for every module chunk, so such chunks fail rather than linger.
+            Task::Module { .. } => Outcome::Err("grid-loadgen does not run task modules".into()),
         };
         let (outcome, lie) = match &mut self.worker.liar {
             Some(liar) => liar.report(&queued.input, honest),

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The protocol version this crate speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added [`Task::Module`]: a version-1 worker cannot run uploaded modules, so a
+/// master speaking version 2 refuses it (it stops with an "upgrade" message).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// `MasterMessage::Error` code for a hello whose protocol version the master does not speak;
 /// reconnecting cannot fix it, so workers stop instead of retrying.
@@ -44,12 +47,33 @@ pub enum WorkerKind {
     Browser,
 }
 
-/// What to run for an assignment.
+/// What to run for an assignment. On the wire: `{"kind": "kernel", "name": "primes"}` or
+/// `{"kind": "module", "id": "sha256:...", "timeout_ms": 30000, "max_memory_mb": 256}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Task {
     /// A built-in kernel from `grid-kernels`, by name.
-    Kernel(String),
+    Kernel {
+        /// The kernel's name.
+        name: String,
+    },
+    /// An uploaded WebAssembly task module (see `grid-task-abi` and `docs/task-abi.md`).
+    Module {
+        /// Its content address, `sha256:<hex>`; the bytes are at `GET /api/v1/modules/{id}`
+        /// on the master, and a worker checks they hash to this id.
+        id: String,
+        /// Wall-clock limit of one chunk; past it the outcome is a timeout error.
+        timeout_ms: u32,
+        /// Linear-memory cap of one chunk, in MiB.
+        max_memory_mb: u32,
+    },
+}
+
+impl Task {
+    /// A built-in kernel task.
+    pub fn kernel(name: impl Into<String>) -> Task {
+        Task::Kernel { name: name.into() }
+    }
 }
 
 /// Messages from a worker to the master.
@@ -285,12 +309,30 @@ mod tests {
 
         let assign = MasterMessage::Assign {
             lease: 7,
-            task: Task::Kernel("primes".into()),
+            task: Task::kernel("primes"),
             input: json!({"start": 0, "end": 10}),
             deadline_seconds: 60,
         };
         let text = to_json(&assign);
+        assert!(
+            text.contains(r#""task":{"kind":"kernel","name":"primes"}"#),
+            "{text}"
+        );
         assert_eq!(MasterMessage::from_json(&text).ok(), Some(assign));
+
+        let module = MasterMessage::Assign {
+            lease: 8,
+            task: Task::Module {
+                id: format!("sha256:{}", "ab".repeat(32)),
+                timeout_ms: 1000,
+                max_memory_mb: 64,
+            },
+            input: json!([1, 2]),
+            deadline_seconds: 60,
+        };
+        let text = to_json(&module);
+        assert!(text.contains(r#""kind":"module""#), "{text}");
+        assert_eq!(MasterMessage::from_json(&text).ok(), Some(module));
 
         let result = WorkerMessage::Result {
             lease: 7,

@@ -19,7 +19,9 @@ use crate::session::Assignment;
 
 /// Compute one chunk.
 pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
-    let Task::Kernel(name) = task;
+    let Task::Kernel { name } = task else {
+        return Outcome::Err("task modules are not supported yet".into());
+    };
     match grid_kernels::run(name, input) {
         Ok(output) => Outcome::Ok(output),
         Err(error) => Outcome::Err(error.to_string()),
@@ -71,7 +73,7 @@ impl KernelBench {
 
     /// Run the kernel once.
     pub fn run(&mut self) {
-        self.last = Some(run_chunk(&Task::Kernel(self.kernel.clone()), &self.input));
+        self.last = Some(run_chunk(&Task::kernel(self.kernel.clone()), &self.input));
     }
 
     /// Hex SHA-256 of the last outcome as the master would compute it (empty before a run):
@@ -95,7 +97,7 @@ mod tests {
     fn assignment(kernel: &str, input: serde_json::Value) -> Assignment {
         Assignment {
             lease: 9,
-            task: Task::Kernel(kernel.into()),
+            task: Task::kernel(kernel),
             input,
         }
     }

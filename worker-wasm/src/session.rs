@@ -260,7 +260,7 @@ mod tests {
     fn assign(lease: LeaseId) -> String {
         to_json(&MasterMessage::Assign {
             lease,
-            task: Task::Kernel("primes".into()),
+            task: Task::kernel("primes"),
             input: json!({"start": 0, "end": 100}),
             deadline_seconds: 60,
         })

@@ -39,7 +39,9 @@ impl ComputeSlots {
 /// workers fail identically, so errors are compared like outputs); a panicking kernel becomes
 /// `Outcome::Err("kernel panicked: ...")` and does not take the worker down.
 pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
-    let Task::Kernel(name) = task;
+    let Task::Kernel { name } = task else {
+        return Outcome::Err("task modules are not supported yet".into());
+    };
     match panic::catch_unwind(AssertUnwindSafe(|| grid_kernels::run(name, input))) {
         Ok(Ok(output)) => Outcome::Ok(output),
         Ok(Err(error)) => Outcome::Err(error.to_string()),
@@ -67,12 +69,12 @@ mod tests {
 
     #[test]
     fn outputs_and_errors_become_outcomes() {
-        let echo = Task::Kernel("echo".into());
+        let echo = Task::kernel("echo");
         assert_eq!(
             run_chunk(&echo, &json!({"a": [1, 2]})),
             Outcome::Ok(json!({"a": [1, 2]}))
         );
-        match run_chunk(&Task::Kernel("no-such-kernel".into()), &json!(null)) {
+        match run_chunk(&Task::kernel("no-such-kernel"), &json!(null)) {
             Outcome::Err(message) => assert!(message.contains("no-such-kernel"), "{message}"),
             other => panic!("expected an error, got {other:?}"),
         }

@@ -27,7 +27,7 @@ const SLOW_COUNT: u64 = 50_847_534;
 fn assign(lease: LeaseId, kernel: &str, input: Value) -> MasterMessage {
     MasterMessage::Assign {
         lease,
-        task: Task::Kernel(kernel.into()),
+        task: Task::kernel(kernel),
         input,
         deadline_seconds: 600,
     }

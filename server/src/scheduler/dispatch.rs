@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use grid_protocol::Task;
+
 use crate::store::ReadyChunk;
 
 /// One cached chunk and how many more replicas this master may still propose for it.
@@ -22,8 +24,8 @@ pub struct Proposal {
     pub job_id: i64,
     /// Chunk index.
     pub idx: i32,
-    /// Kernel name.
-    pub kernel: Arc<str>,
+    /// What to run.
+    pub task: Arc<Task>,
     /// Chunk input.
     pub input: Arc<serde_json::Value>,
     /// Lease length.
@@ -150,7 +152,7 @@ impl Entry {
         Proposal {
             job_id: self.chunk.job_id,
             idx: self.chunk.idx,
-            kernel: self.chunk.kernel.clone(),
+            task: self.chunk.task.clone(),
             input: self.chunk.input.clone(),
             lease_seconds: self.chunk.lease_seconds,
         }
@@ -175,7 +177,7 @@ mod tests {
             job_id,
             idx,
             priority,
-            kernel: Arc::from("echo"),
+            task: Arc::new(Task::kernel("echo")),
             input: Arc::new(serde_json::Value::Null),
             lease_seconds: 60,
             wanted,

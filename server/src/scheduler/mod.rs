@@ -610,7 +610,7 @@ impl Scheduler {
             self.holders.insert(created.lease, *session_id);
             session.send(MasterMessage::Assign {
                 lease: created.lease,
-                task: Task::Kernel(proposal.kernel.to_string()),
+                task: (*proposal.task).clone(),
                 input: (*proposal.input).clone(),
                 deadline_seconds: u32::try_from(proposal.lease_seconds).unwrap_or(60),
             });

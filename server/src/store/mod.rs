@@ -147,8 +147,8 @@ pub struct ReadyChunk {
     pub idx: i32,
     /// Job priority.
     pub priority: i32,
-    /// Kernel to run.
-    pub kernel: Arc<str>,
+    /// What to run (shared by every chunk of the job).
+    pub task: Arc<grid_protocol::Task>,
     /// Parsed input.
     pub input: Arc<serde_json::Value>,
     /// Lease length.

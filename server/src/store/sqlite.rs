@@ -287,7 +287,7 @@ impl Store for SqliteStore {
 
     async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, c.wanted,
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted,
                     (SELECT json_group_array(r.worker_id) FROM replicas r
                      WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
                        AND r.state IN ('leased', 'returned')) AS holders
@@ -309,7 +309,7 @@ impl Store for SqliteStore {
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, c.input, j.lease_seconds, 1 AS wanted,
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted,
                     (SELECT json_group_array(r.worker_id) FROM replicas r
                      WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
                        AND r.state IN ('leased', 'returned')) AS holders
@@ -442,24 +442,32 @@ type Tx = Transaction<'static, Sqlite>;
 /// Ready-chunk rows (job_id, idx, priority, kernel, input, lease_seconds, wanted, holders as a
 /// JSON array) as dispatch cache entries.
 fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
-    let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
+    let mut tasks: HashMap<i64, Arc<grid_protocol::Task>> = HashMap::new();
     let mut chunks = Vec::with_capacity(rows.len());
     for row in rows {
-        let kernel: String = row.try_get("kernel")?;
-        let kernel = kernels
-            .entry(kernel.clone())
-            .or_insert_with(|| Arc::from(kernel))
-            .clone();
+        let job_id: i64 = row.try_get("job_id")?;
+        let task = match tasks.get(&job_id) {
+            Some(task) => task.clone(),
+            None => {
+                let task = Arc::new(super::stored_task(
+                    row.try_get("kernel")?,
+                    row.try_get("timeout_ms")?,
+                    row.try_get("max_memory_mb")?,
+                )?);
+                tasks.insert(job_id, task.clone());
+                task
+            }
+        };
         let input: String = row.try_get("input")?;
         let holders: String = row.try_get("holders")?;
         let stored = |error: serde_json::Error| {
             Error::Internal(anyhow::anyhow!("stored chunk data: {error}"))
         };
         chunks.push(ReadyChunk {
-            job_id: row.try_get("job_id")?,
+            job_id,
             idx: row.try_get("idx")?,
             priority: row.try_get("priority")?,
-            kernel,
+            task,
             input: Arc::new(serde_json::from_str(&input).map_err(stored)?),
             lease_seconds: row.try_get("lease_seconds")?,
             wanted: row.try_get("wanted")?,

@@ -1,0 +1,239 @@
+//! The upload-time check: is this a WebAssembly module that follows the task ABI?
+//!
+//! The module is parsed and fully validated by `wasmparser` with the feature set of the
+//! WebAssembly 2.0 specification (SIMD included; threads, 64-bit memories and other proposals
+//! that not every worker's engine runs alike are refused), then its imports and exports are
+//! compared with the ABI. The first problem found is reported, in words a module author can
+//! act on.
+
+use wasmparser::types::EntityType;
+use wasmparser::{ValType, Validator, WasmFeatures};
+
+use crate::memory::PAGE_BYTES;
+
+/// What the master learns about an accepted module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Pages (64 KiB) of linear memory the module starts with.
+    pub initial_pages: u64,
+    /// The maximum the module declares for its memory, in pages, if any.
+    pub maximum_pages: Option<u64>,
+}
+
+impl ModuleInfo {
+    /// Bytes of memory at start.
+    pub fn initial_bytes(&self) -> u64 {
+        self.initial_pages.saturating_mul(PAGE_BYTES)
+    }
+}
+
+/// Why a module is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbiError {
+    /// Not a WebAssembly binary module at all.
+    #[error("not a WebAssembly module: the file does not start with the `\\0asm` magic number")]
+    NotWasm,
+    /// Parsing or validation failed.
+    #[error("invalid WebAssembly module: {0}")]
+    Invalid(String),
+    /// The module imports something; task modules must be self-contained.
+    #[error(
+        "the module imports `{module}`.`{name}`; task modules may import nothing (no WASI, no host functions)"
+    )]
+    Import {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+    /// A required export is missing.
+    #[error("the module does not export `{0}` (the task ABI needs `memory`, `grid_alloc` and `grid_run`)")]
+    MissingExport(&'static str),
+    /// A required export has the wrong kind or signature.
+    #[error("the export `{name}` must be {expected}")]
+    WrongExport {
+        /// The export.
+        name: &'static str,
+        /// What the ABI wants.
+        expected: &'static str,
+    },
+    /// The memory is not one the ABI allows.
+    #[error("unsupported memory: {0}")]
+    Memory(&'static str),
+}
+
+/// The WebAssembly features a task module may use: the 2.0 specification, which every
+/// supported engine runs with the same results.
+fn features() -> WasmFeatures {
+    WasmFeatures::WASM2
+}
+
+/// Check `bytes` against the task ABI (see the crate documentation).
+pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(AbiError::NotWasm);
+    }
+    let types = Validator::new_with_features(features())
+        .validate_all(bytes)
+        .map_err(|error| AbiError::Invalid(error.to_string()))?;
+    let types = types.as_ref();
+    if let Some((module, name, _)) = types.core_imports().into_iter().flatten().next() {
+        return Err(AbiError::Import {
+            module: module.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    let exports: Vec<(&str, EntityType)> = types.core_exports().into_iter().flatten().collect();
+    let find = |name: &'static str| {
+        exports
+            .iter()
+            .find(|(export, _)| *export == name)
+            .map(|(_, entity)| *entity)
+            .ok_or(AbiError::MissingExport(name))
+    };
+
+    let memory = match find("memory")? {
+        EntityType::Memory(memory) => memory,
+        _ => {
+            return Err(AbiError::WrongExport {
+                name: "memory",
+                expected: "a memory",
+            });
+        }
+    };
+    if memory.memory64 {
+        return Err(AbiError::Memory("64-bit memories are not supported"));
+    }
+    if memory.shared {
+        return Err(AbiError::Memory("shared memories are not supported"));
+    }
+    if memory.page_size_log2.is_some() {
+        return Err(AbiError::Memory("custom page sizes are not supported"));
+    }
+    if types.memory_count() != 1 {
+        return Err(AbiError::Memory(
+            "the module must define exactly one memory",
+        ));
+    }
+
+    let signature = |name: &'static str, params: &[ValType], results: &[ValType], expected| {
+        let wrong = AbiError::WrongExport { name, expected };
+        match find(name)? {
+            EntityType::Func(id) => {
+                let func = types[id].unwrap_func();
+                if func.params() == params && func.results() == results {
+                    Ok(())
+                } else {
+                    Err(wrong)
+                }
+            }
+            _ => Err(wrong),
+        }
+    };
+    signature(
+        "grid_alloc",
+        &[ValType::I32],
+        &[ValType::I32],
+        "a function (param i32) (result i32)",
+    )?;
+    signature(
+        "grid_run",
+        &[ValType::I32, ValType::I32],
+        &[ValType::I64],
+        "a function (param i32 i32) (result i64)",
+    )?;
+    Ok(ModuleInfo {
+        initial_pages: memory.initial,
+        maximum_pages: memory.maximum,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A minimal module following the ABI, with `extra` spliced into its body.
+    pub(crate) fn abi_module(extra: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+                 (memory (export "memory") 1)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 1024)
+                 (func (export "grid_run") (param i32 i32) (result i64)
+                   (i64.or (i64.shl (i64.extend_i32_u (local.get 0)) (i64.const 32))
+                           (i64.extend_i32_u (local.get 1))))
+                 {extra})"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_module_following_the_abi_passes() {
+        let info = check_module(&abi_module("")).unwrap();
+        assert_eq!(
+            info,
+            ModuleInfo {
+                initial_pages: 1,
+                maximum_pages: None
+            }
+        );
+        assert_eq!(info.initial_bytes(), 65_536);
+    }
+
+    #[test]
+    fn violations_say_what_is_wrong() {
+        assert_eq!(check_module(b"hello"), Err(AbiError::NotWasm));
+        assert!(matches!(
+            check_module(b"\0asm\x01\0\0\0\x99"),
+            Err(AbiError::Invalid(_))
+        ));
+        let import = wat::parse_str(
+            r#"(module (import "env" "now" (func)) (memory (export "memory") 1))"#,
+        )
+        .unwrap();
+        assert_eq!(
+            check_module(&import),
+            Err(AbiError::Import {
+                module: "env".into(),
+                name: "now".into()
+            })
+        );
+        let no_run = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 0))"#,
+        )
+        .unwrap();
+        assert_eq!(check_module(&no_run), Err(AbiError::MissingExport("grid_run")));
+        let wrong = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
+                 (func (export "grid_run") (param i32 i32) (result i32) i32.const 0))"#,
+        )
+        .unwrap();
+        assert!(
+            check_module(&wrong)
+                .unwrap_err()
+                .to_string()
+                .contains("`grid_run` must be a function (param i32 i32) (result i64)")
+        );
+        let no_memory = wat::parse_str(
+            r#"(module
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
+                 (func (export "grid_run") (param i32 i32) (result i64) i64.const 0))"#,
+        )
+        .unwrap();
+        assert_eq!(check_module(&no_memory), Err(AbiError::MissingExport("memory")));
+    }
+
+    #[test]
+    fn proposals_beyond_wasm2_are_refused() {
+        let shared = wat::parse_str(
+            r#"(module (memory (export "memory") 1 2 shared)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
+                 (func (export "grid_run") (param i32 i32) (result i64) i64.const 0))"#,
+        )
+        .unwrap();
+        assert!(matches!(check_module(&shared), Err(AbiError::Invalid(_))));
+    }
+}
