@@ -21,6 +21,8 @@ pub struct Limits {
     pub heartbeat_seconds: u32,
     /// Longest job name, in bytes.
     pub max_name_bytes: usize,
+    /// Largest uploaded task module, in bytes (413 beyond).
+    pub max_module_bytes: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             ws_message_burst: 4_000,
             heartbeat_seconds: 15,
             max_name_bytes: 200,
+            max_module_bytes: grid_task_abi::limits::DEFAULT_MAX_MODULE_BYTES,
         }
     }
 }

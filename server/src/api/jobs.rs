@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::scheduler::Event;
-use crate::store::{JobView, NewJob};
+use crate::store::{JobView, NewJob, Program};
 
 /// Bounds of the job fields (documented in the README).
 pub const REDUNDANCY_RANGE: std::ops::RangeInclusive<i64> = 1..=5;
@@ -37,8 +37,14 @@ const RESULTS_PAGE: i64 = 2_000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
-    /// Built-in kernel name.
-    kernel: String,
+    /// Built-in kernel name (give this or `module`).
+    kernel: Option<String>,
+    /// Uploaded module id, `sha256:<hex>` (give this or `kernel`).
+    module: Option<String>,
+    /// Module jobs: wall-clock limit of one chunk in milliseconds (default 30000, 10 to 600000).
+    timeout_ms: Option<i64>,
+    /// Module jobs: memory cap of one chunk in MiB (default 256, 1 to 2048).
+    max_memory_mb: Option<i64>,
     /// One JSON value per chunk.
     inputs: Vec<Value>,
     /// Agreeing distinct workers per chunk (default 2).
@@ -71,18 +77,83 @@ fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Re
     }
 }
 
-fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
-    let limits = &state.limits;
-    if !grid_kernels::is_known(&body.kernel) {
+/// What the job runs, from the body's `kernel` or `module` and the module limits.
+fn program(body: &SubmitJob) -> Result<Program> {
+    use grid_task_abi::limits::*;
+    if body.module.is_none() && (body.timeout_ms.is_some() || body.max_memory_mb.is_some()) {
         return Err(Error::invalid(
-            "unknown_kernel",
-            format!(
-                "unknown kernel `{}`; known kernels: {}",
-                body.kernel,
-                grid_kernels::KERNEL_NAMES.join(", ")
-            ),
+            "invalid_field",
+            "timeout_ms and max_memory_mb apply to module jobs only",
         ));
     }
+    match (&body.kernel, &body.module) {
+        (Some(kernel), None) => {
+            if grid_kernels::is_known(kernel) {
+                Ok(Program::Kernel(kernel.clone()))
+            } else {
+                Err(Error::invalid(
+                    "unknown_kernel",
+                    format!(
+                        "unknown kernel `{kernel}`; known kernels: {}",
+                        grid_kernels::KERNEL_NAMES.join(", ")
+                    ),
+                ))
+            }
+        }
+        (None, Some(module)) => {
+            if !grid_task_abi::is_module_id(module) {
+                return Err(Error::invalid(
+                    "unknown_module",
+                    format!(
+                        "`{module}` is not a module id: ids are `sha256:` and 64 lowercase hex \
+                         digits, as POST /api/v1/modules returns them"
+                    ),
+                ));
+            }
+            let timeout_ms = in_range(
+                "timeout_ms",
+                body.timeout_ms.unwrap_or(i64::from(DEFAULT_TIMEOUT_MS)),
+                i64::from(MIN_TIMEOUT_MS)..=i64::from(MAX_TIMEOUT_MS),
+            )?;
+            let max_memory_mb = in_range(
+                "max_memory_mb",
+                body.max_memory_mb.unwrap_or(i64::from(DEFAULT_MAX_MEMORY_MB)),
+                i64::from(MIN_MAX_MEMORY_MB)..=i64::from(MAX_MAX_MEMORY_MB),
+            )?;
+            Ok(Program::Module {
+                id: module.clone(),
+                timeout_ms,
+                max_memory_mb,
+            })
+        }
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "invalid_field",
+            "give either kernel or module, not both",
+        )),
+        (None, None) => Err(Error::invalid(
+            "invalid_field",
+            "a job needs a kernel (a built-in kernel name) or a module (an uploaded module id)",
+        )),
+    }
+}
+
+/// Seconds a lease must last at least for a module job: the chunk's time limit plus a margin
+/// for downloading and compiling the module and for the result to travel back.
+fn lease_floor(program: &Program) -> i64 {
+    match program {
+        Program::Kernel(_) => *LEASE_SECONDS_RANGE.start(),
+        Program::Module { timeout_ms, .. } => {
+            (i64::from(*timeout_ms) + 999) / 1000 + MODULE_LEASE_MARGIN_SECONDS
+        }
+    }
+}
+
+/// Margin of a module job's lease beyond its chunk time limit.
+const MODULE_LEASE_MARGIN_SECONDS: i64 = 30;
+
+fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
+    let limits = &state.limits;
+    let program = program(&body)?;
     if body.inputs.is_empty() {
         return Err(Error::invalid("invalid_field", "inputs must not be empty"));
     }
@@ -109,10 +180,12 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
         i64::from(redundancy)..=MAX_REPLICAS_CEILING,
     )?;
     let priority = in_range("priority", body.priority.unwrap_or(0), PRIORITY_RANGE)?;
+    let floor = lease_floor(&program);
     let lease_seconds = in_range(
         "lease_seconds",
-        body.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
-        LEASE_SECONDS_RANGE,
+        body.lease_seconds
+            .unwrap_or(DEFAULT_LEASE_SECONDS.max(floor)),
+        floor.max(*LEASE_SECONDS_RANGE.start())..=*LEASE_SECONDS_RANGE.end(),
     )?;
     let verification = match body.verification.as_deref() {
         None | Some("fixed") => "fixed",
@@ -134,14 +207,18 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
                 limits.max_input_bytes
             )));
         }
-        grid_kernels::validate(&body.kernel, input).map_err(|error| {
-            Error::invalid("invalid_input", format!("inputs[{index}]: {error}"))
-        })?;
+        // A kernel's inputs are checked here; a module's are its own business (a module that
+        // refuses an input fails that chunk, the same way on every worker).
+        if let Program::Kernel(kernel) = &program {
+            grid_kernels::validate(kernel, input).map_err(|error| {
+                Error::invalid("invalid_input", format!("inputs[{index}]: {error}"))
+            })?;
+        }
         inputs.push(canonical);
     }
     Ok(NewJob {
         name: body.name,
-        kernel: body.kernel,
+        program,
         redundancy,
         max_replicas,
         priority,
@@ -171,7 +248,7 @@ fn parse_id(raw: &str) -> Result<i64> {
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 413, description = "Over a limit (inputs, input size, body)", body = super::openapi::ErrorBody),
         (status = 415, description = "Not sent as application/json", body = super::openapi::ErrorBody),
-        (status = 422, description = "Unknown kernel, invalid input or field", body = super::openapi::ErrorBody),
+        (status = 422, description = "Unknown kernel or module, invalid input or field", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn submit(
@@ -180,9 +257,23 @@ pub async fn submit(
     AppJson(body): AppJson<SubmitJob>,
 ) -> Result<Response> {
     let job = validate(&state, body)?;
+    if let Program::Module { id, .. } = &job.program
+        && !state.store.module_exists(id).await?
+    {
+        return Err(Error::invalid(
+            "unknown_module",
+            format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
+        ));
+    }
     let view = state.store.create_job(caller.0, job).await?;
     state.scheduler.try_send(Event::WorkAvailable);
-    tracing::info!(job = view.id, chunks = view.chunks.total, kernel = %view.kernel, "job submitted");
+    tracing::info!(
+        job = view.id,
+        chunks = view.chunks.total,
+        kernel = view.kernel.as_deref(),
+        module = view.module.as_deref(),
+        "job submitted"
+    );
     let location = format!("/api/v1/jobs/{}", view.id);
     Ok((
         StatusCode::CREATED,

@@ -1,6 +1,7 @@
 //! The REST API, version 1, under `/api/v1`, plus the health probes.
 //!
 //! - [`jobs`]: submit, list, inspect, cancel jobs and stream their results.
+//! - [`modules`]: upload and download WebAssembly task modules.
 //! - [`tokens`]: the admin creates submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
@@ -17,6 +18,7 @@ pub mod health;
 pub mod image;
 pub mod jobs;
 pub mod json;
+pub mod modules;
 pub mod openapi;
 pub mod tokens;
 pub mod volunteers;
@@ -36,6 +38,8 @@ pub fn v1() -> Router<AppState> {
         .route("/jobs/{id}/events", get(events::events))
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
+        .route("/modules", post(modules::upload))
+        .route("/modules/{id}", get(modules::download))
         .route("/tokens", post(tokens::create))
         .route("/volunteers", get(volunteers::list))
         .route(

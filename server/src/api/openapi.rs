@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{chunks, dashboard, events, health, image, jobs, tokens, volunteers};
+use super::{chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers};
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
 use crate::store::{ChunkCounts, JobView, ReplicaCounts};
@@ -25,7 +25,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
     info(
         title = "grid",
         description = "The master of a browser-based WebAssembly volunteer compute grid: \
-            submit jobs (a kernel and a list of chunk inputs), follow their progress, read \
+            submit jobs (a built-in kernel or an uploaded WebAssembly module, and a list of chunk inputs), follow their progress, read \
             their results. Every chunk is computed by several distinct volunteers and accepted \
             only when their outputs agree.\n\n\
             Authentication: `Authorization: Bearer TOKEN` on the job and token routes (the \
@@ -43,6 +43,8 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
         events::events,
         chunks::map,
         image::image,
+        modules::upload,
+        modules::download,
         tokens::create,
         volunteers::list,
         volunteers::me,
@@ -59,11 +61,12 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
     ),
     components(schemas(
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
-        Sample, WorkerCounts, ChunkTotals,
+        Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "jobs", description = "Submit, follow and read jobs (bearer token)"),
+        (name = "modules", description = "WebAssembly task modules (upload: bearer token; download: none)"),
         (name = "tokens", description = "Submitter tokens (admin token)"),
         (name = "volunteers", description = "Credit and display names of volunteers"),
         (name = "dashboard", description = "Live figures of the grid"),

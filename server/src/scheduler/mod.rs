@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use grid_protocol::{LeaseId, MasterMessage, Task, WorkerKind};
+use grid_protocol::{LeaseId, MasterMessage, WorkerKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;

@@ -28,7 +28,7 @@ pub struct JobProgress {
     pub id: i64,
     /// Optional human name.
     pub name: Option<String>,
-    /// Kernel name.
+    /// Kernel name, or the module id (`sha256:...`) of a module job.
     pub kernel: String,
     /// queued, running, done, failed or cancelled.
     pub state: String,

@@ -33,13 +33,85 @@ pub enum Owner {
     Submitter(i64),
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A built-in kernel, by name.
+    Kernel(String),
+    /// An uploaded task module and the limits of each of its chunks.
+    Module {
+        /// `sha256:<hex>`.
+        id: String,
+        /// Wall-clock limit per chunk.
+        timeout_ms: i32,
+        /// Memory cap per chunk, in MiB.
+        max_memory_mb: i32,
+    },
+}
+
+impl Program {
+    /// What the `jobs.kernel` column holds: the kernel name or the module id (module ids start
+    /// with `sha256:`, which no kernel name does).
+    pub fn stored_name(&self) -> &str {
+        match self {
+            Program::Kernel(name) => name,
+            Program::Module { id, .. } => id,
+        }
+    }
+
+    /// `(timeout_ms, max_memory_mb)` as stored: NULL for kernels.
+    pub fn stored_limits(&self) -> (Option<i32>, Option<i32>) {
+        match self {
+            Program::Kernel(_) => (None, None),
+            Program::Module {
+                timeout_ms,
+                max_memory_mb,
+                ..
+            } => (Some(*timeout_ms), Some(*max_memory_mb)),
+        }
+    }
+}
+
+/// The task of a stored job, from its `kernel`, `timeout_ms` and `max_memory_mb` columns.
+pub(crate) fn stored_task(
+    kernel: String,
+    timeout_ms: Option<i32>,
+    max_memory_mb: Option<i32>,
+) -> Result<grid_protocol::Task> {
+    use grid_protocol::Task;
+    if !kernel.starts_with(grid_task_abi::MODULE_ID_PREFIX) {
+        return Ok(Task::Kernel { name: kernel });
+    }
+    let positive = |value: Option<i32>, what: &str| {
+        value
+            .and_then(|value| u32::try_from(value).ok())
+            .ok_or_else(|| {
+                crate::error::Error::Internal(anyhow::anyhow!("module job without {what}"))
+            })
+    };
+    Ok(Task::Module {
+        timeout_ms: positive(timeout_ms, "timeout_ms")?,
+        max_memory_mb: positive(max_memory_mb, "max_memory_mb")?,
+        id: kernel,
+    })
+}
+
+/// The kernel and module fields of a [`JobView`] from the stored `jobs.kernel`.
+pub(crate) fn split_program(stored: String) -> (Option<String>, Option<String>) {
+    if stored.starts_with(grid_task_abi::MODULE_ID_PREFIX) {
+        (None, Some(stored))
+    } else {
+        (Some(stored), None)
+    }
+}
+
 /// A validated job, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     /// Optional human name.
     pub name: Option<String>,
-    /// Built-in kernel name.
-    pub kernel: String,
+    /// What it runs.
+    pub program: Program,
     /// Agreeing distinct workers needed per chunk.
     pub redundancy: i32,
     /// Most results gathered for one chunk before it fails.
@@ -99,8 +171,18 @@ pub struct JobView {
     pub id: i64,
     /// Optional human name.
     pub name: Option<String>,
-    /// Kernel name.
-    pub kernel: String,
+    /// Built-in kernel name (kernel jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Uploaded module id, `sha256:<hex>` (module jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Wall-clock limit of one chunk in milliseconds (module jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i32>,
+    /// Memory cap of one chunk in MiB (module jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<i32>,
     /// queued, running, done, failed or cancelled.
     pub state: String,
     /// Agreeing distinct workers needed per chunk.
@@ -363,4 +445,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+
+    /// Store an uploaded module checked against the ABI, unless one with this id is stored
+    /// already. Returns whether it was new.
+    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool>;
+    /// An uploaded module's bytes.
+    async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether a module with this id is stored.
+    async fn module_exists(&self, id: &str) -> Result<bool>;
 }

@@ -68,8 +68,8 @@ impl SqliteStore {
 }
 
 const JOB_VIEW_SELECT: &str = "
-    SELECT j.id, j.name, j.kernel, j.state, j.redundancy, j.max_replicas, j.priority,
-           j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
+    SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.state, j.redundancy,
+           j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
            (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND NOT r.ringer) AS issued,
@@ -82,10 +82,14 @@ const JOB_VIEW_SELECT: &str = "
     FROM jobs j";
 
 fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
+    let (kernel, module) = super::split_program(row.try_get("kernel")?);
     Ok(JobView {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        kernel: row.try_get("kernel")?,
+        kernel,
+        module,
+        timeout_ms: row.try_get("timeout_ms")?,
+        max_memory_mb: row.try_get("max_memory_mb")?,
         state: row.try_get("state")?,
         redundancy: row.try_get("redundancy")?,
         max_replicas: row.try_get("max_replicas")?,
@@ -150,12 +154,13 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
-                               lease_seconds, chunk_count, created_at, verification)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                               lease_seconds, chunk_count, created_at, verification,
+                               timeout_ms, max_memory_mb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
-        .bind(&job.kernel)
+        .bind(job.program.stored_name())
         .bind(job.redundancy)
         .bind(job.max_replicas)
         .bind(job.priority)
@@ -163,6 +168,8 @@ impl Store for SqliteStore {
         .bind(job.inputs.len() as i64)
         .bind(Utc::now())
         .bind(job.verification)
+        .bind(job.program.stored_limits().0)
+        .bind(job.program.stored_limits().1)
         .fetch_one(&mut *tx)
         .await?;
         let initial_wanted = job.initial_wanted();
@@ -434,6 +441,42 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool> {
+        let uploaded_by = match owner {
+            Owner::Admin => None,
+            Owner::Submitter(token) => Some(token),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO modules (id, bytes, size, uploaded_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(bytes)
+        .bind(bytes.len() as i64)
+        .bind(uploaded_by)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let bytes = sqlx::query_scalar("SELECT bytes FROM modules WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(bytes)
+    }
+
+    async fn module_exists(&self, id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 }
 

@@ -1,0 +1,158 @@
+//! Task modules: `POST /api/v1/modules` (upload) and `GET /api/v1/modules/{id}` (download).
+//!
+//! A module is checked against the task ABI (`grid-task-abi`, `docs/task-abi.md`) before it is
+//! stored, and stored under its content address `sha256:<hex>`: uploading the same bytes again
+//! changes nothing and answers the same id. Downloads need no token — workers fetch modules by
+//! id, and the id is the hash of the bytes, so a response never changes and is cached forever.
+//! Any submitter may run a job on any module whose id it knows.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+
+/// Media types an upload may be declared as (or none at all).
+const ACCEPTED_TYPES: &[&str] = &["application/wasm", "application/octet-stream"];
+
+/// The answer to an upload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadedModule {
+    /// The module's id: `sha256:` and the hex SHA-256 of its bytes.
+    pub id: String,
+    /// Its size in bytes.
+    pub size: usize,
+}
+
+/// `POST /api/v1/modules`: the body is the module's raw bytes.
+#[utoipa::path(
+    post,
+    operation_id = "upload_module",
+    summary = "Upload a WebAssembly task module",
+    path = "/api/v1/modules",
+    tag = "modules",
+    security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "The module's bytes (docs/task-abi.md)"),
+    responses(
+        (status = 201, description = "Stored (or already stored: same id)", body = UploadedModule),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over the module size limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "Declared as something other than application/wasm", body = super::openapi::ErrorBody),
+        (status = 422, description = "Not WebAssembly, or not following the task ABI", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if let Some(declared) = headers.get(header::CONTENT_TYPE) {
+        let media_type = declared
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if !ACCEPTED_TYPES.contains(&media_type.as_str()) {
+            return Err(Error::UnsupportedMediaType(format!(
+                "send the module's bytes as application/wasm, not {media_type}"
+            )));
+        }
+    }
+    let limit = state.limits.max_module_bytes;
+    let too_large = || {
+        Error::TooLarge(format!(
+            "a module may be at most {limit} bytes (the master's --max-module-bytes)"
+        ))
+    };
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared_length.unwrap_or(0).min(limit as u64) as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|_| Error::MalformedJson("the upload was cut short".into()))?;
+        if bytes.len() + piece.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    let info = grid_task_abi::check_module(&bytes)
+        .map_err(|error| Error::invalid("invalid_module", error.to_string()))?;
+    let id = grid_task_abi::module_id(&bytes);
+    let new = state.store.put_module(caller.0, &id, &bytes).await?;
+    tracing::info!(module = %id, size = bytes.len(), new, initial_pages = info.initial_pages, "module uploaded");
+    let location = format!("/api/v1/modules/{id}");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(UploadedModule {
+            id,
+            size: bytes.len(),
+        }),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/modules/{id}`: the module's bytes, cached forever (the id is their hash).
+#[utoipa::path(
+    get,
+    operation_id = "get_module",
+    summary = "Download a task module",
+    path = "/api/v1/modules/{id}",
+    tag = "modules",
+    params(("id" = String, Path, description = "Module id, `sha256:<hex>`")),
+    responses(
+        (status = 200, description = "The module", content_type = "application/wasm", body = Vec<u8>),
+        (status = 304, description = "Not modified (If-None-Match matched)"),
+        (status = 404, description = "No such module", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    if !grid_task_abi::is_module_id(&id) {
+        return Err(Error::NotFound("module"));
+    }
+    let etag = format!("\"{id}\"");
+    let caching = [
+        (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
+    if matches && state.store.module_exists(&id).await? {
+        return Ok((StatusCode::NOT_MODIFIED, caching, [(header::ETAG, etag)]).into_response());
+    }
+    let bytes = state
+        .store
+        .module_bytes(&id)
+        .await?
+        .ok_or(Error::NotFound("module"))?;
+    let etag = HeaderValue::from_str(&etag).map_err(|error| Error::Internal(error.into()))?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))],
+        caching,
+        [(header::ETAG, etag)],
+        bytes,
+    )
+        .into_response())
+}
