@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "GRID_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
 
+    /// Largest WebAssembly task module accepted at upload, in bytes.
+    #[arg(long, env = "GRID_MAX_MODULE_BYTES", default_value_t = grid_task_abi::limits::DEFAULT_MAX_MODULE_BYTES)]
+    pub max_module_bytes: usize,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -66,6 +70,7 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("no_trust", &self.no_trust)
+            .field("max_module_bytes", &self.max_module_bytes)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -75,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
         allowed_origins: config.allowed_origins.clone(),
         shutdown_grace: Some(std::time::Duration::from_secs(config.shutdown_grace)),
         no_trust: config.no_trust,
+        limits: grid_server::limits::Limits {
+            max_module_bytes: config.max_module_bytes,
+            ..Default::default()
+        },
         ..ServeOptions::default()
     };
     serve(listener, store, options, shutdown_signal()).await

@@ -442,6 +442,28 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/v1/modules` with `bytes` declared as `content_type`.
+    pub async fn upload(&self, bytes: Vec<u8>, content_type: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/modules", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Upload a module that must be accepted; its id.
+    pub async fn upload_module(&self, bytes: Vec<u8>) -> String {
+        let (status, body) = self.upload(bytes, "application/wasm").await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn submit(&self, body: Value) -> i64 {
         let (status, job) = self.post("/api/v1/jobs", &body).await;
         assert_eq!(status, 201, "{job}");
@@ -655,5 +677,62 @@ impl Peer {
                 None => panic!("connection closed while waiting for an assignment"),
             }
         }
+    }
+}
+
+/// Task modules for the tests, written in WebAssembly text and assembled here.
+pub mod modules {
+    /// A module following the ABI whose `grid_run` body is `run` (locals: `$ptr`, `$len`);
+    /// `grid_alloc` hands out memory from offset 1024.
+    pub fn abi_module(run: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+                 (memory (export "memory") 1)
+                 (func (export "grid_alloc") (param $len i32) (result i32) i32.const 1024)
+                 (func (export "grid_run") (param $ptr i32) (param $len i32) (result i64)
+                   {run}))"#
+        ))
+        .unwrap()
+    }
+
+    /// Returns its input unchanged (the input is JSON, so the output is too).
+    pub fn echo() -> Vec<u8> {
+        abi_module(
+            "(i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+                     (i64.extend_i32_u (local.get $len)))",
+        )
+    }
+
+    /// Never returns.
+    pub fn endless_loop() -> Vec<u8> {
+        abi_module("(loop $forever (br $forever)) (unreachable)")
+    }
+
+    /// Grows its memory a page at a time until a grow fails, then aborts (what a Rust module
+    /// does when its allocator runs out).
+    pub fn memory_hog() -> Vec<u8> {
+        abi_module(
+            "(block $full
+               (loop $more
+                 (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                 (br $more)))
+             (unreachable)",
+        )
+    }
+
+    /// Traps at once.
+    pub fn trap() -> Vec<u8> {
+        abi_module("(unreachable)")
+    }
+
+    /// Imports a host function: refused at upload.
+    pub fn with_import() -> Vec<u8> {
+        wat::parse_str(
+            r#"(module (import "env" "now" (func $now (result i64)))
+                 (memory (export "memory") 1)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
+                 (func (export "grid_run") (param i32 i32) (result i64) call $now))"#,
+        )
+        .unwrap()
     }
 }
