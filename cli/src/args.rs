@@ -110,6 +110,14 @@ pub struct SubmitArgs {
     /// Seconds a worker has for one chunk before it is reissued (master default 300).
     #[arg(long, value_name = "S")]
     pub lease_seconds: Option<i64>,
+
+    /// Module jobs: wall-clock limit of one chunk in milliseconds (master default 30000).
+    #[arg(long, value_name = "MS", conflicts_with = "kernel")]
+    pub timeout_ms: Option<i64>,
+
+    /// Module jobs: memory cap of one chunk in MiB (master default 256).
+    #[arg(long, value_name = "MB", conflicts_with = "kernel")]
+    pub max_memory_mb: Option<i64>,
 }
 
 /// `grid status`.
@@ -204,5 +212,8 @@ mod tests {
         );
         assert!(parse(&["--kernel", "k", "--range", "9..0", "--chunks", "1"]).is_err());
         assert!(parse(&["--kernel", "k", "--inputs", "-", "--priority", "-5"]).is_ok());
+        // Module limits need a module.
+        assert!(parse(&["--kernel", "k", "--inputs", "-", "--timeout-ms", "5"]).is_err());
+        assert!(parse(&["--module", "m", "--inputs", "-", "--max-memory-mb", "64"]).is_ok());
     }
 }

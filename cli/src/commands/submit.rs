@@ -31,6 +31,10 @@ struct Fields<'a> {
     priority: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_memory_mb: Option<i64>,
 }
 
 /// Where the inputs come from, as the command line says.
@@ -58,6 +62,8 @@ pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
         max_replicas: args.max_replicas,
         priority: args.priority,
         lease_seconds: args.lease_seconds,
+        timeout_ms: args.timeout_ms,
+        max_memory_mb: args.max_memory_mb,
     };
     let fields = serde_json::to_vec(&fields)
         .map_err(|error| Error::Usage(format!("cannot encode the job fields: {error}")))?;
@@ -133,7 +139,23 @@ mod tests {
         let path = dir.path().join("in.ndjson");
         std::fs::write(&path, "1\n2\n").unwrap();
         let args = submit_args(&["--module", "abc", "--inputs", path.to_str().unwrap()]);
-        let body: Value = serde_json::from_slice(&body(&args).unwrap()).unwrap();
-        assert_eq!(body, json!({"module": "abc", "inputs": [1, 2]}));
+        let plain: Value = serde_json::from_slice(&body(&args).unwrap()).unwrap();
+        assert_eq!(plain, json!({"module": "abc", "inputs": [1, 2]}));
+
+        let args = submit_args(&[
+            "--module",
+            "abc",
+            "--inputs",
+            path.to_str().unwrap(),
+            "--timeout-ms",
+            "500",
+            "--max-memory-mb",
+            "32",
+        ]);
+        let limited: Value = serde_json::from_slice(&body(&args).unwrap()).unwrap();
+        assert_eq!(
+            limited,
+            json!({"module": "abc", "inputs": [1, 2], "timeout_ms": 500, "max_memory_mb": 32})
+        );
     }
 }
