@@ -99,7 +99,8 @@ class JobPage {
 
   show(job) {
     $('title').textContent = job.name ? `Job #${job.id}: ${job.name}` : `Job #${job.id}`;
-    $('kernel').textContent = job.kernel;
+    // A module job's program is its module id (`sha256:...`).
+    $('kernel').textContent = job.kernel ?? job.module ?? '–';
     this.kernel = job.kernel;
     this.showCounts(job.state, job.chunks);
     if (job.kernel === 'mandelbrot') {
