@@ -191,7 +191,9 @@ async fn read_loop(
             if protocol != PROTOCOL_VERSION {
                 return ReadEnd::BeforeHello(Refusal::new(
                     grid_protocol::ERROR_UNSUPPORTED_PROTOCOL,
-                    format!("this master speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                    format!(
+                        "this master speaks protocol {PROTOCOL_VERSION}, not {protocol}: upgrade the worker"
+                    ),
                     close_code::PROTOCOL,
                 ));
             }

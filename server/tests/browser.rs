@@ -6,11 +6,18 @@
 //! - one of three volunteers closes its tab mid-job and the job still completes;
 //! - a browser and a native worker agree on every chunk of `primes`, `mandelbrot` and `sha256`
 //!   jobs (bit-identical outputs across wasm and native);
+//! - a browser and a native worker agree on every chunk of task-module jobs: the example
+//!   modules (Rust and WAT, from `<target>/task-modules/`) and a module whose inputs pick each
+//!   way a chunk can fail (traps, the memory cap, bad outputs, the time limit), so their error
+//!   outcomes are byte-identical across V8 and wasmtime;
+//! - hostile modules (an endless loop, unbounded memory growth, a trap) fail cleanly in the
+//!   browser alone, and the page goes on to complete module and kernel jobs beside them;
 //! - the page shows the master going away, reconnects by itself when it is back, and computes;
 //! - the page's headers (types, caching, CSP) and the `Origin` check of `/ws`.
 //!
-//! These tests need the web build (`frontend/dist`), Chromium, Node and `playwright-core`.
-//! `cargo xtask test` provides all of them; without them the tests fail, saying so.
+//! These tests need the web build (`frontend/dist`), Chromium, Node and `playwright-core`, and
+//! the module tests the example modules. `cargo xtask test` provides all of them; without them
+//! the tests fail, saying so.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -19,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::modules::{echo, endless_loop, memory_hog, trap};
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
     primes_total, spawn_server_process, spawn_worker,
@@ -384,6 +392,329 @@ async fn a_browser_and_a_native_worker_agree_on_every_chunk() {
             "{kernel}: chunks agreed by both kinds"
         );
     }
+    server.stop().await;
+}
+
+/// An example module as `cargo xtask modules` builds it: `<target>/task-modules/<name>.wasm`,
+/// found from this test's executable (`<target>/debug/deps/<test>`).
+fn example_module(name: &str) -> Vec<u8> {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from <target>/<profile>/deps");
+    let path = target.join("task-modules").join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "cannot read the example module {} ({error}): run `cargo xtask test`, which builds \
+             the examples (or `cargo xtask modules`)",
+            path.display()
+        )
+    })
+}
+
+/// A module whose input picks its fate: the first byte of the input text, `0` to `9`, selects
+/// a case below; any other input (and `0`) is echoed. An input text of exactly 11 bytes gets
+/// a `grid_alloc` buffer outside the memory.
+fn fates_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (data (i32.const 16) "{nope")
+             (func (export "grid_alloc") (param $len i32) (result i32)
+               (if (result i32) (i32.eq (local.get $len) (i32.const 11))
+                 (then (i32.const 65534))
+                 (else (i32.const 1024))))
+             (func $down (param i32) (result i32)
+               (i32.add (call $down (i32.add (local.get 0) (i32.const 1))) (i32.const 1)))
+             (func (export "grid_run") (param $ptr i32) (param $len i32) (result i64)
+               (block $echo
+                 (block $unreachable
+                   (block $divide
+                     (block $out_of_bounds
+                       (block $hog
+                         (block $not_json
+                           (block $output_outside
+                             (block $recursion
+                               (block $conversion
+                                 (block $forever
+                                   (br_table $echo $unreachable $divide $out_of_bounds $hog
+                                             $not_json $output_outside $recursion $conversion
+                                             $forever $echo
+                                     (i32.sub (i32.load8_u (local.get $ptr)) (i32.const 48))))
+                                 ;; 9
+                                 (loop $spin (br $spin))
+                                 (unreachable))
+                               ;; 8
+                               (return (i64.trunc_f64_s (f64.const 1e300))))
+                             ;; 7
+                             (drop (call $down (i32.const 0)))
+                             (unreachable))
+                           ;; 6: 65535 bytes at 65520
+                           (return (i64.const 0x0000fff00000ffff)))
+                         ;; 5: "{nope" (5 bytes at 16)
+                         (return (i64.const 0x0000001000000005)))
+                       ;; 4: grow a page at a time until refused, then abort
+                       (block $full
+                         (loop $more
+                           (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                           (br $more)))
+                       (unreachable))
+                     ;; 3
+                     (drop (i32.load (i32.const 0x7ffffff0)))
+                     (unreachable))
+                   ;; 2
+                   (drop (i32.div_u (i32.const 1) (i32.sub (local.get $len) (local.get $len))))
+                   (unreachable))
+                 ;; 1
+                 (unreachable))
+               (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+                       (i64.extend_i32_u (local.get $len)))))"#,
+    )
+    .unwrap()
+}
+
+/// The inputs of a [`fates_module`] job with `max_memory_mb` 8 and `timeout_ms` 1000, and what
+/// every honest worker must report for each: `Ok(output)` or `Err(error text)`.
+fn fates() -> Vec<(Value, Result<Value, &'static str>)> {
+    let echoed = json!({"a": [1, 2.5], "b": "✓"});
+    vec![
+        (json!(0), Ok(json!(0))),
+        (
+            json!(1),
+            Err("trap: unreachable instruction executed (memory in use: 1 of 8 MiB)"),
+        ),
+        (
+            json!(2),
+            Err("trap: integer divide by zero (memory in use: 1 of 8 MiB)"),
+        ),
+        (
+            json!(3),
+            Err("trap: out of bounds memory access (memory in use: 1 of 8 MiB)"),
+        ),
+        (
+            json!(4),
+            Err("trap: unreachable instruction executed (memory in use: 8 of 8 MiB)"),
+        ),
+        (
+            json!(5),
+            Err("bad output: not JSON: key must be a string at line 1 column 2"),
+        ),
+        (
+            json!(6),
+            Err(
+                "bad output: grid_run returned 65535 bytes at 65520, outside the 65536-byte memory",
+            ),
+        ),
+        (
+            json!(7),
+            Err("trap: call stack exhausted (memory in use: 1 of 8 MiB)"),
+        ),
+        (
+            json!(8),
+            Err("trap: invalid conversion to integer (memory in use: 1 of 8 MiB)"),
+        ),
+        (json!(9), Err("timeout: the chunk ran longer than 1000 ms")),
+        (
+            json!("alloc-oob"),
+            Err("bad input buffer: grid_alloc(11) returned 65534, outside the 65536-byte memory"),
+        ),
+        (echoed.clone(), Ok(echoed)),
+    ]
+}
+
+/// fib(n) mod 2^64, as `examples/wat/fibonacci.wat` computes it.
+fn fibonacci(n: u64) -> u64 {
+    let (mut a, mut b) = (0_u64, 1_u64);
+    for _ in 0..n {
+        (a, b) = (b, a.wrapping_add(b));
+    }
+    a
+}
+
+/// Every chunk of job `id` was accepted on the word of one browser and one native worker.
+async fn assert_both_kinds_agreed(server: &InProcessServer, id: i64, chunks: usize, what: &str) {
+    let mixed = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM (SELECT r.chunk_idx FROM replicas r
+             JOIN workers w ON w.id = r.worker_id
+             WHERE r.job_id = {id} AND r.verdict = 'valid'
+             GROUP BY r.chunk_idx HAVING count(DISTINCT w.kind) = 2) AS both_kinds"
+        ))
+        .await;
+    assert_eq!(mixed, chunks as i64, "{what}: chunks agreed by both kinds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
+    let tools = Tools::find();
+    let collatz = example_module("collatz");
+    let fibonacci_wasm = example_module("fibonacci");
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server.http()).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+
+    let collatz_id = api.upload_module(collatz).await;
+    let fibonacci_id = api.upload_module(fibonacci_wasm).await;
+    let fates_id = api.upload_module(fates_module()).await;
+    let collatz_inputs: Vec<Value> = (0..10)
+        .map(|i| json!({"start": 1 + i * 100_000, "end": 1 + (i + 1) * 100_000}))
+        .collect();
+    let fibonacci_inputs: Vec<u64> = vec![0, 1, 2, 10, 90, 93, 94, 500, 1000];
+    let fates = fates();
+    let fates_inputs: Vec<&Value> = fates.iter().map(|(input, _)| input).collect();
+
+    let collatz_job = api
+        .submit(json!({"module": collatz_id, "inputs": collatz_inputs, "redundancy": 2}))
+        .await;
+    let fibonacci_job = api
+        .submit(json!({"module": fibonacci_id, "inputs": fibonacci_inputs, "redundancy": 2}))
+        .await;
+    let fates_job = api
+        .submit(json!({
+            "module": fates_id, "inputs": fates_inputs, "redundancy": 2,
+            "max_memory_mb": 8, "timeout_ms": 1000,
+        }))
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let _native = spawn_worker(&server.ws(), 1, &home.path().join("native.id"));
+
+    tools
+        .run("modules", &server, &[collatz_job, fibonacci_job, fates_job])
+        .await;
+
+    // The Rust example: every chunk agreed, and the famous one right.
+    let finished = api
+        .wait_finished(collatz_job, Duration::from_secs(10))
+        .await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(collatz_job).await;
+    assert_eq!(results.len(), collatz_inputs.len());
+    assert!(
+        results.iter().all(|line| line["agreeing"] == 2),
+        "{results:?}"
+    );
+    assert_eq!(
+        results[8]["output"],
+        json!({"longest": {"n": 837_799, "steps": 524}}),
+        "the longest chain below a million"
+    );
+    assert_both_kinds_agreed(&server, collatz_job, collatz_inputs.len(), "collatz").await;
+
+    // The WAT example.
+    let finished = api
+        .wait_finished(fibonacci_job, Duration::from_secs(10))
+        .await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(fibonacci_job).await;
+    assert_eq!(results.len(), fibonacci_inputs.len());
+    for (line, n) in results.iter().zip(&fibonacci_inputs) {
+        assert_eq!(line["agreeing"], 2, "{line}");
+        assert_eq!(line["output"], json!(fibonacci(*n)), "fib({n})");
+    }
+    assert_both_kinds_agreed(&server, fibonacci_job, fibonacci_inputs.len(), "fibonacci").await;
+
+    // Every way to fail, reported alike by V8 and wasmtime.
+    let finished = api.wait_finished(fates_job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "failed", "{finished}");
+    let results = api.results(fates_job).await;
+    assert_eq!(results.len(), fates.len());
+    for (line, (input, expected)) in results.iter().zip(&fates) {
+        match expected {
+            Ok(output) => assert_eq!(&line["output"], output, "{input}: {line}"),
+            Err(error) => assert_eq!(line["error"], *error, "{input}: {line}"),
+        }
+    }
+    assert_both_kinds_agreed(&server, fates_job, fates.len(), "fates").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_modules_fail_cleanly_in_the_browser_and_the_page_goes_on() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server.http()).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+
+    let looping = api.upload_module(endless_loop()).await;
+    let hog = api.upload_module(memory_hog()).await;
+    let trapping = api.upload_module(trap()).await;
+    let echoing = api.upload_module(echo()).await;
+    // More looping chunks than the page has threads: each thread's sandbox is terminated and
+    // replaced more than once.
+    let loop_job = api
+        .submit(json!({
+            "module": looping, "inputs": [1, 2, 3, 4, 5], "timeout_ms": 300, "redundancy": 1,
+        }))
+        .await;
+    let hog_job = api
+        .submit(json!({"module": hog, "inputs": [1], "max_memory_mb": 16, "redundancy": 1}))
+        .await;
+    let trap_job = api
+        .submit(json!({"module": trapping, "inputs": [1, 2], "redundancy": 1}))
+        .await;
+    let echo_inputs = json!([{"b": 1, "a": [1, 2.5]}, "text ✓", 42, null]);
+    let echo_job = api
+        .submit(json!({"module": echoing, "inputs": echo_inputs, "redundancy": 1}))
+        .await;
+    let primes = primes_inputs(0, 2_000_000, 8);
+    let primes_job = api
+        .submit(json!({"kernel": "primes", "inputs": primes, "redundancy": 1}))
+        .await;
+
+    let summary = tools
+        .run(
+            "hostile",
+            &server,
+            &[loop_job, hog_job, trap_job, echo_job, primes_job],
+        )
+        .await;
+
+    for (job, chunks, error) in [
+        (loop_job, 5, "timeout: the chunk ran longer than 300 ms"),
+        (
+            hog_job,
+            1,
+            "trap: unreachable instruction executed (memory in use: 16 of 16 MiB)",
+        ),
+        (
+            trap_job,
+            2,
+            "trap: unreachable instruction executed (memory in use: 1 of 256 MiB)",
+        ),
+    ] {
+        let finished = api.wait_finished(job, Duration::from_secs(10)).await;
+        assert_eq!(finished["state"], "failed", "{finished}");
+        let results = api.results(job).await;
+        assert_eq!(results.len(), chunks, "{results:?}");
+        for line in &results {
+            assert_eq!(line["error"], error, "{line}");
+        }
+    }
+    let finished = api.wait_finished(echo_job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let outputs: Vec<Value> = api
+        .results(echo_job)
+        .await
+        .into_iter()
+        .map(|line| line["output"].clone())
+        .collect();
+    assert_eq!(Value::Array(outputs), echo_inputs);
+    let finished = api.wait_finished(primes_job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(primes_job).await;
+    assert_eq!(
+        primes_total(&results, 8, Some(1)),
+        primes_reference(&primes)
+    );
+
+    // Nothing was handed back or lost: every lease of the browser ended in a result.
+    let unanswered = server
+        .store
+        .count("SELECT count(*) FROM replicas WHERE state <> 'returned'")
+        .await;
+    assert_eq!(unanswered, 0, "{summary}");
     server.stop().await;
 }
 

@@ -43,17 +43,33 @@ async fn uploads_are_checked_and_content_addressed(backend: Backend) {
     assert_eq!(body["id"], grid_task_abi::module_id(&module));
     assert_eq!(body["size"], module.len());
     // Idempotent: the same bytes give the same id and are stored once.
-    let (status, again) = admin.upload(module.clone(), "application/octet-stream").await;
+    let (status, again) = admin
+        .upload(module.clone(), "application/octet-stream")
+        .await;
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["id"], body["id"]);
     assert_eq!(server.store.count("SELECT count(*) FROM modules").await, 1);
 
-    let (status, body) = admin.upload(b"hello, world".to_vec(), "application/wasm").await;
-    assert_error(status, &body, 422, "invalid_module", "not a WebAssembly module");
+    let (status, body) = admin
+        .upload(b"hello, world".to_vec(), "application/wasm")
+        .await;
+    assert_error(
+        status,
+        &body,
+        422,
+        "invalid_module",
+        "not a WebAssembly module",
+    );
     let mut random = b"\0asm\x01\0\0\0".to_vec();
     random.extend((0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8));
     let (status, body) = admin.upload(random, "application/wasm").await;
-    assert_error(status, &body, 422, "invalid_module", "invalid WebAssembly module");
+    assert_error(
+        status,
+        &body,
+        422,
+        "invalid_module",
+        "invalid WebAssembly module",
+    );
     let (status, body) = admin.upload(with_import(), "application/wasm").await;
     assert_error(status, &body, 422, "invalid_module", "imports `env`.`now`");
     let no_alloc = wat::parse_str(
@@ -62,9 +78,21 @@ async fn uploads_are_checked_and_content_addressed(backend: Backend) {
     )
     .unwrap();
     let (status, body) = admin.upload(no_alloc, "application/wasm").await;
-    assert_error(status, &body, 422, "invalid_module", "does not export `grid_alloc`");
+    assert_error(
+        status,
+        &body,
+        422,
+        "invalid_module",
+        "does not export `grid_alloc`",
+    );
     let (status, body) = admin.upload(Vec::new(), "application/wasm").await;
-    assert_error(status, &body, 422, "invalid_module", "not a WebAssembly module");
+    assert_error(
+        status,
+        &body,
+        422,
+        "invalid_module",
+        "not a WebAssembly module",
+    );
 
     // Over the size limit: refused before it is read in full.
     let big = abi_module(&format!(
@@ -75,7 +103,13 @@ async fn uploads_are_checked_and_content_addressed(backend: Backend) {
     assert_error(status, &body, 413, "too_large", "4096 bytes");
 
     let (status, body) = admin.upload(module.clone(), "application/json").await;
-    assert_error(status, &body, 415, "unsupported_media_type", "application/wasm");
+    assert_error(
+        status,
+        &body,
+        415,
+        "unsupported_media_type",
+        "application/wasm",
+    );
     let anonymous = Api::new(&server.http(), "");
     let (status, body) = anonymous.upload(module, "application/wasm").await;
     assert_error(status, &body, 401, "unauthorized", "token");

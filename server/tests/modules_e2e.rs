@@ -90,12 +90,18 @@ async fn hostile_modules_fail_cleanly_and_normal_work_goes_on(backend: Backend) 
     let outputs: Vec<&Value> = results.iter().map(|line| &line["output"]).collect();
     let expected: Vec<&Value> = inputs.as_array().unwrap().iter().collect();
     assert_eq!(outputs, expected);
-    assert!(results.iter().all(|line| line["agreeing"] == 2), "{results:?}");
+    assert!(
+        results.iter().all(|line| line["agreeing"] == 2),
+        "{results:?}"
+    );
 
     let finished = api.wait_finished(normal, Duration::from_secs(120)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(normal).await;
-    assert_eq!(primes_total(&results, 8, Some(2)), primes_reference(&primes));
+    assert_eq!(
+        primes_total(&results, 8, Some(2)),
+        primes_reference(&primes)
+    );
 
     // Both workers lived through all of it.
     for worker in &mut workers {

@@ -63,22 +63,36 @@ async fn hostile_messages_get_an_error_and_a_clean_close(backend: Backend) {
     .await;
     expect_error_and_close(&mut peer, "unsupported_protocol").await;
 
+    // A worker of protocol 1 cannot run task modules: refused, told to upgrade.
+    let mut peer = Peer::connect(&server.ws()).await;
+    peer.send(&WorkerMessage::Hello {
+        protocol: 1,
+        worker_id: "old".into(),
+        slots: 1,
+        kind: WorkerKind::Native,
+    })
+    .await;
+    expect_error_and_close(&mut peer, "unsupported_protocol").await;
+
     // Invalid identity and slot counts.
     for (worker_id, slots) in [("has spaces", 1), ("ok", 0), ("ok", 100_000)] {
         let mut peer = Peer::connect(&server.ws()).await;
         peer.send_text(&format!(
-            r#"{{"type":"hello","protocol":1,"worker_id":"{worker_id}","slots":{slots},"kind":"native"}}"#
+            r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"worker_id":"{worker_id}","slots":{slots},"kind":"native"}}"#
         ))
         .await;
         expect_error_and_close(&mut peer, "bad_message").await;
     }
 
     // Garbage, an unknown type, a second hello, binary frames after a good hello.
+    let second_hello = format!(
+        r#"{{"type":"hello","protocol":{PROTOCOL_VERSION},"worker_id":"again","slots":1,"kind":"native"}}"#
+    );
     for bad in [
         "{",
         r#"{"type":"launch_missiles"}"#,
         r#"{"type":"result","lease":"one","outcome":{"ok":1}}"#,
-        r#"{"type":"hello","protocol":1,"worker_id":"again","slots":1,"kind":"native"}"#,
+        second_hello.as_str(),
     ] {
         let mut peer = Peer::join(&server.ws(), "hostile-1", 1).await;
         peer.send_text(bad).await;

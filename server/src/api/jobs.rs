@@ -117,7 +117,8 @@ fn program(body: &SubmitJob) -> Result<Program> {
             )?;
             let max_memory_mb = in_range(
                 "max_memory_mb",
-                body.max_memory_mb.unwrap_or(i64::from(DEFAULT_MAX_MEMORY_MB)),
+                body.max_memory_mb
+                    .unwrap_or(i64::from(DEFAULT_MAX_MEMORY_MB)),
                 i64::from(MIN_MAX_MEMORY_MB)..=i64::from(MAX_MAX_MEMORY_MB),
             )?;
             Ok(Program::Module {

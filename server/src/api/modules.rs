@@ -149,7 +149,10 @@ pub async fn download(
         .ok_or(Error::NotFound("module"))?;
     let etag = HeaderValue::from_str(&etag).map_err(|error| Error::Internal(error.into()))?;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/wasm"),
+        )],
         caching,
         [(header::ETAG, etag)],
         bytes,

@@ -373,8 +373,8 @@ impl Store for PgStore {
             Owner::Admin => None,
             Owner::Submitter(token) => Some(token),
         };
-        let size = i32::try_from(bytes.len())
-            .map_err(|_| Error::TooLarge("module too large".into()))?;
+        let size =
+            i32::try_from(bytes.len()).map_err(|_| Error::TooLarge("module too large".into()))?;
         let inserted = sqlx::query(
             "INSERT INTO modules (id, bytes, size, uploaded_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO NOTHING",
