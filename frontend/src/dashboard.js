@@ -19,6 +19,11 @@ const WINDOW = 600;
 const MAP_REFRESH_MS = 2000;
 const FINISHED = ['done', 'failed', 'cancelled'];
 
+// A module job's program is its id, `sha256:` and 64 hex digits: show the start of it.
+function programLabel(program) {
+  return program.startsWith('sha256:') ? `module ${program.slice(7, 19)}…` : program;
+}
+
 function formatCredit(seconds) {
   if (seconds < 60) return `${formatNumber(seconds, 1)} s`;
   if (seconds < 3600) return `${formatNumber(seconds / 60, 1)} min`;
@@ -175,7 +180,7 @@ class Dashboard {
       row.append(
         id,
         el('td', job.name ?? '', { class: 'name' }),
-        el('td', job.kernel),
+        el('td', programLabel(job.kernel), { title: job.kernel }),
         el('td', job.state, { class: 'state' }),
         progress,
       );
