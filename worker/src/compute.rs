@@ -1,15 +1,18 @@
-//! Running one chunk: [`run_chunk`] turns a task and its input into an [`Outcome`].
+//! Running one chunk: [`run_chunk`] turns a [`Program`] and its input into an [`Outcome`].
 //!
 //! This is plain blocking code; the session runs it on tokio's blocking pool, bounded by a
 //! semaphore of `threads` permits (`ComputeSlots`). What kernels exist and what they compute
-//! lives in `grid-kernels`, not here.
+//! lives in `grid-kernels`; how a task module runs (wasmtime, limits, failure texts) lives in
+//! [`crate::sandbox`], and getting a module ready in [`crate::module_cache`].
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
-use grid_protocol::{Outcome, Task};
+use grid_protocol::Outcome;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::sandbox::{ChunkLimits, TaskModule};
 
 /// The worker's compute threads: one permit per chunk running. Shared by all sessions of one
 /// [`crate::run`], so chunks still finishing from a lost connection count against the limit
@@ -35,13 +38,36 @@ impl ComputeSlots {
     }
 }
 
-/// Compute one chunk. Kernel errors become [`Outcome::Err`] with the kernel's message (honest
-/// workers fail identically, so errors are compared like outputs); a panicking kernel becomes
-/// `Outcome::Err("kernel panicked: ...")` and does not take the worker down.
-pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
-    let Task::Kernel { name } = task else {
-        return Outcome::Err("task modules are not supported yet".into());
-    };
+/// What a compute slot runs for an assignment: the session turns a
+/// [`Task`](grid_protocol::Task) into one once everything it needs is at hand.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A built-in kernel from `grid-kernels`, by name.
+    Kernel(String),
+    /// An uploaded task module, compiled, with the job's per-chunk limits.
+    Module {
+        /// The compiled module.
+        module: Arc<TaskModule>,
+        /// Time and memory limits of one chunk.
+        limits: ChunkLimits,
+    },
+}
+
+/// Compute one chunk.
+///
+/// Kernel errors become [`Outcome::Err`] with the kernel's message (honest workers fail
+/// identically, so errors are compared like outputs); a panicking kernel becomes
+/// `Outcome::Err("kernel panicked: ...")` and does not take the worker down. A module's traps,
+/// timeouts and bad outputs become the engine-independent texts of
+/// [`grid_task_abi::Failure`].
+pub fn run_chunk(program: &Program, input: &serde_json::Value) -> Outcome {
+    match program {
+        Program::Kernel(name) => run_kernel(name, input),
+        Program::Module { module, limits } => module.run(input, *limits),
+    }
+}
+
+fn run_kernel(name: &str, input: &serde_json::Value) -> Outcome {
     match panic::catch_unwind(AssertUnwindSafe(|| grid_kernels::run(name, input))) {
         Ok(Ok(output)) => Outcome::Ok(output),
         Ok(Err(error)) => Outcome::Err(error.to_string()),
@@ -69,12 +95,12 @@ mod tests {
 
     #[test]
     fn outputs_and_errors_become_outcomes() {
-        let echo = Task::kernel("echo");
+        let echo = Program::Kernel("echo".into());
         assert_eq!(
             run_chunk(&echo, &json!({"a": [1, 2]})),
             Outcome::Ok(json!({"a": [1, 2]}))
         );
-        match run_chunk(&Task::kernel("no-such-kernel"), &json!(null)) {
+        match run_chunk(&Program::Kernel("no-such-kernel".into()), &json!(null)) {
             Outcome::Err(message) => assert!(message.contains("no-such-kernel"), "{message}"),
             other => panic!("expected an error, got {other:?}"),
         }

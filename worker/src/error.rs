@@ -1,13 +1,18 @@
-//! [`WorkerError`]: everything that can go wrong in the worker, fatal or not.
+//! The worker's errors.
 //!
-//! Most variants end one session and the worker reconnects; [`WorkerError::is_fatal`] says
-//! which ones stop [`crate::run`] instead (bad configuration, an unusable identity, a master
-//! that speaks another protocol version).
+//! - [`WorkerError`]: everything that ends a session or the worker. Most variants end one
+//!   session and the worker reconnects; [`WorkerError::is_fatal`] says which ones stop
+//!   [`crate::run`] instead (bad configuration, an unusable identity, a master that speaks
+//!   another protocol version).
+//! - [`ModuleError`]: a task module that could not be made ready to run. It ends nothing: the
+//!   session hands the assignment back to the master.
 
 use std::io;
 use std::path::PathBuf;
 
 use tokio_tungstenite::tungstenite;
+
+use crate::sandbox::CompileError;
 
 /// Why the worker, or one of its sessions, stopped.
 #[derive(Debug, thiserror::Error)]
@@ -104,4 +109,37 @@ impl From<tungstenite::Error> for WorkerError {
     fn from(error: tungstenite::Error) -> Self {
         WorkerError::WebSocket(Box::new(error))
     }
+}
+
+/// Why a task module could not be fetched and compiled. Not an outcome of the chunk: another
+/// worker, or a later try, may well get the module, so the session releases the lease.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The assignment named something that is not a module id (`sha256:` and 64 hex digits).
+    #[error("{0:?} is not a module id")]
+    BadId(String),
+    /// The download failed (connection, TLS, timeout, or the body broke off).
+    #[error("downloading the module: {0}")]
+    Download(#[from] reqwest::Error),
+    /// The master answered with another status than 200.
+    #[error("the master answered {0} for the module")]
+    Status(reqwest::StatusCode),
+    /// The module is larger than a worker downloads.
+    #[error("the module is larger than {limit} bytes")]
+    TooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The bytes do not hash to the id they were fetched by.
+    #[error("the module's bytes hash to {actual}, not to the id they were fetched by")]
+    HashMismatch {
+        /// What the bytes hash to.
+        actual: String,
+    },
+    /// The module breaks the task ABI or wasmtime refused it.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The wasmtime engine or its epoch thread could not be set up.
+    #[error("cannot set up the sandbox: {0}")]
+    Sandbox(#[source] io::Error),
 }

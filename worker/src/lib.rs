@@ -1,7 +1,8 @@
 //! `grid-worker`: the native worker of the volunteer compute grid, for machines without a
 //! person at them. It connects to a master's WebSocket endpoint, says how many chunks it
 //! computes at once, runs the assigned chunks with the same `grid-kernels` the browser worker
-//! uses, and sends back the results.
+//! uses, or with the submitter's own WebAssembly task module under wasmtime, and sends back
+//! the results.
 //!
 //! # Layout
 //!
@@ -11,12 +12,18 @@
 //! - [`config`]: [`WorkerConfig`], everything [`run`] needs.
 //! - [`identity`]: [`Identity`], the persistent worker id and the file lock that keeps two
 //!   workers on one machine from sharing it.
-//! - `session`: one WebSocket session (hello, welcome, assignments, results, heartbeats,
-//!   revokes, graceful drain).
-//! - [`compute`]: running one chunk ([`compute::run_chunk`]) on a blocking thread.
+//! - `session`: one WebSocket session (hello, welcome, assignments, module fetches, results,
+//!   heartbeats, revokes, graceful drain).
+//! - [`compute`]: running one chunk ([`compute::run_chunk`]) on a blocking thread, a built-in
+//!   kernel or a task module.
+//! - [`sandbox`]: [`Sandbox`], the wasmtime engine that compiles task modules, and
+//!   [`sandbox::TaskModule::run`], one chunk under the job's time and memory limits.
+//! - [`module_cache`]: [`ModuleCache`], modules downloaded from the master by id, verified and
+//!   compiled once per worker.
 //! - [`backoff`]: [`Backoff`], exponential reconnect delays with full jitter.
 //! - `shutdown`: the caller's shutdown future, shared by the reconnect loop and the session.
-//! - [`error`]: [`WorkerError`], one enum for every failure.
+//! - [`error`]: [`WorkerError`], everything that ends a session or the worker, and
+//!   [`ModuleError`], a module that could not be fetched (its lease goes back to the master).
 //!
 //! # Shutdown
 //!
@@ -30,6 +37,8 @@ pub mod compute;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod module_cache;
+pub mod sandbox;
 mod session;
 mod shutdown;
 
@@ -39,8 +48,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub use backoff::Backoff;
 pub use config::WorkerConfig;
-pub use error::WorkerError;
+pub use error::{ModuleError, WorkerError};
 pub use identity::Identity;
+pub use module_cache::ModuleCache;
+pub use sandbox::Sandbox;
 pub use session::VERSION_MISMATCH_CODES;
 
 use compute::ComputeSlots;
@@ -64,11 +75,13 @@ where
     let signal = std::pin::pin!(shutdown);
     let mut shutdown = Shutdown::new(signal);
     let slots = ComputeSlots::new(config.threads);
+    // Kept across sessions and masters: module ids are content addresses.
+    let modules = ModuleCache::new(config.connect_timeout);
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
 
     for url in config.servers.iter().cycle() {
         let span = info_span!("session", server = %url);
-        let end = session::run(url, &config, &slots, &mut shutdown)
+        let end = session::run(url, &config, &slots, &modules, &mut shutdown)
             .instrument(span)
             .await?;
         match end {

@@ -3,19 +3,29 @@
 //!
 //! The socket is split (as in the axum/tokio-tungstenite WebSocket examples): a writer task
 //! owns the sink and is fed through an mpsc channel; the session loop owns the stream and
-//! `select!`s over it, finished chunks, free compute slots, the heartbeat timer and the
-//! shutdown signal. When the loop ends, the writer goes with it.
+//! `select!`s over it, finished chunks, finished module fetches, free compute slots, the
+//! heartbeat timer and the shutdown signal. When the loop ends, the writer goes with it.
+//!
+//! An assignment's way through the session:
+//! - a kernel task is queued at once; a module task too when its module is compiled already,
+//!   otherwise it waits (`awaiting`) while a task of its own gets the module from the
+//!   [`ModuleCache`] (assignments of one new module share one download), so heartbeats and
+//!   other chunks go on meanwhile;
+//! - a module that cannot be fetched is not an outcome (another worker may well get it): the
+//!   lease goes back to the master with `Release`;
+//! - queued assignments start on the blocking pool as compute slots free up.
 //!
 //! What happens to work when a session ends:
-//! - connection lost: queued assignments are dropped and results of chunks still running are
-//!   discarded (the master reissues a vanished worker's leases at once);
-//! - graceful shutdown: `Drain`, `Release` of everything queued, running chunks finish and
-//!   their results are sent, then a normal close.
+//! - connection lost: queued and waiting assignments are dropped and results of chunks still
+//!   running are discarded (the master reissues a vanished worker's leases at once);
+//! - graceful shutdown: `Drain`, `Release` of everything queued or waiting, running chunks
+//!   finish and their results are sent, then a normal close.
 //!
 //! Reconnecting, failover and backoff are [`crate::run`]'s business, not this module's.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -34,9 +44,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::compute::{self, ComputeSlots};
+use crate::compute::{self, ComputeSlots, Program};
+use crate::module_cache::ModuleCache;
+use crate::sandbox::{ChunkLimits, TaskModule};
 use crate::shutdown::Shutdown;
-use crate::{WorkerConfig, WorkerError};
+use crate::{ModuleError, WorkerConfig, WorkerError};
 
 /// Error codes with which a master refuses a hello because of its protocol version. Such a
 /// refusal is final: reconnecting would be refused again.
@@ -45,6 +57,11 @@ pub const VERSION_MISMATCH_CODES: &[&str] = &[grid_protocol::ERROR_UNSUPPORTED_P
 /// The master closes a session after this many silent heartbeat intervals; the worker gives
 /// up on a master it has not heard from (not even a pong) for as long.
 const SILENT_INTERVALS: u32 = 3;
+
+/// How long a module that could not be fetched keeps its lease before it goes back. The
+/// master may hand a released lease straight back to this worker; the pause keeps a master
+/// that cannot serve a module from spinning through assign, download and release.
+const RELEASE_DELAY: Duration = Duration::from_secs(2);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -77,6 +94,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
     url: &Url,
     config: &WorkerConfig,
     slots: &ComputeSlots,
+    modules: &ModuleCache,
     shutdown: &mut Shutdown<'_, F>,
 ) -> Result<SessionEnd, WorkerError> {
     let lost = |welcomed, reason: WorkerError| {
@@ -117,9 +135,13 @@ pub(crate) async fn run<F: Future<Output = ()>>(
     let writer = tokio::spawn(write_frames(sink, outbox));
     let active = Active {
         config,
+        master: url,
         slots,
+        modules,
         out,
         queue: VecDeque::new(),
+        awaiting: HashMap::new(),
+        fetches: JoinSet::new(),
         running: HashMap::new(),
         tasks: JoinSet::new(),
         max_message_bytes: welcome.max_message_bytes,
@@ -214,7 +236,20 @@ struct Assignment {
     /// The master's lease.
     lease: LeaseId,
     /// What to run.
-    task: Task,
+    program: Program,
+    /// The chunk.
+    input: serde_json::Value,
+}
+
+/// A module assignment waiting for its module.
+#[derive(Debug)]
+struct AwaitingModule {
+    /// The master's lease.
+    lease: LeaseId,
+    /// The module's id, for logs.
+    module: String,
+    /// The job's per-chunk limits.
+    limits: ChunkLimits,
     /// The chunk.
     input: serde_json::Value,
 }
@@ -233,12 +268,20 @@ struct Running {
 struct Active<'a> {
     /// Timeouts and identity.
     config: &'a WorkerConfig,
+    /// The master's WebSocket URL; its HTTP side serves the modules.
+    master: &'a Url,
     /// The worker-wide compute slots.
     slots: &'a ComputeSlots,
+    /// The worker-wide compiled modules.
+    modules: &'a ModuleCache,
     /// Frames for the writer task.
     out: mpsc::UnboundedSender<Message>,
     /// Assignments waiting for a slot, in arrival order (the master's prefetch).
     queue: VecDeque<Assignment>,
+    /// Module assignments waiting for their module, by the task fetching it.
+    awaiting: HashMap<task::Id, AwaitingModule>,
+    /// The tasks getting modules from the cache, one per awaiting assignment.
+    fetches: JoinSet<Result<Arc<TaskModule>, ModuleError>>,
     /// Chunks computing, by their blocking task.
     running: HashMap<task::Id, Running>,
     /// The blocking tasks computing chunks.
@@ -279,6 +322,9 @@ impl Active<'_> {
                 },
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.on_finished(joined);
+                }
+                Some(fetched) = self.fetches.join_next_with_id(), if !self.fetches.is_empty() => {
+                    self.on_fetched(fetched);
                 }
                 Some(permit) = self.slots.take(), if !self.queue.is_empty() => {
                     self.start_next(permit);
@@ -340,11 +386,11 @@ impl Active<'_> {
                 }
                 writer.abort();
                 let lost_running = self.running.values().filter(|r| !r.revoked).count();
-                if lost_running > 0 || !self.queue.is_empty() {
+                let queued = self.queue.len() + self.awaiting.len();
+                if lost_running > 0 || queued > 0 {
                     info!(
                         running = lost_running,
-                        queued = self.queue.len(),
-                        "session lost; dropping its work (the master reissues it)"
+                        queued, "session lost; dropping its work (the master reissues it)"
                     );
                 }
                 if self.draining {
@@ -359,7 +405,8 @@ impl Active<'_> {
             }
         }
         // Dropping `self.tasks` detaches chunks still computing: they finish on their own
-        // and give their compute slot back, their results unsent.
+        // and give their compute slot back, their results unsent. Dropping `self.fetches`
+        // cancels module downloads; a later assignment starts them afresh.
     }
 
     /// Handle one frame from the master. `Err` ends the session.
@@ -396,8 +443,7 @@ impl Active<'_> {
                     });
                 } else {
                     debug!(lease, ?task, "assigned");
-                    self.queue.push_back(Assignment { lease, task, input });
-                    self.start_ready();
+                    self.accept(lease, task, input);
                 }
             }
             MasterMessage::Revoke { leases } => self.revoke(&leases),
@@ -412,9 +458,89 @@ impl Active<'_> {
         Ok(())
     }
 
-    /// Whether this session holds `lease` (queued or running, not revoked).
+    /// Queue an assignment, or first get its module.
+    fn accept(&mut self, lease: LeaseId, task: Task, input: serde_json::Value) {
+        let (id, limits) = match task {
+            Task::Kernel { name } => return self.enqueue(lease, Program::Kernel(name), input),
+            Task::Module {
+                id,
+                timeout_ms,
+                max_memory_mb,
+            } => (id, ChunkLimits::new(timeout_ms, max_memory_mb)),
+        };
+        if let Some(module) = self.modules.cached(&id) {
+            return self.enqueue(lease, Program::Module { module, limits }, input);
+        }
+        let (modules, master, fetching) = (self.modules.clone(), self.master.clone(), id.clone());
+        let fetch = self.fetches.spawn(async move {
+            let fetched = modules.get(&master, &fetching).await;
+            if fetched.is_err() {
+                tokio::time::sleep(RELEASE_DELAY).await;
+            }
+            fetched
+        });
+        self.awaiting.insert(
+            fetch.id(),
+            AwaitingModule {
+                lease,
+                module: id,
+                limits,
+                input,
+            },
+        );
+    }
+
+    /// A module fetch ended: queue its assignment, or hand the lease back if there is no
+    /// module. Nothing to do if the lease was revoked or released meanwhile.
+    fn on_fetched(
+        &mut self,
+        joined: Result<(task::Id, Result<Arc<TaskModule>, ModuleError>), JoinError>,
+    ) {
+        let (id, fetched) = match joined {
+            Ok((id, fetched)) => (id, fetched.map_err(|error| error.to_string())),
+            Err(error) => (error.id(), Err(format!("the fetch task failed: {error}"))),
+        };
+        let Some(AwaitingModule {
+            lease,
+            module,
+            limits,
+            input,
+        }) = self.awaiting.remove(&id)
+        else {
+            return;
+        };
+        match fetched {
+            Ok(compiled) => {
+                let program = Program::Module {
+                    module: compiled,
+                    limits,
+                };
+                self.enqueue(lease, program, input);
+            }
+            Err(error) => {
+                warn!(lease, %module, %error, "cannot get the task module; handing the lease back");
+                self.send(&WorkerMessage::Release {
+                    leases: vec![lease],
+                });
+            }
+        }
+    }
+
+    /// Queue an assignment that is ready to run and start what the free slots allow.
+    fn enqueue(&mut self, lease: LeaseId, program: Program, input: serde_json::Value) {
+        self.queue.push_back(Assignment {
+            lease,
+            program,
+            input,
+        });
+        self.start_ready();
+    }
+
+    /// Whether this session holds `lease` (queued, awaiting its module, or running, not
+    /// revoked).
     fn holds(&self, lease: LeaseId) -> bool {
         self.queue.iter().any(|queued| queued.lease == lease)
+            || self.awaiting.values().any(|waiting| waiting.lease == lease)
             || self
                 .running
                 .values()
@@ -427,6 +553,10 @@ impl Active<'_> {
             if let Some(index) = self.queue.iter().position(|queued| queued.lease == lease) {
                 self.queue.remove(index);
                 debug!(lease, "revoked before it started");
+            } else if let Some(fetch) = self.waiting_for(lease) {
+                // The fetch goes on: other assignments may share it, and the cache keeps it.
+                self.awaiting.remove(&fetch);
+                debug!(lease, "revoked while its module was on the way");
             } else if let Some(running) = self.running.values_mut().find(|r| r.lease == lease) {
                 running.revoked = true;
                 debug!(
@@ -437,6 +567,14 @@ impl Active<'_> {
                 debug!(lease, "revoke for a lease we do not hold");
             }
         }
+    }
+
+    /// The fetch an awaiting `lease` waits for.
+    fn waiting_for(&self, lease: LeaseId) -> Option<task::Id> {
+        self.awaiting
+            .iter()
+            .find(|(_, waiting)| waiting.lease == lease)
+            .map(|(&fetch, _)| fetch)
     }
 
     /// Start queued assignments while compute slots are free.
@@ -451,13 +589,18 @@ impl Active<'_> {
 
     /// Start the oldest queued assignment on a blocking thread holding `permit`.
     fn start_next(&mut self, permit: OwnedSemaphorePermit) {
-        let Some(Assignment { lease, task, input }) = self.queue.pop_front() else {
+        let Some(Assignment {
+            lease,
+            program,
+            input,
+        }) = self.queue.pop_front()
+        else {
             return;
         };
         let handle = self.tasks.spawn_blocking(move || {
-            // The slot is ours until the kernel returns, even if the session is gone by then.
+            // The slot is ours until the chunk returns, even if the session is gone by then.
             let _permit = permit;
-            compute::run_chunk(&task, &input)
+            compute::run_chunk(&program, &input)
         });
         self.running.insert(
             handle.id(),
@@ -502,17 +645,29 @@ impl Active<'_> {
         let _ = self.out.send(Message::text(text));
     }
 
-    /// Begin a graceful shutdown: no more assignments, queued ones go back to the master,
-    /// running ones finish.
+    /// Begin a graceful shutdown: no more assignments, queued ones (and those awaiting their
+    /// module) go back to the master, running ones finish.
     fn begin_drain(&mut self) {
         self.draining = true;
         info!(
             running = self.tasks.len(),
-            queued = self.queue.len(),
+            queued = self.queue.len() + self.awaiting.len(),
             "shutting down: draining"
         );
         self.send(&WorkerMessage::Drain);
-        let leases: Vec<LeaseId> = self.queue.drain(..).map(|queued| queued.lease).collect();
+        let mut waiting: Vec<LeaseId> = self
+            .awaiting
+            .drain()
+            .map(|(_, awaiting)| awaiting.lease)
+            .collect();
+        waiting.sort_unstable();
+        self.fetches.abort_all();
+        let leases: Vec<LeaseId> = self
+            .queue
+            .drain(..)
+            .map(|queued| queued.lease)
+            .chain(waiting)
+            .collect();
         if !leases.is_empty() {
             self.send(&WorkerMessage::Release { leases });
         }

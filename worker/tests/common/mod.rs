@@ -1,18 +1,28 @@
-//! A tiny fake master for the worker's integration tests: a tokio-tungstenite server on
-//! `127.0.0.1:0` that the test drives message by message.
+//! A tiny fake master for the worker's integration tests, on `127.0.0.1:0`: WebSocket
+//! sessions (tokio-tungstenite) that the test drives message by message, and the module
+//! download endpoint (`GET /api/v1/modules/{id}`) on the same port, as the real master has.
+//!
+//! One acceptor task reads each connection's HTTP request head: module downloads are answered
+//! there, WebSocket upgrades are completed and handed to [`FakeMaster::accept`].
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{MasterMessage, PROTOCOL_VERSION, WorkerKind, WorkerMessage, to_json};
 use grid_worker::{WorkerConfig, WorkerError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use url::Url;
 
@@ -29,7 +39,23 @@ pub async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
 /// A listening fake master.
 #[derive(Debug)]
 pub struct FakeMaster {
-    listener: TcpListener,
+    /// Upgraded WebSocket connections, in arrival order.
+    upgraded: tokio::sync::Mutex<mpsc::UnboundedReceiver<TcpStream>>,
+    /// What the HTTP side serves.
+    http: Arc<HttpSide>,
+    /// Accepts connections until the master is dropped.
+    acceptor: JoinHandle<()>,
+}
+
+/// The module endpoint's state.
+#[derive(Debug)]
+struct HttpSide {
+    /// Module bytes by the id they are served under.
+    modules: Mutex<HashMap<String, Vec<u8>>>,
+    /// Module requests answered (any status).
+    requests: AtomicUsize,
+    /// While `false`, module requests wait before being answered.
+    open: watch::Sender<bool>,
 }
 
 impl FakeMaster {
@@ -37,19 +63,137 @@ impl FakeMaster {
     pub async fn bind() -> (Self, Url) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("ws://{}/ws", listener.local_addr().unwrap())).unwrap();
-        (FakeMaster { listener }, url)
+        let http = Arc::new(HttpSide {
+            modules: Mutex::new(HashMap::new()),
+            requests: AtomicUsize::new(0),
+            open: watch::Sender::new(true),
+        });
+        let (upgrades, upgraded) = mpsc::unbounded_channel();
+        let acceptor = tokio::spawn(accept_connections(listener, Arc::clone(&http), upgrades));
+        let master = FakeMaster {
+            upgraded: tokio::sync::Mutex::new(upgraded),
+            http,
+            acceptor,
+        };
+        (master, url)
     }
 
     /// Accept the next worker connection.
     pub async fn accept(&self) -> Connection {
-        let (tcp, _) = bounded("a connection", self.listener.accept())
-            .await
-            .unwrap();
-        let socket = bounded("the handshake", tokio_tungstenite::accept_async(tcp))
-            .await
-            .unwrap();
+        let mut upgraded = self.upgraded.lock().await;
+        let tcp = bounded("a connection", upgraded.recv()).await.unwrap();
+        let socket = WebSocketStream::from_raw_socket(tcp, Role::Server, None).await;
         Connection { socket }
     }
+
+    /// Serve `bytes` as a module under their real id; returns the id.
+    pub fn serve_module(&self, bytes: &[u8]) -> String {
+        let id = grid_task_abi::module_id(bytes);
+        self.serve_as(&id, bytes);
+        id
+    }
+
+    /// Serve `bytes` under `id`, whether or not they hash to it.
+    pub fn serve_as(&self, id: &str, bytes: &[u8]) {
+        self.http
+            .modules
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), bytes.to_vec());
+    }
+
+    /// Module requests answered so far.
+    pub fn module_requests(&self) -> usize {
+        self.http.requests.load(Ordering::SeqCst)
+    }
+
+    /// Hold module requests (`false`) until released (`true`).
+    pub fn answer_module_requests(&self, open: bool) {
+        self.http.open.send_replace(open);
+    }
+}
+
+impl Drop for FakeMaster {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// Read each connection's request head; answer module downloads, pass upgrades on.
+async fn accept_connections(
+    listener: TcpListener,
+    http: Arc<HttpSide>,
+    upgrades: mpsc::UnboundedSender<TcpStream>,
+) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (http, upgrades) = (Arc::clone(&http), upgrades.clone());
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            let Some(head) = read_head(&mut tcp).await else {
+                return;
+            };
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let key = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            });
+            if let Some(id) = path.strip_prefix("/api/v1/modules/") {
+                serve_module(&mut tcp, &http, id).await;
+            } else if let Some(key) = key {
+                let response = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    derive_accept_key(key.as_bytes())
+                );
+                if tcp.write_all(response.as_bytes()).await.is_ok() {
+                    let _ = upgrades.send(tcp);
+                }
+            } else {
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+    }
+}
+
+/// The request head (up to the blank line), read a byte at a time so nothing after it is
+/// consumed.
+async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return None;
+        }
+        head.push(tcp.read_u8().await.ok()?);
+    }
+    String::from_utf8(head).ok()
+}
+
+/// Answer `GET /api/v1/modules/{id}` the way the master does: the bytes, or a JSON 404.
+async fn serve_module(tcp: &mut TcpStream, http: &HttpSide, id: &str) {
+    let mut open = http.open.subscribe();
+    let _ = open.wait_for(|open| *open).await;
+    let bytes = http.modules.lock().unwrap().get(id).cloned();
+    let (status, kind, body) = match bytes {
+        Some(bytes) => ("200 OK", "application/wasm", bytes),
+        None => (
+            "404 Not Found",
+            "application/json",
+            br#"{"error":"not_found","message":"no such module"}"#.to_vec(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Cache-Control: public, max-age=31536000, immutable\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    http.requests.fetch_add(1, Ordering::SeqCst);
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(&body).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// One accepted worker connection, seen from the master.
