@@ -12,6 +12,8 @@
 //!   outcomes are byte-identical across V8 and wasmtime;
 //! - hostile modules (an endless loop, unbounded memory growth, a trap) fail cleanly in the
 //!   browser alone, and the page goes on to complete module and kernel jobs beside them;
+//! - a module chunk whose lease is revoked while it runs is stopped and its slot goes on to
+//!   other work; pausing while one runs stops it and hands its lease back;
 //! - the page shows the master going away, reconnects by itself when it is back, and computes;
 //! - the page's headers (types, caching, CSP) and the `Origin` check of `/ws`.
 //!
@@ -715,6 +717,76 @@ async fn hostile_modules_fail_cleanly_in_the_browser_and_the_page_goes_on() {
         .count("SELECT count(*) FROM replicas WHERE state <> 'returned'")
         .await;
     assert_eq!(unanswered, 0, "{summary}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_module_chunk_stops_when_revoked_or_paused() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server.http()).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let looping = api.upload_module(endless_loop()).await;
+    // Ten minutes, the longest limit: only a revoke or a pause can end these chunks in time.
+    let loop_job = api
+        .submit(json!({
+            "module": looping, "inputs": [1], "timeout_ms": 600_000, "redundancy": 1,
+        }))
+        .await;
+    let primes = primes_inputs(0, 1_000_000, 4);
+    let primes_job = api
+        .submit(json!({"kernel": "primes", "inputs": primes, "redundancy": 1}))
+        .await;
+
+    // The page (one thread) cancels the loop job while it runs, computes the kernel job on the
+    // freed slot, submits a second loop job and pauses while that one runs.
+    let summary = tools
+        .run("revoke-pause", &server, &[loop_job, primes_job])
+        .await;
+    let paused_job = summary["pausedJob"].as_i64().unwrap();
+
+    let replicas = |job: i64, state: &'static str| {
+        let store = &server.store;
+        async move {
+            store
+                .count(&format!(
+                    "SELECT count(*) FROM replicas WHERE job_id = {job} AND state = '{state}'"
+                ))
+                .await
+        }
+    };
+    let (_, cancelled) = api.get(&format!("/api/v1/jobs/{loop_job}")).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(
+        replicas(loop_job, "revoked").await,
+        1,
+        "the running lease was revoked"
+    );
+    assert_eq!(
+        replicas(loop_job, "returned").await,
+        0,
+        "and no result came for it"
+    );
+
+    let finished = api.wait_finished(primes_job, Duration::from_secs(10)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(primes_job).await;
+    assert_eq!(
+        primes_total(&results, 4, Some(1)),
+        primes_reference(&primes)
+    );
+
+    assert_eq!(
+        replicas(paused_job, "released").await,
+        1,
+        "pausing handed the running lease back"
+    );
+    assert_eq!(replicas(paused_job, "returned").await, 0);
+    let (_, paused) = api.get(&format!("/api/v1/jobs/{paused_job}")).await;
+    assert!(
+        matches!(paused["state"].as_str(), Some("queued" | "running")),
+        "{paused}"
+    );
     server.stop().await;
 }
 

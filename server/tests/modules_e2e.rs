@@ -9,14 +9,96 @@ mod common;
 
 use std::time::Duration;
 
-use common::modules::{echo, endless_loop, memory_hog, trap};
+use common::modules::{echo, endless_loop, example, memory_hog, trap};
 use common::{
     ADMIN_TOKEN, Api, Backend, InProcessServer, primes_inputs, primes_reference, primes_total,
     spawn_worker,
 };
 use serde_json::{Value, json};
 
-on_both_backends!(hostile_modules_fail_cleanly_and_normal_work_goes_on);
+on_both_backends!(
+    hostile_modules_fail_cleanly_and_normal_work_goes_on,
+    example_modules_in_rust_and_wat_are_verified_by_two_native_workers
+);
+
+/// The outputs of a finished job, in index order, each agreed by `agreeing` workers.
+async fn outputs(api: &Api, job: i64, agreeing: u64) -> Vec<Value> {
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(job).await;
+    for (index, line) in results.iter().enumerate() {
+        assert_eq!(line["index"], index, "{line}");
+        assert_eq!(line["agreeing"], agreeing, "{line}");
+    }
+    results.iter().map(|line| line["output"].clone()).collect()
+}
+
+async fn example_modules_in_rust_and_wat_are_verified_by_two_native_workers(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let home = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
+    let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
+
+    let collatz = api.upload_module(example("collatz")).await;
+    let fibonacci = api.upload_module(example("fibonacci")).await;
+    let collatz_job = api
+        .submit(json!({
+            "module": collatz,
+            "inputs": [
+                {"start": 1, "end": 1000},
+                {"start": 1, "end": 100_000},
+                {"end": 10, "start": 1},
+                {"start": 10, "end": 1},
+                {"start": 1},
+            ],
+            "redundancy": 2,
+            "max_memory_mb": 16,
+        }))
+        .await;
+    let fibonacci_job = api
+        .submit(json!({
+            "module": fibonacci,
+            "inputs": [0, 10, 90, 18_446_744_073_709_551_615_u64, "x"],
+            "redundancy": 2,
+        }))
+        .await;
+
+    assert_eq!(
+        outputs(&api, collatz_job, 2).await,
+        vec![
+            json!({"longest": {"n": 871, "steps": 178}}),
+            json!({"longest": {"n": 77031, "steps": 350}}),
+            json!({"longest": {"n": 9, "steps": 19}}),
+            json!({"error": "end (1) must be greater than start (10)"}),
+            json!({"error": "invalid input: missing field `end` at line 1 column 11"}),
+        ]
+    );
+    let refused = json!({"error": "input must be a JSON integer from 0 to 18446744073709551615"});
+    assert_eq!(
+        outputs(&api, fibonacci_job, 2).await,
+        vec![
+            json!(0),
+            json!(55),
+            json!(2_880_067_194_370_816_120_u64),
+            json!(800_812_746_651_928_290_u64),
+            refused,
+        ]
+    );
+
+    // A module starting above the job's memory cap is not run: every worker says so alike.
+    let starved = api
+        .submit(json!({"module": collatz, "inputs": [{"start": 1, "end": 10}], "max_memory_mb": 1}))
+        .await;
+    assert_all_failed_with(
+        &api,
+        starved,
+        1,
+        "memory limit exceeded: the module needs 2 MiB at start; the limit is 1 MiB",
+    )
+    .await;
+    server.stop().await;
+}
 
 /// Every chunk of a finished job failed with exactly `error`, agreed by the workers.
 async fn assert_all_failed_with(api: &Api, job: i64, chunks: usize, error: &str) {

@@ -680,8 +680,25 @@ impl Peer {
     }
 }
 
-/// Task modules for the tests, written in WebAssembly text and assembled here.
+/// Task modules for the tests, written in WebAssembly text and assembled here, and the
+/// example modules `cargo xtask` builds.
 pub mod modules {
+    /// An example module built by `cargo xtask modules` (`cargo xtask test` builds them) into
+    /// `<target dir>/task-modules/<name>.wasm`.
+    pub fn example(name: &str) -> Vec<u8> {
+        // Test executables live in <target>/<profile>/deps.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap();
+        let path = target.join("task-modules").join(format!("{name}.wasm"));
+        std::fs::read(&path).unwrap_or_else(|error| {
+            panic!(
+                "{} cannot be read ({error}): build the example modules with \
+                 `cargo xtask modules` (cargo xtask test does)",
+                path.display()
+            )
+        })
+    }
+
     /// A module following the ABI whose `grid_run` body is `run` (locals: `$ptr`, `$len`);
     /// `grid_alloc` hands out memory from offset 1024.
     pub fn abi_module(run: &str) -> Vec<u8> {
