@@ -6,9 +6,12 @@
 //! - `cargo xtask test`: make sure PostgreSQL runs, build every binary, run every test.
 //!
 //! - `cargo xtask build`: the web assets, then release binaries (what the Dockerfile runs).
+//! - `cargo xtask modules`: the example task modules (`examples/`), built and checked against
+//!   the task ABI into `<target>/task-modules/` (see `modules.rs`); `test` and `build` do it too.
 //!
 //! Everything a fresh machine lacks is installed here, with a message saying what and why.
 
+mod modules;
 mod web;
 
 use std::net::TcpStream;
@@ -28,10 +31,15 @@ fn main() -> Result<()> {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
         Some("build") => build_release(&root),
+        Some("modules") => {
+            let dir = modules::build_example_modules(&root)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask run [grid-server flags...] | cargo xtask test [test filter] \
-                 | cargo xtask build"
+                 | cargo xtask build | cargo xtask modules"
             );
             std::process::exit(2);
         }
@@ -94,6 +102,7 @@ fn ensure_postgres() -> Result<()> {
 /// The web assets (embedded into `grid-server` at compile time), then release binaries.
 fn build_release(root: &Path) -> Result<()> {
     web::build_web(root, true)?;
+    modules::build_example_modules(root)?;
     step("building grid-server and grid-worker (release)");
     status(Command::new("cargo").args([
         "build",
@@ -121,6 +130,8 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     ensure_postgres()?;
     // The contribute page is embedded into grid-server at compile time: build it first.
     web::build_web(root, true)?;
+    // The module tests upload the examples from `<target>/task-modules/`.
+    modules::build_example_modules(root)?;
     web::ensure_browser_tools(root)?;
     step("building every binary (end-to-end tests start them as processes)");
     status(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;

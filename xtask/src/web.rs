@@ -16,8 +16,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// The wasm target the browser worker is built for.
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The wasm target the browser worker (and the example task modules) are built for.
+pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Chromium as Debian installs it; `CHROMIUM` overrides.
 const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -192,7 +192,7 @@ fn hashed_name(name: &str, bytes: &[u8]) -> String {
 }
 
 /// `rustup target add wasm32-unknown-unknown` unless it is installed.
-fn ensure_wasm_target() -> Result<()> {
+pub(crate) fn ensure_wasm_target() -> Result<()> {
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
     match installed {
         Some(list) if list.lines().any(|line| line.trim() == WASM_TARGET) => Ok(()),
@@ -245,7 +245,7 @@ fn ensure_wasm_bindgen(version: &str) -> Result<()> {
 }
 
 /// Where cargo puts build output (honours `CARGO_TARGET_DIR` and cargo configuration).
-fn target_dir(root: &Path) -> Result<PathBuf> {
+pub(crate) fn target_dir(root: &Path) -> Result<PathBuf> {
     let metadata = output(Command::new("cargo").current_dir(root).args([
         "metadata",
         "--format-version",
