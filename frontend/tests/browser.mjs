@@ -11,6 +11,21 @@
 //              prints READY, waits for KILLED (the master was killed), checks the page shows
 //              "reconnecting", prints RECONNECTING, waits for "RESTARTED <job-id>" and checks
 //              the page reconnects by itself and computes that job.
+//   modules    one context, task-module jobs (a native grid-worker computes alongside); jobs
+//              may end `failed` (chunks whose agreed outcome is an error): the Rust test checks
+//              every chunk.
+//   hostile    one context alone, hostile task modules (endless loop, memory hog, trap) before
+//              normal jobs: everything finishes, the page stays up.
+//   revoke-pause  one context with one thread; jobs: an endless-loop module job (one chunk,
+//              long timeout) and a kernel job. Once the loop runs in the sandbox, the job is
+//              cancelled (the master revokes the running lease): the sandbox must be stopped
+//              and the slot go on to the kernel job. Then a second loop job is submitted (same
+//              module) and, once it runs, the page is paused: its sandbox must be stopped too
+//              and its lease handed back. The summary names that job (`pausedJob`).
+//
+// In the module scenarios the script also checks that no compute thread's Web Worker had to
+// be replaced (a module must never take one down) and that no chunk was handed back to the
+// master (the page logs "gave lease ... back" when it cannot run one).
 //
 // Each context is a separate volunteer: its own localStorage, so its own identity. The script
 // asserts on the DOM (state, counters, identity) and on the API (the jobs finish), checks
@@ -41,6 +56,9 @@ const SCENARIOS = {
   'close-one': { contexts: 3, closeAfterChunks: 4 },
   mixed: { contexts: 1 },
   reconnect: { contexts: 1, masterGoesAway: true },
+  modules: { contexts: 1, jobsMayFail: true, modules: true },
+  hostile: { contexts: 1, jobsMayFail: true, modules: true },
+  'revoke-pause': { contexts: 1, modules: true, threads: 1 },
 };
 
 function log(message) {
@@ -65,6 +83,26 @@ async function job(base, token, id) {
 
 const finished = (state) => ['done', 'failed', 'cancelled'].includes(state);
 
+async function api(base, token, method, path, body) {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const answer = await response.json().catch(() => null);
+  check(response.ok, `${method} ${path}: HTTP ${response.status} ${JSON.stringify(answer)}`);
+  return answer;
+}
+
+/** Poll until `predicate()` holds (bounded). */
+async function waitFor(predicate, what, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    check(Date.now() < deadline, `${what} did not happen within ${timeoutMs / 1000} s`);
+    await sleep(50);
+  }
+}
+
 /** Poll until `predicate(jobs)` holds; returns the jobs. */
 async function waitJobs(base, token, ids, predicate, what, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
@@ -83,13 +121,28 @@ async function waitJobs(base, token, ids, predicate, what, timeoutMs) {
 }
 
 /** One volunteer: a browser context with the contribute page open. */
-async function openVolunteer(browser, base, index) {
+async function openVolunteer(browser, base, index, { threads } = {}) {
   const context = await browser.newContext();
   const page = await context.newPage();
+  if (threads) {
+    await page.addInitScript((n) => localStorage.setItem('grid.threads', String(n)), threads);
+  }
   const problems = [];
-  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-  page.on('console', (message) => {
+  /** Leases the page handed back because it could not run them (its console warnings). */
+  const gaveBack = [];
+  /** Web Workers started: compute threads (worker.js) and task-module sandboxes (sandbox.js). */
+  const workers = { threads: 0, sandboxes: 0, sandboxesClosed: 0 };
+  const onConsole = (message) => {
     if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+    if (message.text().includes('gave lease')) gaveBack.push(message.text());
+  };
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', onConsole);
+  page.on('worker', (worker) => {
+    if (/\/sandbox\.[0-9a-f]{16}\.js$/.test(worker.url())) {
+      workers.sandboxes += 1;
+      worker.on('close', () => (workers.sandboxesClosed += 1));
+    } else if (/\/worker\.[0-9a-f]{16}\.js$/.test(worker.url())) workers.threads += 1;
   });
   page.on('response', (response) => {
     if (response.status() >= 400) problems.push(`HTTP ${response.status()} for ${response.url()}`);
@@ -104,7 +157,7 @@ async function openVolunteer(browser, base, index) {
   check(response && response.status() === 200, `volunteer ${index}: / answered ${response?.status()}`);
   const csp = response.headers()['content-security-policy'] || '';
   check(csp.includes("script-src 'self' 'wasm-unsafe-eval'"), `volunteer ${index}: no CSP on the page: ${csp}`);
-  return { index, context, page, problems, closed: false };
+  return { index, context, page, problems, gaveBack, workers, closed: false };
 }
 
 async function dom(volunteer) {
@@ -183,13 +236,16 @@ async function main() {
   const summary = { scenario: scenarioName, volunteers: [] };
   try {
     const volunteers = [];
-    for (let i = 0; i < scenario.contexts; i++) volunteers.push(await openVolunteer(browser, base, i));
+    for (let i = 0; i < scenario.contexts; i++) {
+      volunteers.push(await openVolunteer(browser, base, i, { threads: scenario.threads }));
+    }
     for (const volunteer of volunteers) {
       const seen = await waitConnected(volunteer);
       log(`volunteer ${volunteer.index} ${seen.id}: ${seen.state}, ${seen.connections} connections`);
       check(/^browser-[0-9a-f]{16}$/.test(seen.id), `volunteer ${volunteer.index}: identity ${seen.id}`);
       check(seen.storedId === seen.id, `volunteer ${volunteer.index}: identity not kept in localStorage`);
-      check(seen.threads === Math.min(64, seen.cores), `default threads ${seen.threads}, cores ${seen.cores}`);
+      const threads = scenario.threads ?? Math.min(64, seen.cores);
+      check(seen.threads === threads, `threads ${seen.threads}, expected ${threads} (cores ${seen.cores})`);
     }
     const identities = new Set(await Promise.all(volunteers.map(async (v) => (await dom(v)).id)));
     check(identities.size === volunteers.length, 'each browser context must be its own volunteer');
@@ -206,6 +262,35 @@ async function main() {
       summary.closed = before.id;
       const now = await job(base, token, ids[0]);
       check(!finished(now.state), `job ${ids[0]} had already finished when the tab closed: ${JSON.stringify(now)}`);
+    }
+
+    if (scenarioName === 'revoke-pause') {
+      const volunteer = volunteers[0];
+      const { workers } = volunteer;
+      const [loopJob, kernelJob] = ids;
+      await waitFor(() => workers.sandboxes >= 1, 'the looping chunk reaching a sandbox');
+      log('the looping chunk runs in a sandbox; cancelling its job');
+      const looping = await api(base, token, 'DELETE', `/api/v1/jobs/${loopJob}`);
+      check(looping.state === 'cancelled', `job ${loopJob} is ${looping.state} after DELETE`);
+      await waitFor(() => workers.sandboxesClosed >= 1, 'the revoked chunk\'s sandbox being stopped', 10_000);
+      await waitJobs(base, token, [kernelJob], (all) => all[0].state === 'done', 'the kernel job', JOB_TIMEOUT_MS);
+      const again = await api(base, token, 'POST', '/api/v1/jobs', {
+        module: looping.module, inputs: [1], timeout_ms: looping.timeout_ms, redundancy: 1,
+      });
+      summary.pausedJob = again.id;
+      await waitFor(() => workers.sandboxes >= 2, 'the second looping chunk reaching a sandbox');
+      log(`job ${again.id} runs in a sandbox; pausing the page`);
+      await volunteer.page.click('#toggle');
+      await waitState(volunteer, ['paused'], 10_000);
+      await waitFor(() => workers.sandboxesClosed >= 2, 'the paused chunk\'s sandbox being stopped', 10_000);
+      const seen = await dom(volunteer);
+      checkClean(volunteer, seen);
+      check(workers.threads === 1, `${workers.threads} thread Web Workers started for one thread`);
+      check(volunteer.gaveBack.length === 0, `chunks handed back: ${volunteer.gaveBack.join('; ')}`);
+      summary.volunteers.push({ id: seen.id, chunksDone: seen.chunksDone, ...workers });
+      summary.ok = true;
+      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      return;
     }
 
     if (scenario.masterGoesAway) {
@@ -233,14 +318,26 @@ async function main() {
     const jobs = await waitJobs(base, token, ids, (all) => all.every((j) => finished(j.state)),
       'every job finishing', JOB_TIMEOUT_MS);
     summary.jobs = jobs;
-    for (const j of jobs) check(j.state === 'done', `job ${j.id} ended ${j.state}: ${JSON.stringify(j)}`);
+    const accepted = scenario.jobsMayFail ? ['done', 'failed'] : ['done'];
+    for (const j of jobs) check(accepted.includes(j.state), `job ${j.id} ended ${j.state}: ${JSON.stringify(j)}`);
 
     for (const volunteer of volunteers.filter((v) => !v.closed)) {
       const seen = await waitChunks(volunteer, 1);
       log(`volunteer ${volunteer.index} ${seen.id}: ${seen.chunksDone} chunks, state ${seen.state}`);
       check(['connected', 'computing'].includes(seen.state), `volunteer ${volunteer.index} state ${seen.state}`);
       checkClean(volunteer, seen);
-      summary.volunteers.push({ id: seen.id, chunksDone: seen.chunksDone, state: seen.state });
+      const entry = { id: seen.id, chunksDone: seen.chunksDone, state: seen.state };
+      if (scenario.modules) {
+        const { workers, gaveBack } = volunteer;
+        log(`volunteer ${volunteer.index}: ${workers.threads} thread workers, ${workers.sandboxes} sandboxes started`);
+        check(seen.connections === `${seen.threads} / ${seen.threads}`,
+          `volunteer ${volunteer.index}: connections ${seen.connections} with ${seen.threads} threads`);
+        check(workers.threads === seen.threads,
+          `volunteer ${volunteer.index}: ${workers.threads} thread Web Workers started for ${seen.threads} threads (one was replaced)`);
+        check(gaveBack.length === 0, `volunteer ${volunteer.index} handed chunks back: ${gaveBack.join('; ')}`);
+        Object.assign(entry, workers);
+      }
+      summary.volunteers.push(entry);
     }
 
     if (scenarioName === 'two-tabs') {

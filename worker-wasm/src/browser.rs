@@ -13,20 +13,32 @@
 //! per worker and kept in the state, never `forget()`-ed; it holds a [`Weak`] reference, so the
 //! state is freed when JavaScript frees the `BrowserWorker`.
 //!
+//! Kernel chunks are computed synchronously inside the pump. A task-module chunk is only
+//! *started* there: a future (`wasm_bindgen_futures::spawn_local`) runs it through the
+//! [`ModuleRunner`] (fetch, compile, sandbox Web Worker) while this thread goes on with socket
+//! events and heartbeats; the slot stays busy until the answer is delivered to
+//! `Worker::module_done`. Each started chunk gets a ticket: an answer whose ticket is no longer
+//! the running one (the lease was revoked, the session ended or paused) is dropped, and the
+//! sandbox is told to stop as soon as the chunk is abandoned.
+//!
 //! The protocol logic is in [`crate::session`]; here is only the plumbing.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
+use grid_protocol::{LeaseId, Task};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 use web_sys::{BinaryType, CloseEvent, MessageChannel, MessageEvent, WebSocket};
 
 use crate::backoff::Backoff;
-use crate::compute::result_frame;
+use crate::compute::{result_frame, run_kernel};
 use crate::duty_cycle::DutyCycle;
-use crate::session::{Reaction, Session, SessionError};
+use crate::module_runner::{ModuleHost, ModuleRunner};
+use crate::session::{Assignment, Reaction, Session, SessionError};
 use crate::status::{Connection, Status};
+use crate::task_module::{ChunkEnd, ModuleTask, Unrunnable, module_url};
 
 #[wasm_bindgen]
 extern "C" {
@@ -45,6 +57,10 @@ extern "C" {
 /// Progress is posted to the page at most this often (state changes are posted at once).
 const STATUS_INTERVAL_MS: f64 = 200.0;
 
+/// After giving a chunk back, wait this long before the next one: the master may hand the
+/// same work straight back, and a module that cannot be fetched now rarely can a moment later.
+const GIVE_BACK_PAUSE_MS: f64 = 1000.0;
+
 /// Close codes a page may send (1000 or 3000-4999); 4000+ are this protocol's own.
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_MALFORMED: u16 = 4000;
@@ -61,13 +77,16 @@ pub struct BrowserWorker {
 impl BrowserWorker {
     /// A worker for the master at `url` (`ws://` or `wss://`, ending in `/ws`), as volunteer
     /// `worker_id`, using `cpu_percent` of its thread. `on_status` is called with a status
-    /// object (see [`Status`]) whenever something changes. Not connected until [`Self::start`].
+    /// object (see [`Status`]) whenever something changes. `module_host` fetches and runs
+    /// task modules (`ModuleHost` of `frontend/src/modules.js`). Not connected until
+    /// [`Self::start`].
     #[wasm_bindgen(constructor)]
     pub fn new(
         url: String,
         worker_id: String,
         cpu_percent: u32,
         on_status: js_sys::Function,
+        module_host: ModuleHost,
     ) -> Result<BrowserWorker, JsValue> {
         install_panic_hook();
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
@@ -95,6 +114,9 @@ impl BrowserWorker {
                 last_post_ms: f64::NEG_INFINITY,
                 timers: Timers::default(),
                 pump_posted: false,
+                modules: Rc::new(ModuleRunner::new(module_host)),
+                chunk: None,
+                next_ticket: 0,
                 last_compute_ms: 0.0,
                 last_chunk_end_ms: 0.0,
                 idle_until_ms: 0.0,
@@ -315,7 +337,13 @@ struct Worker {
     timers: Timers,
     /// A zero-delay pump message is on its way.
     pump_posted: bool,
-    /// Kernel time of the last chunk.
+    /// Runs task-module chunks (shared with the future running the current one).
+    modules: Rc<ModuleRunner>,
+    /// The task-module chunk running asynchronously, if any.
+    chunk: Option<RunningChunk>,
+    /// The ticket of the next task-module chunk.
+    next_ticket: u64,
+    /// Compute time of the last chunk.
     last_compute_ms: f64,
     /// When the last chunk finished.
     last_chunk_end_ms: f64,
@@ -327,6 +355,17 @@ struct Worker {
     channel: MessageChannel,
     /// This worker, for handlers of new sockets.
     me: Weak<RefCell<Worker>>,
+}
+
+/// A task-module chunk started by the pump and not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct RunningChunk {
+    /// Unique per worker: tells this chunk's answer from a late answer of an abandoned one.
+    ticket: u64,
+    /// Its lease.
+    lease: LeaseId,
+    /// When it started (fetching and compiling count: the volunteer's thread waited for them).
+    started_ms: f64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -430,6 +469,10 @@ impl Worker {
                 self.post_status();
             }
             Ok(Reaction::WorkQueued) => self.schedule_pump(),
+            Ok(Reaction::RunningRevoked) => {
+                self.abandon_chunk();
+                self.schedule_pump();
+            }
             Err(error) => {
                 let code = match error {
                     SessionError::Malformed(_) => CLOSE_MALFORMED,
@@ -465,8 +508,9 @@ impl Worker {
     }
 
     /// Forget the current connection: its queued work is dropped (the master takes the leases
-    /// back when the socket closes), its timers stop.
+    /// back when the socket closes), its timers stop, a running module chunk is stopped.
     fn end_session(&mut self, code: u16, reason: &str, error: Option<String>) {
+        self.abandon_chunk();
         if let Some(link) = self.link.take() {
             link.shut(code, reason);
             self.retired = Some(link);
@@ -521,9 +565,10 @@ impl Worker {
         }
     }
 
-    /// Compute the next queued chunk, send its result, and plan the next one.
+    /// Compute the next queued chunk, send its result, and plan the next one. A task-module
+    /// chunk is only started here; [`Worker::module_done`] finishes it.
     fn pump(&mut self) {
-        if !self.running {
+        if !self.running || self.chunk.is_some() {
             return;
         }
         if performance_now() < self.idle_until_ms {
@@ -539,26 +584,139 @@ impl Worker {
         let Some(welcome) = session.welcome() else {
             return;
         };
-        let Some(assignment) = session.next_assignment() else {
+        let Some(Assignment { lease, task, input }) = session.next_assignment() else {
             return;
         };
-        let started = performance_now();
-        let frame = result_frame(&assignment, welcome.max_message_bytes);
-        let finished = performance_now();
-        let queued = session.queued();
-        link.send(&frame);
+        match task {
+            Task::Kernel { name } => {
+                let started = performance_now();
+                let outcome = run_kernel(&name, &input);
+                let finished = performance_now();
+                session.finish(lease);
+                link.send(&result_frame(lease, outcome, welcome.max_message_bytes));
+                self.chunk_sent(finished - started, finished);
+            }
+            Task::Module {
+                id,
+                timeout_ms,
+                max_memory_mb,
+            } => self.start_module(lease, &id, timeout_ms, max_memory_mb, input),
+        }
+    }
 
-        let elapsed = finished - started;
+    /// Start a task-module chunk: a future runs it and delivers its end to
+    /// [`Worker::module_done`] with this chunk's ticket.
+    fn start_module(
+        &mut self,
+        lease: LeaseId,
+        id: &str,
+        timeout_ms: u32,
+        max_memory_mb: u32,
+        input: serde_json::Value,
+    ) {
+        let task = match ModuleTask::new(id, timeout_ms, max_memory_mb) {
+            Ok(task) => task,
+            Err(why) => return self.give_back(lease, why),
+        };
+        let Some(url) = module_url(&self.url, &task.id) else {
+            let why = format!("no HTTP address for the master at {}", self.url);
+            return self.give_back(lease, Unrunnable(why));
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.chunk = Some(RunningChunk {
+            ticket,
+            lease,
+            started_ms: performance_now(),
+        });
+        let runner = Rc::clone(&self.modules);
+        let me = self.me.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let still_wanted = || chunk_is_running(&me, ticket);
+            let end = runner.run(&url, &task, &input, still_wanted).await;
+            deliver(&me, ticket, end).await;
+        });
+        self.status.queued = self.queued();
+        self.post_progress();
+    }
+
+    /// The end of the task-module chunk of `ticket`: send its result or give it back, unless
+    /// it was abandoned meanwhile.
+    fn module_done(&mut self, ticket: u64, end: ChunkEnd) {
+        let Some(chunk) = self.chunk.take_if(|chunk| chunk.ticket == ticket) else {
+            return;
+        };
+        match end {
+            ChunkEnd::Outcome(outcome) => {
+                let finished = performance_now();
+                let mut sent = false;
+                if let Some(link) = &mut self.link
+                    && let Some(session) = link.session.as_mut()
+                    && session.finish(chunk.lease)
+                {
+                    let limit = session.welcome().and_then(|w| w.max_message_bytes);
+                    link.send(&result_frame(chunk.lease, outcome, limit));
+                    sent = true;
+                }
+                if sent {
+                    self.chunk_sent(finished - chunk.started_ms, finished);
+                } else {
+                    self.after_chunk();
+                }
+            }
+            ChunkEnd::GiveBack(why) => self.give_back(chunk.lease, why),
+        }
+    }
+
+    /// Stop the running task-module chunk: its answer will be dropped.
+    fn abandon_chunk(&mut self) {
+        if self.chunk.take().is_some() {
+            self.modules.cancel();
+        }
+    }
+
+    /// Hand the running chunk of `lease` back to the master (this worker cannot compute it),
+    /// say why, and pause a moment before the next one.
+    fn give_back(&mut self, lease: LeaseId, why: Unrunnable) {
+        if let Some(link) = &mut self.link
+            && let Some(frame) = link.session.as_mut().and_then(|s| s.give_back(lease))
+        {
+            link.send(&frame);
+        }
+        web_sys::console::warn_1(&JsValue::from_str(&format!(
+            "grid worker: gave lease {lease} back: {why}"
+        )));
+        self.status.last_error = Some(why.0);
+        self.idle_until_ms = performance_now() + GIVE_BACK_PAUSE_MS;
+        self.after_chunk();
+    }
+
+    /// A result was sent: account for it and pace the next chunk.
+    fn chunk_sent(&mut self, elapsed: f64, finished: f64) {
         self.last_compute_ms = elapsed;
         self.last_chunk_end_ms = finished;
         self.idle_until_ms = finished + self.duty.idle_after(elapsed);
         self.status.chunks_done += 1;
         self.status.compute_ms += elapsed;
+        self.after_chunk();
+    }
+
+    /// Report progress and go on with the queue.
+    fn after_chunk(&mut self) {
+        let queued = self.queued();
         self.status.queued = queued;
         self.post_progress();
         if queued > 0 {
             self.schedule_pump();
         }
+    }
+
+    /// Assignments waiting in the current session.
+    fn queued(&self) -> usize {
+        self.link
+            .as_ref()
+            .and_then(|link| link.session.as_ref())
+            .map_or(0, Session::queued)
     }
 
     /// Tell the page about progress, at most every [`STATUS_INTERVAL_MS`]; what is held back
@@ -606,5 +764,37 @@ impl Drop for Worker {
         }
         self.channel.port1().set_onmessage(None);
         self.channel.port1().close();
+        self.modules.cancel();
+    }
+}
+
+/// Whether the task-module chunk of `ticket` is still the running one.
+fn chunk_is_running(me: &Weak<RefCell<Worker>>, ticket: u64) -> bool {
+    me.upgrade().is_some_and(|shared| {
+        // Futures resume from the microtask queue, when no handler holds the worker; if one
+        // did, carrying on is the safe guess (the answer is checked again on delivery).
+        shared.try_borrow().map_or(true, |worker| {
+            worker.chunk.is_some_and(|chunk| chunk.ticket == ticket)
+        })
+    })
+}
+
+/// Hand the end of the task-module chunk of `ticket` to the worker, if it still exists.
+async fn deliver(me: &Weak<RefCell<Worker>>, ticket: u64, end: ChunkEnd) {
+    loop {
+        let Some(shared) = me.upgrade() else {
+            return;
+        };
+        if let Ok(mut worker) = shared.try_borrow_mut() {
+            worker.module_done(ticket, end);
+            return;
+        }
+        drop(shared);
+        // Not expected (see `chunk_is_running`), but an answer must never be lost: a lost
+        // answer would keep the slot busy for good. Try again on the next task.
+        let tick = js_sys::Promise::new(&mut |resolve, _| {
+            set_timeout(&resolve, 0);
+        });
+        let _ = JsFuture::from(tick).await;
     }
 }

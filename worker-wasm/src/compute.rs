@@ -1,9 +1,11 @@
-//! Computing one assignment into the result frame sent to the master, and [`KernelBench`], the
-//! benchmark's timing harness.
+//! Kernel chunks, the result frame sent to the master, and [`KernelBench`], the benchmark's
+//! timing harness.
 //!
 //! The kernels live in `grid-kernels`; this module only turns their answer into an
-//! [`Outcome`]. The rules must match the native worker's (`grid-worker`) exactly, because the
-//! master compares outcomes byte for byte across workers:
+//! [`Outcome`]. Task-module chunks are not computed here but asynchronously in a sandbox
+//! ([`crate::task_module`], [`crate::module_runner`]); their outcomes go through
+//! [`result_frame`] all the same. The rules must match the native worker's (`grid-worker`)
+//! exactly, because the master compares outcomes byte for byte across workers:
 //! - a kernel error becomes `Outcome::Err(<the error's Display>)`;
 //! - a result frame larger than the welcome's `max_message_bytes` is replaced by
 //!   `Outcome::Err("output too large: the master accepts results of at most N bytes")`.
@@ -12,27 +14,20 @@
 //! Worker dies and the page starts a new one; the master reissues the lease when the socket
 //! drops.
 
-use grid_protocol::{Outcome, Task};
+use grid_protocol::{LeaseId, Outcome};
 use wasm_bindgen::prelude::*;
 
-use crate::session::Assignment;
-
-/// Compute one chunk.
-pub fn run_chunk(task: &Task, input: &serde_json::Value) -> Outcome {
-    let Task::Kernel { name } = task else {
-        return Outcome::Err("task modules are not supported yet".into());
-    };
+/// Compute one chunk of the built-in kernel `name`.
+pub fn run_kernel(name: &str, input: &serde_json::Value) -> Outcome {
     match grid_kernels::run(name, input) {
         Ok(output) => Outcome::Ok(output),
         Err(error) => Outcome::Err(error.to_string()),
     }
 }
 
-/// Compute `assignment` and return the result frame to send, keeping it within
-/// `max_message_bytes` (see the module documentation).
-pub fn result_frame(assignment: &Assignment, max_message_bytes: Option<usize>) -> String {
-    let lease = assignment.lease;
-    let outcome = run_chunk(&assignment.task, &assignment.input);
+/// The result frame to send for `outcome`, kept within `max_message_bytes` (see the module
+/// documentation).
+pub fn result_frame(lease: LeaseId, outcome: Outcome, max_message_bytes: Option<usize>) -> String {
     grid_protocol::result_frame(lease, outcome, max_message_bytes).0
 }
 
@@ -73,7 +68,7 @@ impl KernelBench {
 
     /// Run the kernel once.
     pub fn run(&mut self) {
-        self.last = Some(run_chunk(&Task::kernel(self.kernel.clone()), &self.input));
+        self.last = Some(run_kernel(&self.kernel, &self.input));
     }
 
     /// Hex SHA-256 of the last outcome as the master would compute it (empty before a run):
@@ -94,23 +89,24 @@ mod tests {
     use grid_protocol::WorkerMessage;
     use serde_json::json;
 
-    fn assignment(kernel: &str, input: serde_json::Value) -> Assignment {
-        Assignment {
-            lease: 9,
-            task: Task::kernel(kernel),
-            input,
-        }
+    /// The result frame of lease 9 computing `kernel` on `input`.
+    fn kernel_frame(
+        kernel: &str,
+        input: serde_json::Value,
+        max_message_bytes: Option<usize>,
+    ) -> String {
+        result_frame(9, run_kernel(kernel, &input), max_message_bytes)
     }
 
     #[test]
     fn outputs_and_kernel_errors_become_results() {
-        let frame = result_frame(&assignment("primes", json!({"start": 0, "end": 100})), None);
+        let frame = kernel_frame("primes", json!({"start": 0, "end": 100}), None);
         assert_eq!(
             frame,
             r#"{"type":"result","lease":9,"outcome":{"ok":{"count":25}}}"#
         );
 
-        let frame = result_frame(&assignment("nope", json!({})), None);
+        let frame = kernel_frame("nope", json!({}), None);
         assert_eq!(
             WorkerMessage::from_json(&frame).unwrap(),
             WorkerMessage::Result {
@@ -123,7 +119,7 @@ mod tests {
     #[test]
     fn oversized_results_become_a_deterministic_error() {
         let big = json!({"text": "x".repeat(500)});
-        let frame = result_frame(&assignment("echo", big.clone()), Some(200));
+        let frame = kernel_frame("echo", big.clone(), Some(200));
         assert_eq!(
             WorkerMessage::from_json(&frame).unwrap(),
             WorkerMessage::Result {
@@ -133,7 +129,7 @@ mod tests {
                 ),
             }
         );
-        let frame = result_frame(&assignment("echo", big.clone()), Some(10_000));
+        let frame = kernel_frame("echo", big.clone(), Some(10_000));
         assert!(frame.contains(&"x".repeat(500)));
     }
 

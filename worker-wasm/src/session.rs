@@ -7,8 +7,12 @@
 //!
 //! A session is `AwaitingWelcome` from the hello until the master's welcome, then `Active`.
 //! Assignments queue here until the compute loop takes them; a revoke drops them from the
-//! queue. The browser worker computes synchronously, one chunk at a time, so a revoke can
-//! never arrive while its chunk is running: it either finds the lease queued or already done.
+//! queue. One chunk at a time is *running* ([`Session::next_assignment`] until
+//! [`Session::finish`] or [`Session::give_back`]): a kernel chunk only for the length of a
+//! synchronous call, but a task-module chunk runs in a sandbox Web Worker while this session
+//! goes on receiving frames. So a revoke can arrive while its chunk runs: the session then
+//! forgets the running lease ([`Reaction::RunningRevoked`], so the browser can stop the
+//! sandbox) and [`Session::finish`] says the late result must not be sent.
 
 use std::collections::VecDeque;
 
@@ -49,6 +53,9 @@ pub enum Reaction {
     Welcomed(Welcome),
     /// New work is queued: make sure the compute loop runs.
     WorkQueued,
+    /// The master took back the lease of the running chunk: stop computing it (its result
+    /// would be refused) and free the slot.
+    RunningRevoked,
 }
 
 /// Why a session must end. The browser worker closes the socket and, unless
@@ -106,6 +113,8 @@ pub struct Session {
     phase: Phase,
     /// Assignments not yet computed, in arrival order (the master's prefetch).
     queue: VecDeque<Assignment>,
+    /// The lease of the chunk being computed, if any (and not revoked meanwhile).
+    running: Option<LeaseId>,
 }
 
 impl Session {
@@ -121,6 +130,7 @@ impl Session {
         let session = Session {
             phase: Phase::AwaitingWelcome,
             queue: VecDeque::new(),
+            running: None,
         };
         (session, to_json(&hello))
     }
@@ -136,6 +146,11 @@ impl Session {
     /// Assignments waiting to be computed.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The lease of the chunk being computed, if any.
+    pub fn running(&self) -> Option<LeaseId> {
+        self.running
     }
 
     /// Handle one text frame from the master. `Err` ends the session.
@@ -185,7 +200,7 @@ impl Session {
                     lease, task, input, ..
                 },
             ) => {
-                if self.queue.iter().any(|queued| queued.lease == lease) {
+                if self.running == Some(lease) || self.queue.iter().any(|q| q.lease == lease) {
                     // Harmless but odd; computing it twice would only waste time.
                     return Ok(Reaction::Nothing);
                 }
@@ -194,16 +209,50 @@ impl Session {
             }
             (Phase::Active(_), MasterMessage::Revoke { leases }) => {
                 self.queue.retain(|queued| !leases.contains(&queued.lease));
-                Ok(Reaction::Nothing)
+                match self.running {
+                    Some(running) if leases.contains(&running) => {
+                        self.running = None;
+                        Ok(Reaction::RunningRevoked)
+                    }
+                    _ => Ok(Reaction::Nothing),
+                }
             }
             // A result the master did not take (the lease was revoked or expired meanwhile).
             (Phase::Active(_), MasterMessage::Rejected { .. }) => Ok(Reaction::Nothing),
         }
     }
 
-    /// The next assignment to compute, oldest first.
+    /// The next assignment to compute, oldest first; it is running until [`Session::finish`]
+    /// or [`Session::give_back`]. `None` while a chunk is running: one slot, one chunk.
     pub fn next_assignment(&mut self) -> Option<Assignment> {
-        self.queue.pop_front()
+        if self.running.is_some() {
+            return None;
+        }
+        let assignment = self.queue.pop_front()?;
+        self.running = Some(assignment.lease);
+        Some(assignment)
+    }
+
+    /// The running chunk of `lease` is computed: whether its result should be sent (`false`
+    /// when the lease was revoked meanwhile, or is not the running one).
+    pub fn finish(&mut self, lease: LeaseId) -> bool {
+        if self.running == Some(lease) {
+            self.running = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Give the running chunk of `lease` back without a result (this worker cannot compute
+    /// it, e.g. its module cannot be fetched): the release frame to send, if it is still ours.
+    pub fn give_back(&mut self, lease: LeaseId) -> Option<String> {
+        if !self.finish(lease) {
+            return None;
+        }
+        Some(to_json(&WorkerMessage::Release {
+            leases: vec![lease],
+        }))
     }
 
     /// A heartbeat frame, once welcomed.
@@ -211,13 +260,21 @@ impl Session {
         self.welcome().map(|_| to_json(&WorkerMessage::Heartbeat))
     }
 
-    /// Give every queued assignment back (pausing): the frame to send, if any were queued.
-    /// The master reissues released leases at once instead of waiting for their deadline.
+    /// Give every assignment back, the running one included (pausing): the frame to send, if
+    /// any were held. The master reissues released leases at once instead of waiting for
+    /// their deadline.
     pub fn release_all(&mut self) -> Option<String> {
-        if self.queue.is_empty() || self.welcome().is_none() {
+        // Nothing is held before the welcome.
+        self.welcome()?;
+        let leases: Vec<LeaseId> = self
+            .running
+            .take()
+            .into_iter()
+            .chain(self.queue.drain(..).map(|queued| queued.lease))
+            .collect();
+        if leases.is_empty() {
             return None;
         }
-        let leases = self.queue.drain(..).map(|queued| queued.lease).collect();
         Some(to_json(&WorkerMessage::Release { leases }))
     }
 }
@@ -295,8 +352,50 @@ mod tests {
         });
         assert_eq!(session.on_text(&revoke), Ok(Reaction::Nothing));
         assert_eq!(session.next_assignment().map(|a| a.lease), Some(5));
-        assert_eq!(session.next_assignment().map(|a| a.lease), Some(7));
+        // One slot: nothing else starts until the running chunk is finished.
         assert_eq!(session.next_assignment(), None);
+        assert!(session.finish(5));
+        assert_eq!(session.next_assignment().map(|a| a.lease), Some(7));
+        assert!(session.finish(7));
+        assert_eq!(session.next_assignment(), None);
+    }
+
+    #[test]
+    fn a_revoke_can_arrive_while_a_chunk_runs() {
+        let mut session = welcomed();
+        session.on_text(&assign(5)).unwrap();
+        session.on_text(&assign(6)).unwrap();
+        assert_eq!(session.next_assignment().map(|a| a.lease), Some(5));
+        assert_eq!(session.running(), Some(5));
+        // The master reissuing the running lease to us again is ignored too.
+        assert_eq!(session.on_text(&assign(5)), Ok(Reaction::Nothing));
+        let revoke = to_json(&MasterMessage::Revoke { leases: vec![5] });
+        assert_eq!(session.on_text(&revoke), Ok(Reaction::RunningRevoked));
+        assert_eq!(session.running(), None);
+        // Its late result is not sent, and the slot is free for the next chunk.
+        assert!(!session.finish(5));
+        assert_eq!(session.give_back(5), None);
+        assert_eq!(session.next_assignment().map(|a| a.lease), Some(6));
+        // Revoking a queued lease while another runs leaves the running one alone.
+        session.on_text(&assign(7)).unwrap();
+        let revoke = to_json(&MasterMessage::Revoke { leases: vec![7] });
+        assert_eq!(session.on_text(&revoke), Ok(Reaction::Nothing));
+        assert_eq!(session.running(), Some(6));
+        assert_eq!(session.queued(), 0);
+    }
+
+    #[test]
+    fn a_chunk_this_worker_cannot_run_is_given_back() {
+        let mut session = welcomed();
+        session.on_text(&assign(8)).unwrap();
+        let lease = session.next_assignment().unwrap().lease;
+        let release = session.give_back(lease).unwrap();
+        assert_eq!(
+            WorkerMessage::from_json(&release).unwrap(),
+            WorkerMessage::Release { leases: vec![8] }
+        );
+        assert_eq!(session.running(), None);
+        assert_eq!(session.give_back(lease), None, "given back once");
     }
 
     #[test]
@@ -311,6 +410,18 @@ mod tests {
             WorkerMessage::Release { leases: vec![1, 2] }
         );
         assert_eq!(session.queued(), 0);
+
+        // The running chunk goes back too: its result will not be sent.
+        session.on_text(&assign(3)).unwrap();
+        session.on_text(&assign(4)).unwrap();
+        assert_eq!(session.next_assignment().map(|a| a.lease), Some(3));
+        let release = session.release_all().unwrap();
+        assert_eq!(
+            WorkerMessage::from_json(&release).unwrap(),
+            WorkerMessage::Release { leases: vec![3, 4] }
+        );
+        assert!(!session.finish(3));
+        assert_eq!(session.release_all(), None);
     }
 
     #[test]

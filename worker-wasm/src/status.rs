@@ -29,7 +29,8 @@ pub struct Status {
     pub connection: Connection,
     /// Results sent since the worker was created (over all sessions).
     pub chunks_done: u64,
-    /// Milliseconds spent in kernels since the worker was created.
+    /// Milliseconds spent computing chunks since the worker was created (for a task-module
+    /// chunk: from its start to its answer, fetching and compiling included).
     pub compute_ms: f64,
     /// Assignments waiting in this session.
     pub queued: usize,

@@ -27,6 +27,9 @@ const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 const HASHED: &[(&str, &str)] = &[
     ("pkg", "grid_worker_wasm_bg.wasm"),
     ("pkg", "grid_worker_wasm.js"),
+    // The task-module sandbox, started by modules.js, which worker.js imports.
+    ("src", "sandbox.js"),
+    ("src", "modules.js"),
     ("src", "worker.js"),
     ("src", "bench-worker.js"),
     ("src", "app.js"),
