@@ -47,7 +47,9 @@ pub enum AbiError {
         name: String,
     },
     /// A required export is missing.
-    #[error("the module does not export `{0}` (the task ABI needs `memory`, `grid_alloc` and `grid_run`)")]
+    #[error(
+        "the module does not export `{0}` (the task ABI needs `memory`, `grid_alloc` and `grid_run`)"
+    )]
     MissingExport(&'static str),
     /// A required export has the wrong kind or signature.
     #[error("the export `{name}` must be {expected}")]
@@ -188,10 +190,9 @@ mod tests {
             check_module(b"\0asm\x01\0\0\0\x99"),
             Err(AbiError::Invalid(_))
         ));
-        let import = wat::parse_str(
-            r#"(module (import "env" "now" (func)) (memory (export "memory") 1))"#,
-        )
-        .unwrap();
+        let import =
+            wat::parse_str(r#"(module (import "env" "now" (func)) (memory (export "memory") 1))"#)
+                .unwrap();
         assert_eq!(
             check_module(&import),
             Err(AbiError::Import {
@@ -204,7 +205,10 @@ mod tests {
                  (func (export "grid_alloc") (param i32) (result i32) i32.const 0))"#,
         )
         .unwrap();
-        assert_eq!(check_module(&no_run), Err(AbiError::MissingExport("grid_run")));
+        assert_eq!(
+            check_module(&no_run),
+            Err(AbiError::MissingExport("grid_run"))
+        );
         let wrong = wat::parse_str(
             r#"(module (memory (export "memory") 1)
                  (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
@@ -223,7 +227,10 @@ mod tests {
                  (func (export "grid_run") (param i32 i32) (result i64) i64.const 0))"#,
         )
         .unwrap();
-        assert_eq!(check_module(&no_memory), Err(AbiError::MissingExport("memory")));
+        assert_eq!(
+            check_module(&no_memory),
+            Err(AbiError::MissingExport("memory"))
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub fn module_id(bytes: &[u8]) -> String {
 /// Whether `id` has the form of a module id (`sha256:` and 64 lowercase hex digits).
 pub fn is_module_id(id: &str) -> bool {
     id.strip_prefix(MODULE_ID_PREFIX).is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

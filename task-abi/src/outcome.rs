@@ -290,6 +290,9 @@ mod tests {
             Outcome::from(Failure::Timeout { timeout_ms: 250 }),
             Outcome::Err("timeout: the chunk ran longer than 250 ms".into())
         );
-        assert_eq!(input_text(&json!({"b": [1], "a": "x"})), r#"{"a":"x","b":[1]}"#);
+        assert_eq!(
+            input_text(&json!({"b": [1], "a": "x"})),
+            r#"{"a":"x","b":[1]}"#
+        );
     }
 }
