@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a job; prints only its id, so `JOB=$(grid submit ...)` works.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show a job; with a live progress bar until it finishes when watching.
     Status(StatusArgs),
     /// Write a job's results (NDJSON, exactly as the API gives them).

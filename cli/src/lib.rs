@@ -37,7 +37,7 @@ use args::Command;
 pub async fn run(cli: Cli) -> Result<()> {
     let client = Client::new(&cli.url, cli.token.as_deref())?;
     match cli.command {
-        Command::Submit(args) => commands::submit::run(&client, args).await,
+        Command::Submit(args) => commands::submit::run(&client, *args).await,
         Command::Status(args) => commands::status::run(&client, args).await,
         Command::Results(args) => commands::results::run(&client, args).await,
         Command::Cancel(args) => commands::cancel::run(&client, args).await,

@@ -79,7 +79,6 @@ async fn main() -> anyhow::Result<()> {
             max_module_bytes: config.max_module_bytes,
             ..Default::default()
         },
-        ..ServeOptions::default()
     };
     serve(listener, store, options, shutdown_signal()).await
 }

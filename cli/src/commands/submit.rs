@@ -99,7 +99,7 @@ mod tests {
     fn submit_args(args: &[&str]) -> SubmitArgs {
         let cli = Cli::try_parse_from(["grid", "submit"].iter().chain(args)).unwrap();
         match cli.command {
-            Command::Submit(args) => args,
+            Command::Submit(args) => *args,
             other => panic!("{other:?}"),
         }
     }
