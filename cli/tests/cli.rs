@@ -346,6 +346,83 @@ async fn bad_command_lines_are_refused_without_contacting_the_master() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_module_from_upload_to_verified_results() {
+    let master = Grid::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Echoes its input: the output of each chunk is its input.
+    let echo = wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "grid_alloc") (param i32) (result i32) i32.const 1024)
+             (func (export "grid_run") (param $ptr i32) (param $len i32) (result i64)
+               (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+                       (i64.extend_i32_u (local.get $len)))))"#,
+    )
+    .unwrap();
+    let module = dir.path().join("echo.wasm");
+    std::fs::write(&module, &echo).unwrap();
+    let uploaded = master
+        .grid(ADMIN_TOKEN, &["upload", module.to_str().unwrap()])
+        .await;
+    let id = uploaded.ok().to_owned();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+
+    let inputs = dir.path().join("inputs.json");
+    std::fs::write(&inputs, r#"[{"b": 2, "a": 1}, [true, null], "x"]"#).unwrap();
+    let submitted = master
+        .grid(
+            ADMIN_TOKEN,
+            &[
+                "submit",
+                "--module",
+                &id,
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--redundancy",
+                "2",
+                "--timeout-ms",
+                "5000",
+                "--max-memory-mb",
+                "8",
+            ],
+        )
+        .await;
+    let job = submitted.ok().to_owned();
+    let status = master
+        .grid(
+            ADMIN_TOKEN,
+            &["status", &job, "--watch", "--interval", "0.1"],
+        )
+        .await;
+    assert!(status.ok().contains("done, 3/3 chunks"), "{status:#?}");
+    let results = master.grid(ADMIN_TOKEN, &["results", &job]).await;
+    let outputs: Vec<Value> = results
+        .ok()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["output"].clone())
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![
+            serde_json::json!({"a": 1, "b": 2}),
+            serde_json::json!([true, null]),
+            serde_json::json!("x"),
+        ]
+    );
+
+    // A module the master refuses: the reason, and exit code 1.
+    let importing = wat::parse_str(r#"(module (import "env" "f" (func)))"#).unwrap();
+    let refused = dir.path().join("importing.wasm");
+    std::fs::write(&refused, importing).unwrap();
+    let run = master
+        .grid(ADMIN_TOKEN, &["upload", refused.to_str().unwrap()])
+        .await;
+    let stderr = run.failed(1);
+    assert!(stderr.contains("imports `env`.`f`"), "{stderr}");
+    assert!(stderr.contains("invalid_module, HTTP 422"), "{stderr}");
+}
+
 #[tokio::test]
 async fn an_unreachable_master_is_named() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
