@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::modules::{echo, endless_loop, memory_hog, trap};
+use common::modules::{echo, endless_loop, example, memory_hog, trap};
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
     primes_total, spawn_server_process, spawn_worker,
@@ -397,24 +397,6 @@ async fn a_browser_and_a_native_worker_agree_on_every_chunk() {
     server.stop().await;
 }
 
-/// An example module as `cargo xtask modules` builds it: `<target>/task-modules/<name>.wasm`,
-/// found from this test's executable (`<target>/debug/deps/<test>`).
-fn example_module(name: &str) -> Vec<u8> {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the test runs from <target>/<profile>/deps");
-    let path = target.join("task-modules").join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "cannot read the example module {} ({error}): run `cargo xtask test`, which builds \
-             the examples (or `cargo xtask modules`)",
-            path.display()
-        )
-    })
-}
-
 /// A module whose input picks its fate: the first byte of the input text, `0` to `9`, selects
 /// a case below; any other input (and `0`) is echoed. An input text of exactly 11 bytes gets
 /// a `grid_alloc` buffer outside the memory.
@@ -551,8 +533,8 @@ async fn assert_both_kinds_agreed(server: &InProcessServer, id: i64, chunks: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
     let tools = Tools::find();
-    let collatz = example_module("collatz");
-    let fibonacci_wasm = example_module("fibonacci");
+    let collatz = example("collatz");
+    let fibonacci_wasm = example("fibonacci");
     let server = InProcessServer::start(Backend::Postgres).await;
     tools.check_served(&server.http()).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
@@ -686,13 +668,7 @@ async fn hostile_modules_fail_cleanly_in_the_browser_and_the_page_goes_on() {
             "trap: unreachable instruction executed (memory in use: 1 of 256 MiB)",
         ),
     ] {
-        let finished = api.wait_finished(job, Duration::from_secs(10)).await;
-        assert_eq!(finished["state"], "failed", "{finished}");
-        let results = api.results(job).await;
-        assert_eq!(results.len(), chunks, "{results:?}");
-        for line in &results {
-            assert_eq!(line["error"], error, "{line}");
-        }
+        api.assert_all_failed_with(job, chunks, error).await;
     }
     let finished = api.wait_finished(echo_job, Duration::from_secs(10)).await;
     assert_eq!(finished["state"], "done", "{finished}");

@@ -21,18 +21,6 @@ on_both_backends!(
     example_modules_in_rust_and_wat_are_verified_by_two_native_workers
 );
 
-/// The outputs of a finished job, in index order, each agreed by `agreeing` workers.
-async fn outputs(api: &Api, job: i64, agreeing: u64) -> Vec<Value> {
-    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
-    assert_eq!(finished["state"], "done", "{finished}");
-    let results = api.results(job).await;
-    for (index, line) in results.iter().enumerate() {
-        assert_eq!(line["index"], index, "{line}");
-        assert_eq!(line["agreeing"], agreeing, "{line}");
-    }
-    results.iter().map(|line| line["output"].clone()).collect()
-}
-
 async fn example_modules_in_rust_and_wat_are_verified_by_two_native_workers(backend: Backend) {
     let server = InProcessServer::start(backend).await;
     let api = Api::new(&server.http(), ADMIN_TOKEN);
@@ -65,7 +53,7 @@ async fn example_modules_in_rust_and_wat_are_verified_by_two_native_workers(back
         .await;
 
     assert_eq!(
-        outputs(&api, collatz_job, 2).await,
+        api.outputs(collatz_job, 2).await,
         vec![
             json!({"longest": {"n": 871, "steps": 178}}),
             json!({"longest": {"n": 77031, "steps": 350}}),
@@ -76,7 +64,7 @@ async fn example_modules_in_rust_and_wat_are_verified_by_two_native_workers(back
     );
     let refused = json!({"error": "input must be a JSON integer from 0 to 18446744073709551615"});
     assert_eq!(
-        outputs(&api, fibonacci_job, 2).await,
+        api.outputs(fibonacci_job, 2).await,
         vec![
             json!(0),
             json!(55),
@@ -90,25 +78,13 @@ async fn example_modules_in_rust_and_wat_are_verified_by_two_native_workers(back
     let starved = api
         .submit(json!({"module": collatz, "inputs": [{"start": 1, "end": 10}], "max_memory_mb": 1}))
         .await;
-    assert_all_failed_with(
-        &api,
+    api.assert_all_failed_with(
         starved,
         1,
         "memory limit exceeded: the module needs 2 MiB at start; the limit is 1 MiB",
     )
     .await;
     server.stop().await;
-}
-
-/// Every chunk of a finished job failed with exactly `error`, agreed by the workers.
-async fn assert_all_failed_with(api: &Api, job: i64, chunks: usize, error: &str) {
-    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
-    assert_eq!(finished["state"], "failed", "{finished}");
-    let results = api.results(job).await;
-    assert_eq!(results.len(), chunks, "{results:?}");
-    for line in &results {
-        assert_eq!(line["error"], error, "{line}");
-    }
 }
 
 async fn hostile_modules_fail_cleanly_and_normal_work_goes_on(backend: Backend) {
@@ -143,23 +119,16 @@ async fn hostile_modules_fail_cleanly_and_normal_work_goes_on(backend: Backend) 
         .submit(json!({"module": echoing, "inputs": inputs, "redundancy": 2}))
         .await;
 
-    assert_all_failed_with(
-        &api,
-        loop_job,
-        2,
-        "timeout: the chunk ran longer than 300 ms",
-    )
-    .await;
+    api.assert_all_failed_with(loop_job, 2, "timeout: the chunk ran longer than 300 ms")
+        .await;
     // One page at a time up to the 16 MiB cap, then the failed grow leads to `unreachable`.
-    assert_all_failed_with(
-        &api,
+    api.assert_all_failed_with(
         hog_job,
         1,
         "trap: unreachable instruction executed (memory in use: 16 of 16 MiB)",
     )
     .await;
-    assert_all_failed_with(
-        &api,
+    api.assert_all_failed_with(
         trap_job,
         1,
         "trap: unreachable instruction executed (memory in use: 1 of 256 MiB)",

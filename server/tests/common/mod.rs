@@ -525,6 +525,29 @@ impl Api {
         }
     }
 
+    /// The job finishes `failed`, every one of its `chunks` chunks with exactly `error`.
+    pub async fn assert_all_failed_with(&self, job: i64, chunks: usize, error: &str) {
+        let finished = self.wait_finished(job, Duration::from_secs(120)).await;
+        assert_eq!(finished["state"], "failed", "{finished}");
+        let results = self.results(job).await;
+        assert_eq!(results.len(), chunks, "{results:?}");
+        for line in &results {
+            assert_eq!(line["error"], error, "{line}");
+        }
+    }
+
+    /// The job finishes `done`: its outputs in index order, each agreed by `agreeing` workers.
+    pub async fn outputs(&self, job: i64, agreeing: u64) -> Vec<Value> {
+        let finished = self.wait_finished(job, Duration::from_secs(120)).await;
+        assert_eq!(finished["state"], "done", "{finished}");
+        let results = self.results(job).await;
+        for (index, line) in results.iter().enumerate() {
+            assert_eq!(line["index"], index, "{line}");
+            assert_eq!(line["agreeing"], agreeing, "{line}");
+        }
+        results.iter().map(|line| line["output"].clone()).collect()
+    }
+
     /// The NDJSON results, parsed.
     pub async fn results(&self, id: i64) -> Vec<Value> {
         let response = self
