@@ -69,6 +69,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Which web origins may open worker sessions at `/ws`.
     pub origins: Arc<web::OriginPolicy>,
+    /// Task modules recently downloaded by workers.
+    pub module_cache: api::modules::ModuleCache,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -178,6 +180,7 @@ pub async fn serve(
         tokens: TokenCache::default(),
         shutdown: stop_rx,
         origins: Arc::new(web::OriginPolicy::new(&options.allowed_origins)),
+        module_cache: api::modules::ModuleCache::default(),
     };
     metrics::install();
     let app = router(state);

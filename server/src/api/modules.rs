@@ -5,9 +5,13 @@
 //! changes nothing and answers the same id. Downloads need no token — workers fetch modules by
 //! id, and the id is the hash of the bytes, so a response never changes and is cached forever.
 //! Any submitter may run a job on any module whose id it knows.
+//!
+//! When a job starts, every worker downloads its module at about the same time: the master
+//! keeps recently downloaded modules in memory ([`ModuleCache`]) so that a thousand volunteers
+//! cost one database read, not a thousand.
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +21,41 @@ use serde::Serialize;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+
+/// Bytes of module kept in memory by [`ModuleCache`].
+const CACHED_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Recently downloaded modules by id, up to [`CACHED_MODULE_BYTES`] in all. Modules never
+/// change once stored (the id is their hash), so nothing here is ever stale.
+#[derive(Clone)]
+pub struct ModuleCache(std::sync::Arc<quick_cache::sync::Cache<String, Bytes, ByLength>>);
+
+/// A cached module weighs its length.
+#[derive(Debug, Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<String, Bytes> for ByLength {
+    fn weight(&self, _id: &String, bytes: &Bytes) -> u64 {
+        bytes.len() as u64
+    }
+}
+
+impl Default for ModuleCache {
+    fn default() -> Self {
+        ModuleCache(std::sync::Arc::new(
+            quick_cache::sync::Cache::with_weighter(64, CACHED_MODULE_BYTES, ByLength),
+        ))
+    }
+}
+
+impl std::fmt::Debug for ModuleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleCache")
+            .field("modules", &self.0.len())
+            .field("bytes", &self.0.weight())
+            .finish()
+    }
+}
 
 /// Media types an upload may be declared as (or none at all).
 const ACCEPTED_TYPES: &[&str] = &["application/wasm", "application/octet-stream"];
@@ -139,14 +178,25 @@ pub async fn download(
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
-    if matches && state.store.module_exists(&id).await? {
+    if matches
+        && (state.module_cache.0.get(&id).is_some() || state.store.module_exists(&id).await?)
+    {
         return Ok((StatusCode::NOT_MODIFIED, caching, [(header::ETAG, etag)]).into_response());
     }
-    let bytes = state
-        .store
-        .module_bytes(&id)
-        .await?
-        .ok_or(Error::NotFound("module"))?;
+    let bytes = match state.module_cache.0.get(&id) {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = Bytes::from(
+                state
+                    .store
+                    .module_bytes(&id)
+                    .await?
+                    .ok_or(Error::NotFound("module"))?,
+            );
+            state.module_cache.0.insert(id.clone(), bytes.clone());
+            bytes
+        }
+    };
     let etag = HeaderValue::from_str(&etag).map_err(|error| Error::Internal(error.into()))?;
     Ok((
         [(
