@@ -60,7 +60,9 @@ pub enum TrapKind {
 }
 
 impl TrapKind {
-    /// Classify a browser engine's `WebAssembly.RuntimeError` (or stack `RangeError`) message.
+    /// Classify a browser engine's `WebAssembly.RuntimeError` (or stack `RangeError` /
+    /// `InternalError`) message: V8's (Chromium), SpiderMonkey's (Firefox) and
+    /// JavaScriptCore's (Safari) wordings. The order matters: the more specific phrases first.
     pub fn from_browser_message(message: &str) -> TrapKind {
         let message = message.to_ascii_lowercase();
         let has = |needle: &str| message.contains(needle);
@@ -70,17 +72,27 @@ impl TrapKind {
             TrapKind::StackOverflow
         } else if has("by zero") {
             TrapKind::IntegerDivideByZero
-        } else if has("unrepresentable in integer") || has("float unrepresentable") {
+        } else if has("unrepresentable in integer")
+            || has("float unrepresentable")
+            || has("conversion to integer")
+            || has("trunc")
+        {
             TrapKind::BadConversionToInteger
         } else if has("divide result unrepresentable") || has("integer overflow") {
             TrapKind::IntegerOverflow
         } else if has("unaligned") || has("misaligned") {
             TrapKind::MisalignedAccess
-        } else if has("signature mismatch") || has("null function") || has("indirect call") {
+        } else if has("signature mismatch")
+            || has("signature that does not match")
+            || has("null function")
+            || has("null table entry")
+            || has("indirect call")
+        {
             TrapKind::IndirectCall
-        } else if has("table") || has("element segment") {
+        } else if has("table") || has("element segment") || has("call_indirect") {
             TrapKind::TableOutOfBounds
         } else if has("out of bounds") {
+            // SpiderMonkey says "index out of bounds" for tables too; memory is far more common.
             TrapKind::MemoryOutOfBounds
         } else {
             TrapKind::Other
@@ -268,6 +280,39 @@ mod tests {
                 TrapKind::IndirectCall,
             ),
             ("Maximum call stack size exceeded", TrapKind::StackOverflow),
+            // SpiderMonkey (Firefox).
+            ("unreachable executed", TrapKind::Unreachable),
+            ("index out of bounds", TrapKind::MemoryOutOfBounds),
+            ("integer divide by zero", TrapKind::IntegerDivideByZero),
+            ("integer overflow", TrapKind::IntegerOverflow),
+            (
+                "invalid conversion to integer",
+                TrapKind::BadConversionToInteger,
+            ),
+            ("indirect call to null", TrapKind::IndirectCall),
+            ("indirect call signature mismatch", TrapKind::IndirectCall),
+            ("too much recursion", TrapKind::StackOverflow),
+            ("unaligned memory access", TrapKind::MisalignedAccess),
+            // JavaScriptCore (Safari).
+            (
+                "Unreachable code should not be executed",
+                TrapKind::Unreachable,
+            ),
+            ("Out of bounds memory access", TrapKind::MemoryOutOfBounds),
+            ("Division by zero", TrapKind::IntegerDivideByZero),
+            (
+                "Out of bounds Trunc operation",
+                TrapKind::BadConversionToInteger,
+            ),
+            ("Out of bounds call_indirect", TrapKind::TableOutOfBounds),
+            (
+                "call_indirect to a null table entry",
+                TrapKind::IndirectCall,
+            ),
+            (
+                "call_indirect to a signature that does not match",
+                TrapKind::IndirectCall,
+            ),
             ("something new", TrapKind::Other),
         ] {
             assert_eq!(TrapKind::from_browser_message(message), kind, "{message}");
