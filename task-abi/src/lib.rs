@@ -53,6 +53,25 @@ pub fn is_module_id(id: &str) -> bool {
     })
 }
 
+/// Where the master whose worker WebSocket is `ws_url` (`ws[s]://host[:port]/ws`) serves the
+/// module `id`: on the same host and port over HTTP(S),
+/// `http[s]://host[:port]/api/v1/modules/{id}`. Both workers fetch modules from here. `None`
+/// when `ws_url` is not a `ws://` or `wss://` URL with a host.
+pub fn module_url(ws_url: &str, id: &str) -> Option<String> {
+    let (scheme, rest) = if let Some(rest) = ws_url.strip_prefix("wss://") {
+        ("https", rest)
+    } else if let Some(rest) = ws_url.strip_prefix("ws://") {
+        ("http", rest)
+    } else {
+        return None;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}/api/v1/modules/{id}"))
+}
+
 /// The limits a job sets on each chunk of a module, with their defaults and ceilings. Every
 /// worker enforces them; the master checks them at submission.
 pub mod limits {
@@ -87,5 +106,26 @@ mod tests {
         assert!(!is_module_id(&id.replace("sha256:", "md5:")));
         assert!(!is_module_id(&format!("{id}0")));
         assert!(!is_module_id("primes"));
+    }
+
+    #[test]
+    fn module_urls_follow_the_masters_websocket_url() {
+        let id = module_id(b"x");
+        for (ws, http) in [
+            ("ws://127.0.0.1:8080/ws", "http://127.0.0.1:8080"),
+            ("wss://grid.example/ws", "https://grid.example"),
+            ("wss://grid.example/ws?x=1", "https://grid.example"),
+            ("ws://[::1]:9000/ws/", "http://[::1]:9000"),
+            ("ws://host", "http://host"),
+            ("ws://host?x", "http://host"),
+        ] {
+            assert_eq!(
+                module_url(ws, &id),
+                Some(format!("{http}/api/v1/modules/{id}")),
+                "{ws}"
+            );
+        }
+        assert_eq!(module_url("http://host/ws", &id), None);
+        assert_eq!(module_url("ws:///ws", &id), None);
     }
 }

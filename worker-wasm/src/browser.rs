@@ -38,7 +38,8 @@ use crate::duty_cycle::DutyCycle;
 use crate::module_runner::{ModuleHost, ModuleRunner};
 use crate::session::{Assignment, Reaction, Session, SessionError};
 use crate::status::{Connection, Status};
-use crate::task_module::{ChunkEnd, ModuleTask, Unrunnable, module_url};
+use crate::task_module::{ChunkEnd, ModuleTask, Unrunnable};
+use grid_task_abi::module_url;
 
 #[wasm_bindgen]
 extern "C" {

@@ -6,7 +6,7 @@
 //! ABI):
 //! 1. [`ModuleTask::new`]: the task the master sent, checked ([`Unrunnable`] if no worker
 //!    could run it).
-//! 2. [`module_url`]: where the master serves the module's bytes.
+//! 2. [`grid_task_abi::module_url`]: where the master serves the module's bytes.
 //! 3. [`prepare`]: the fetched bytes must hash to the module's id; then the ABI check, the
 //!    memory cap's start-up check (a deterministic failure, the chunk's outcome), and a copy
 //!    of the module whose declared maximum is the cap (the browser cannot limit a memory the
@@ -76,24 +76,6 @@ impl ModuleTask {
             limit: MemoryLimit::new(max_memory_mb),
         })
     }
-}
-
-/// Where the master at `ws_url` (`ws[s]://host[:port]/ws`) serves the module `id`: on the
-/// same host and port over HTTP(S), `http[s]://host[:port]/api/v1/modules/{id}` (as the
-/// native worker finds it).
-pub fn module_url(ws_url: &str, id: &str) -> Option<String> {
-    let (scheme, rest) = if let Some(rest) = ws_url.strip_prefix("wss://") {
-        ("https", rest)
-    } else if let Some(rest) = ws_url.strip_prefix("ws://") {
-        ("http", rest)
-    } else {
-        return None;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return None;
-    }
-    Some(format!("{scheme}://{authority}/api/v1/modules/{id}"))
 }
 
 /// A fetched module, ready for the sandbox or known to fail.
@@ -286,27 +268,6 @@ mod tests {
                 "{id} {timeout_ms} {mb}"
             );
         }
-    }
-
-    #[test]
-    fn module_urls_follow_the_masters_websocket_url() {
-        let id = module_id(b"x");
-        for (ws, http) in [
-            ("ws://127.0.0.1:8080/ws", "http://127.0.0.1:8080"),
-            ("wss://grid.example/ws", "https://grid.example"),
-            ("wss://grid.example/ws?x=1", "https://grid.example"),
-            ("ws://[::1]:9000/ws/", "http://[::1]:9000"),
-            ("ws://host", "http://host"),
-            ("ws://host?x", "http://host"),
-        ] {
-            assert_eq!(
-                module_url(ws, &id),
-                Some(format!("{http}/api/v1/modules/{id}")),
-                "{ws}"
-            );
-        }
-        assert_eq!(module_url("http://host/ws", &id), None);
-        assert_eq!(module_url("ws:///ws", &id), None);
     }
 
     #[test]
