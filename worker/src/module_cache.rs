@@ -4,8 +4,9 @@
 //! `GET /api/v1/modules/{id}` on the master that assigned it, on the host and port of its
 //! WebSocket URL ([`module_url`]). A download is capped at [`MAX_MODULE_BYTES`], must hash to
 //! the id it was fetched by, and must pass the ABI check before it is compiled (by
-//! [`Sandbox::compile`], on the blocking pool). Concurrent requests for one module share one
-//! download; a failed one is retried by the next request.
+//! [`Sandbox::compile`], on the blocking pool). The compiled modules live in a `quick_cache`
+//! cache, which also makes concurrent requests for one module share one download; a failed
+//! one is not cached and is retried by the next request.
 //!
 //! Ids are content addresses, so one cache serves every master the worker talks to, across
 //! reconnects. The HTTP client and the wasmtime engine are only made when the first module is
@@ -14,8 +15,7 @@
 //! Running modules is [`crate::sandbox`]'s job; what the session does with a module that cannot
 //! be fetched (it hands the lease back) is `session`'s.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grid_task_abi::{is_module_id, module_id};
@@ -32,8 +32,8 @@ use crate::sandbox::{CompileError, Sandbox, TaskModule};
 /// cannot fill the worker's memory.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 
-/// Compiled modules kept; the least recently used beyond this are dropped (chunks running
-/// one keep it alive until they finish).
+/// Compiled modules kept; beyond this the cache drops the ones least likely to be used again
+/// (chunks running one keep it alive until they finish).
 pub const MAX_CACHED_MODULES: usize = 16;
 
 /// A download that receives nothing for this long is abandoned.
@@ -52,8 +52,8 @@ struct Inner {
     tools: OnceCell<Tools>,
     /// How long connecting to the master may take.
     connect_timeout: Duration,
-    /// Modules by id, compiled or being fetched.
-    entries: Mutex<Entries>,
+    /// Compiled modules by id.
+    modules: quick_cache::sync::Cache<String, Arc<TaskModule>>,
 }
 
 /// What fetching and compiling needs.
@@ -65,22 +65,6 @@ struct Tools {
     sandbox: Sandbox,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    /// Each id's cell is filled once, by whichever request downloads it first.
-    by_id: HashMap<String, Entry>,
-    /// Counts uses, to find the least recently used entry.
-    clock: u64,
-}
-
-#[derive(Debug)]
-struct Entry {
-    /// The compiled module, once there is one.
-    module: Arc<OnceCell<Arc<TaskModule>>>,
-    /// [`Entries::clock`] at the last use.
-    last_used: u64,
-}
-
 impl ModuleCache {
     /// An empty cache whose downloads give up connecting after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> ModuleCache {
@@ -88,19 +72,14 @@ impl ModuleCache {
             inner: Arc::new(Inner {
                 tools: OnceCell::new(),
                 connect_timeout,
-                entries: Mutex::new(Entries::default()),
+                modules: quick_cache::sync::Cache::new(MAX_CACHED_MODULES),
             }),
         }
     }
 
     /// The module `id` if it is compiled already.
     pub fn cached(&self, id: &str) -> Option<Arc<TaskModule>> {
-        let mut entries = self.entries();
-        let now = entries.tick();
-        let entry = entries.by_id.get_mut(id)?;
-        let module = entry.module.get()?;
-        entry.last_used = now;
-        Some(Arc::clone(module))
+        self.inner.modules.get(id)
     }
 
     /// The module `id`: cached, or downloaded from the master at `master` (its WebSocket URL),
@@ -109,35 +88,10 @@ impl ModuleCache {
         if !is_module_id(id) {
             return Err(ModuleError::BadId(id.to_owned()));
         }
-        let cell = {
-            let mut entries = self.entries();
-            let now = entries.tick();
-            let entry = entries.by_id.entry(id.to_owned()).or_insert_with(|| Entry {
-                module: Arc::new(OnceCell::new()),
-                last_used: now,
-            });
-            entry.last_used = now;
-            Arc::clone(&entry.module)
-        };
-        match cell.get_or_try_init(|| self.load(master, id)).await {
-            Ok(module) => {
-                let module = Arc::clone(module);
-                self.entries().evict();
-                Ok(module)
-            }
-            Err(error) => {
-                // Do not keep ids that fail around (a later request starts afresh); unless
-                // another request has succeeded with this cell meanwhile.
-                let mut entries = self.entries();
-                if let Some(entry) = entries.by_id.get(id)
-                    && Arc::ptr_eq(&entry.module, &cell)
-                    && !cell.initialized()
-                {
-                    entries.by_id.remove(id);
-                }
-                Err(error)
-            }
-        }
+        self.inner
+            .modules
+            .get_or_insert_async(id, self.load(master, id))
+            .await
     }
 
     /// Download, verify and compile `id`.
@@ -147,7 +101,7 @@ impl ModuleCache {
             .tools
             .get_or_try_init(|| async { Tools::new(self.inner.connect_timeout) })
             .await?;
-        let url = module_url(master, id);
+        let url = module_url(master, id)?;
         debug!(%url, "downloading a task module");
         let bytes = download(&tools.http, url).await?;
         let actual = module_id(&bytes);
@@ -171,47 +125,6 @@ impl ModuleCache {
         );
         Ok(Arc::new(module))
     }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
-        // The map stays consistent whatever a panicking holder was doing: every update is one
-        // insert or remove.
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Entries {
-    /// Advance the use clock.
-    fn tick(&mut self) -> u64 {
-        self.clock += 1;
-        self.clock
-    }
-
-    /// Drop the least recently used compiled modules beyond [`MAX_CACHED_MODULES`]. Entries
-    /// still downloading are left alone.
-    fn evict(&mut self) {
-        while self
-            .by_id
-            .values()
-            .filter(|e| e.module.initialized())
-            .count()
-            > MAX_CACHED_MODULES
-        {
-            let Some(oldest) = self
-                .by_id
-                .iter()
-                .filter(|(_, entry)| entry.module.initialized())
-                .min_by_key(|(_, entry)| entry.last_used)
-                .map(|(id, _)| id.clone())
-            else {
-                return;
-            };
-            debug!(module = %oldest, "dropping a compiled module from the cache");
-            self.by_id.remove(&oldest);
-        }
-    }
 }
 
 impl Tools {
@@ -226,24 +139,16 @@ impl Tools {
     }
 }
 
-/// Where the master at WebSocket URL `master` serves module `id`: the same host and port,
-/// `http` for `ws` and `https` for `wss`, path `/api/v1/modules/{id}`.
-pub fn module_url(master: &Url, id: &str) -> Url {
-    let mut url = master.clone();
-    // ws → http and wss → https stay among the special schemes, which `Url` always allows;
-    // `WorkerConfig::validate` has made sure the master's URL is ws:// or wss://.
-    let _ = url.set_scheme(if master.scheme() == "wss" {
-        "https"
-    } else {
-        "http"
-    });
-    url.set_path(&format!("/api/v1/modules/{id}"));
-    url.set_query(None);
-    url.set_fragment(None);
-    url
+/// Where the master at WebSocket URL `master` serves module `id` (`grid_task_abi::module_url`:
+/// the same host and port, `http` for `ws` and `https` for `wss`).
+pub fn module_url(master: &Url, id: &str) -> Result<Url, ModuleError> {
+    // `WorkerConfig::validate` has made sure the master's URL is ws:// or wss://, and `get`
+    // that `id` is a module id: neither error happens in practice.
+    grid_task_abi::module_url(master.as_str(), id)
+        .and_then(|url| Url::parse(&url).ok())
+        .ok_or_else(|| ModuleError::BadId(id.to_owned()))
 }
 
-/// GET `url`, refusing anything but 200 and bodies over [`MAX_MODULE_BYTES`].
 async fn download(http: &reqwest::Client, url: Url) -> Result<Vec<u8>, ModuleError> {
     let too_large = ModuleError::TooLarge {
         limit: MAX_MODULE_BYTES,
@@ -276,7 +181,11 @@ mod tests {
     #[test]
     fn modules_are_fetched_from_the_masters_http_side() {
         let id = format!("sha256:{}", "0a".repeat(32));
-        let url = |ws: &str| module_url(&Url::parse(ws).unwrap(), &id).to_string();
+        let url = |ws: &str| {
+            module_url(&Url::parse(ws).unwrap(), &id)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(
             url("ws://127.0.0.1:8080/ws"),
             format!("http://127.0.0.1:8080/api/v1/modules/{id}")
