@@ -48,6 +48,20 @@ pub struct Config {
     #[arg(long, env = "GRID_MAX_MODULE_BYTES", default_value_t = grid_task_abi::limits::DEFAULT_MAX_MODULE_BYTES)]
     pub max_module_bytes: usize,
 
+    /// Prefix lengths that make one network, IPv4 then IPv6 (`24,48`), or `off`: the results
+    /// of one quorum come from distinct networks, and per-network caps apply.
+    #[arg(long, env = "GRID_DISTINCT_NETWORKS", default_value = "24,48")]
+    pub distinct_networks: String,
+
+    /// The host's own networks (CIDR list): their workers are exempt from the distinct-network
+    /// rule and the per-network caps, each counting as a network of its own. Empty: none.
+    #[arg(long, env = "GRID_TRUSTED_NETWORKS", default_value = grid_server_network_default())]
+    pub trusted_networks: String,
+
+    /// Reverse proxies (CIDR list) whose `X-Forwarded-For` names the client. Empty: none.
+    #[arg(long, env = "GRID_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -71,8 +85,26 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("no_trust", &self.no_trust)
             .field("max_module_bytes", &self.max_module_bytes)
+            .field("distinct_networks", &self.distinct_networks)
+            .field("trusted_networks", &self.trusted_networks)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("log_format", &self.log_format)
             .finish()
+    }
+}
+
+const fn grid_server_network_default() -> &'static str {
+    crate::network::DEFAULT_TRUSTED
+}
+
+impl Config {
+    /// The network policy these settings describe.
+    pub fn network_policy(&self) -> Result<crate::network::NetworkPolicy, String> {
+        crate::network::NetworkPolicy::parse(
+            &self.distinct_networks,
+            &self.trusted_networks,
+            &self.trusted_proxies,
+        )
     }
 }
 

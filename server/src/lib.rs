@@ -11,6 +11,7 @@
 //!   [`store::insights`] holds the read-mostly queries of dashboards and volunteers.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`network`]: which network a peer is on (quorum independence, per-network caps).
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
 //!
@@ -24,6 +25,7 @@ pub mod dashboard;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod network;
 pub mod scheduler;
 pub mod session;
 pub mod store;
@@ -31,11 +33,13 @@ pub mod verifier;
 pub mod web;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -71,6 +75,8 @@ pub struct AppState {
     pub origins: Arc<web::OriginPolicy>,
     /// Task modules recently downloaded by workers.
     pub module_cache: api::modules::ModuleCache,
+    /// How peers are grouped into networks.
+    pub networks: Arc<network::NetworkPolicy>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -88,6 +94,9 @@ pub struct ServeOptions {
     /// Plain voting: no spot-check ringers, no blacklisting, no backtracking (reputation is
     /// still recorded). For comparisons; see docs/trust.md.
     pub no_trust: bool,
+    /// How peers are grouped into networks (distinct networks per quorum, trusted networks,
+    /// proxies whose `X-Forwarded-For` counts).
+    pub networks: network::NetworkPolicy,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -132,6 +141,7 @@ async fn api_not_found() -> error::Error {
 )]
 pub(crate) async fn worker_socket(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -147,6 +157,16 @@ pub(crate) async fn worker_socket(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    // Routers driven without a listener (tests with `oneshot`) have no peer address: such a
+    // session counts as the host's own.
+    let peer_ip = peer.map_or(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        |Extension(ConnectInfo(addr))| state.networks.client_ip(addr, &headers),
+    );
+    let peer = session::Peer {
+        network: state.networks.network_of(peer_ip),
+        ip: peer_ip,
+    };
     let max = state.limits.max_ws_message_bytes;
     let shutdown = state.shutdown.clone();
     // tungstenite's default 128 KiB read buffer is zero-filled before every read and held per
@@ -154,7 +174,7 @@ pub(crate) async fn worker_socket(
     ws.read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, state, shutdown))
+        .on_upgrade(move |socket| session::run(socket, state, peer, shutdown))
 }
 
 /// Run the master on `listener` until `shutdown` resolves: then stop accepting, close worker
@@ -181,32 +201,36 @@ pub async fn serve(
         shutdown: stop_rx,
         origins: Arc::new(web::OriginPolicy::new(&options.allowed_origins)),
         module_cache: api::modules::ModuleCache::default(),
+        networks: Arc::new(options.networks),
     };
     metrics::install();
     let app = router(state);
     let grace = options.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Stop assigning, give in-flight chunks the grace period to come back, then close
-            // every session with "going away" so workers reconnect (to another master, or to
-            // this one once restarted). Leases still out then are reissued.
-            tracing::info!(?grace, "shutting down: no new assignments");
-            let (drained_tx, drained) = tokio::sync::oneshot::channel();
-            if drain
-                .send(scheduler::Event::Drain {
-                    drained: drained_tx,
-                })
-                .await
-            {
-                match tokio::time::timeout(grace, drained).await {
-                    Ok(_) => tracing::info!("every in-flight result is in"),
-                    Err(_) => tracing::warn!("grace period over with leases outstanding"),
-                }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        // Stop assigning, give in-flight chunks the grace period to come back, then close
+        // every session with "going away" so workers reconnect (to another master, or to
+        // this one once restarted). Leases still out then are reissued.
+        tracing::info!(?grace, "shutting down: no new assignments");
+        let (drained_tx, drained) = tokio::sync::oneshot::channel();
+        if drain
+            .send(scheduler::Event::Drain {
+                drained: drained_tx,
+            })
+            .await
+        {
+            match tokio::time::timeout(grace, drained).await {
+                Ok(_) => tracing::info!("every in-flight result is in"),
+                Err(_) => tracing::warn!("grace period over with leases outstanding"),
             }
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+        }
+        let _ = stop_tx.send(true);
+    })
+    .await?;
     // Sessions have ended and queued their disconnects; let the scheduler commit them.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), scheduler_task).await;
     Ok(())

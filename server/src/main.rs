@@ -75,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
         allowed_origins: config.allowed_origins.clone(),
         shutdown_grace: Some(std::time::Duration::from_secs(config.shutdown_grace)),
         no_trust: config.no_trust,
+        networks: config
+            .network_policy()
+            .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
         limits: grid_server::limits::Limits {
             max_module_bytes: config.max_module_bytes,
             ..Default::default()

@@ -78,8 +78,17 @@ impl RateLimit {
     }
 }
 
+/// Where a session's peer connects from.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address (after a trusted proxy's `X-Forwarded-For`).
+    pub ip: std::net::IpAddr,
+    /// Its network key, `None` on a trusted network (see [`crate::network`]).
+    pub network: Option<String>,
+}
+
 /// Serve one upgraded connection until it ends.
-pub async fn run(socket: WebSocket, state: AppState, shutdown: watch::Receiver<bool>) {
+pub async fn run(socket: WebSocket, state: AppState, peer: Peer, shutdown: watch::Receiver<bool>) {
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<Outbound>();
     let (close_tx, mut close_rx) = mpsc::channel::<CloseFrame>(1);
@@ -118,7 +127,7 @@ pub async fn run(socket: WebSocket, state: AppState, shutdown: watch::Receiver<b
     });
 
     let session = state.scheduler.new_session_id();
-    let result = read_loop(&mut stream, &state, session, &outbox, shutdown).await;
+    let result = read_loop(&mut stream, &state, session, &peer, &outbox, shutdown).await;
     let registered = !matches!(result, ReadEnd::BeforeHello(_));
     let frame = match result {
         ReadEnd::PeerClosed => None,
@@ -162,6 +171,7 @@ async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     state: &AppState,
     session: SessionId,
+    peer: &Peer,
     outbox: &mpsc::UnboundedSender<Outbound>,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReadEnd {
@@ -224,6 +234,7 @@ async fn read_loop(
         .send(Event::Connected {
             session,
             worker_id: worker_id.clone(),
+            network: peer.network.as_deref().map(Arc::from),
             kind,
             slots,
             outbox: outbox.clone(),

@@ -67,6 +67,8 @@ pub enum Event {
         session: SessionId,
         /// Its persistent identity.
         worker_id: Arc<str>,
+        /// The network it connects from (`None`: a trusted network, independent of all).
+        network: Option<Arc<str>>,
         /// Native or browser.
         kind: WorkerKind,
         /// Concurrent chunks it runs.
@@ -149,6 +151,8 @@ impl SchedulerHandle {
 #[derive(Debug)]
 struct Session {
     worker_id: Arc<str>,
+    /// The network it connects from (`None`: trusted, independent of every other session).
+    network: Option<Arc<str>>,
     kind: &'static str,
     /// Assignments outstanding at most (slots plus prefetch).
     capacity: usize,
@@ -311,6 +315,7 @@ impl Scheduler {
             Event::Connected {
                 session,
                 worker_id,
+                network,
                 kind,
                 slots,
                 outbox,
@@ -325,6 +330,7 @@ impl Scheduler {
                     session,
                     Session {
                         worker_id,
+                        network,
                         kind,
                         capacity: capacity_for(slots),
                         leases: HashSet::new(),
