@@ -6,6 +6,7 @@
 //! - [`session`]: one worker's WebSocket session at `/ws`.
 //! - [`scheduler`]: the single task that owns leases and hands out work, committing each round
 //!   as one batch; [`scheduler::dispatch`] is its in-memory cache of ready chunks.
+//! - [`checker`]: the master's own spot-checks of accepted kernel chunks (independent answers).
 //! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
 //!   [`store::insights`] holds the read-mostly queries of dashboards and volunteers.
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod checker;
 pub mod config;
 pub mod dashboard;
 pub mod error;
@@ -190,6 +192,9 @@ pub async fn serve(
     let (scheduler, scheduler_task) = scheduler::spawn(store.clone(), options.no_trust);
     let drain = scheduler.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
+    if !options.no_trust {
+        checker::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
+    }
     let state = AppState {
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,

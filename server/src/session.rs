@@ -297,7 +297,13 @@ async fn read_loop(
             WorkerMessage::Drain => Event::WorkerDrain { session },
             WorkerMessage::Release { leases } => Event::Release { session, leases },
             WorkerMessage::Result { lease, outcome } => {
-                let text = outcome.canonical_text();
+                // Outputs are canonical JSON, whose escapes keep control characters out of the
+                // text; an error message is free text and is made storable here (PostgreSQL
+                // refuses NUL in text, and one such row would fail a whole group commit).
+                let text = match &outcome {
+                    Outcome::Ok(_) => outcome.canonical_text(),
+                    Outcome::Err(message) => storable_text(message),
+                };
                 if text.len() > limits.max_output_bytes {
                     return ReadEnd::Refused(Refusal::new(
                         "too_large",
@@ -362,10 +368,48 @@ async fn next_text(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
     }
 }
 
+/// Free text as it may be stored and shown: control characters other than newline and tab
+/// written as `\u{..}` escapes, so the text holds no NUL and cannot forge log or terminal
+/// output. Honest workers' identical messages stay identical.
+fn storable_text(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn truncate(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storable_text;
+
+    #[test]
+    fn error_texts_lose_control_characters_but_keep_their_meaning() {
+        assert_eq!(storable_text("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(storable_text("a\u{0}b"), "a\\u{0000}b");
+        assert_eq!(storable_text("\u{1b}[31mred"), "\\u{001b}[31mred");
+        assert!(
+            !storable_text("\u{0}\u{7f}\u{9b}")
+                .chars()
+                .any(char::is_control)
+        );
+    }
 }

@@ -11,7 +11,10 @@
 //! - When `max_replicas` results are in and no group has a quorum, the chunk fails.
 //! - Leases that end without a result do not count against `max_replicas`, but a chunk whose
 //!   leases keep expiring (it crashes or hangs every worker) fails after
-//!   [`MAX_EXPIRIES_PER_REPLICA`] times `max_replicas` of them.
+//!   [`MAX_EXPIRIES_PER_REPLICA`] times `max_replicas` of them. The store never gives a chunk
+//!   twice to one identity or one network (the `independence` migration), so these are ends
+//!   from that many distinct workers on distinct networks: one peer cannot fail a chunk by
+//!   taking and releasing it.
 //! - Results and leases of blacklisted workers count for nothing.
 //! - Adaptive jobs (docs/trust.md) issue one replica first. When its result comes from a
 //!   trusted worker (at least [`TRUST_THRESHOLD`] validated results in a row) it is accepted
@@ -60,6 +63,11 @@ impl Standing {
         } else {
             Standing::Reputed(u32::try_from(consecutive_valid).unwrap_or(0))
         }
+    }
+
+    /// Whether the worker is trusted now.
+    pub fn is_trusted(self) -> bool {
+        self.trusted().is_some()
     }
 
     fn trusted(self) -> Option<u32> {
@@ -230,7 +238,8 @@ fn decide_with_quorum(policy: QuorumPolicy, quorum: u32, replicas: &[ReplicaFact
     }
     if needed > 0 && ended >= MAX_EXPIRIES_PER_REPLICA * policy.max_replicas && live == 0 {
         return Decision::Fail(format!(
-            "{ended} leases ended without a result; the chunk may crash or stall workers"
+            "{ended} leases ended without a result, each from another worker and network; \
+             the chunk may crash or stall workers"
         ));
     }
     Decision::Want(needed.min(room))

@@ -32,6 +32,25 @@ pub struct Proposal {
     pub lease_seconds: i32,
 }
 
+/// Who a proposal is for: a worker identity and its origin (its network, or the identity
+/// itself on a trusted network). A chunk goes to neither twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Taker<'a> {
+    /// The worker identity.
+    pub worker_id: &'a str,
+    /// Its origin.
+    pub origin: &'a str,
+}
+
+impl Taker<'_> {
+    fn may_take(&self, chunk: &ReadyChunk) -> bool {
+        !chunk
+            .holders
+            .iter()
+            .any(|h| h == self.worker_id || h == self.origin)
+    }
+}
+
 /// Ready chunks in dispatch order (priority, then job, then index).
 #[derive(Debug, Default)]
 pub struct DispatchCache {
@@ -98,19 +117,19 @@ impl DispatchCache {
         }
     }
 
-    /// Propose up to `count` chunks for `worker_id`, never one it already holds or returned,
-    /// and record the worker as a holder.
-    pub fn take_for(&mut self, worker_id: &str, count: usize) -> Vec<Proposal> {
+    /// Propose up to `count` chunks for `taker`, never one its identity or its origin ever
+    /// had a replica of, and record both as holders.
+    pub fn take_for(&mut self, taker: Taker<'_>, count: usize) -> Vec<Proposal> {
         let mut proposals = Vec::new();
         if count == 0 {
             return proposals;
         }
         for entry in self.entries.iter_mut() {
-            if entry.remaining <= 0 || entry.chunk.holders.iter().any(|h| h == worker_id) {
+            if entry.remaining <= 0 || !taker.may_take(&entry.chunk) {
                 continue;
             }
             entry.remaining -= 1;
-            proposals.push(entry.propose_to(worker_id));
+            proposals.push(entry.propose_to(taker));
             if proposals.len() == count {
                 break;
             }
@@ -128,15 +147,15 @@ impl DispatchCache {
         self.entries.is_empty()
     }
 
-    /// One entry for `worker_id` (used for the ringer pool: entries are reusable, each worker
-    /// gets a given ringer at most once).
-    pub fn take_for_one(&mut self, worker_id: &str) -> Option<Proposal> {
+    /// One entry for `taker` (used for the ringer pool: entries are reusable, each worker and
+    /// each origin gets a given ringer at most once).
+    pub fn take_for_one(&mut self, taker: Taker<'_>) -> Option<Proposal> {
         let start = rand::random_range(0..self.entries.len().max(1));
         let len = self.entries.len();
         (0..len)
             .map(|offset| (start + offset) % len)
-            .find(|&i| !self.entries[i].chunk.holders.iter().any(|h| h == worker_id))
-            .map(|i| self.entries[i].propose_to(worker_id))
+            .find(|&i| taker.may_take(&self.entries[i].chunk))
+            .map(|i| self.entries[i].propose_to(taker))
     }
 }
 
@@ -146,9 +165,12 @@ fn order_key(chunk: &ReadyChunk) -> (i32, i64, i32) {
 }
 
 impl Entry {
-    /// A proposal of this chunk for `worker_id`, who becomes one of its holders.
-    fn propose_to(&mut self, worker_id: &str) -> Proposal {
-        self.chunk.holders.push(worker_id.to_owned());
+    /// A proposal of this chunk for `taker`, whose identity and origin become holders.
+    fn propose_to(&mut self, taker: Taker<'_>) -> Proposal {
+        self.chunk.holders.push(taker.worker_id.to_owned());
+        if taker.origin != taker.worker_id {
+            self.chunk.holders.push(taker.origin.to_owned());
+        }
         Proposal {
             job_id: self.chunk.job_id,
             idx: self.chunk.idx,
@@ -185,20 +207,49 @@ mod tests {
         }
     }
 
+    /// A worker on a trusted network: its origin is its identity.
+    fn alone(worker_id: &str) -> Taker<'_> {
+        Taker {
+            worker_id,
+            origin: worker_id,
+        }
+    }
+
+    #[test]
+    fn replicas_of_one_chunk_go_to_distinct_networks() {
+        let mut cache = DispatchCache::new();
+        cache.load(vec![chunk(1, 0, 0, 2)], 100);
+        let net = "198.51.100.0/24";
+        let a = Taker {
+            worker_id: "sybil-a",
+            origin: net,
+        };
+        let b = Taker {
+            worker_id: "sybil-b",
+            origin: net,
+        };
+        assert_eq!(cache.take_for(a, 10).len(), 1);
+        assert!(
+            cache.take_for(b, 10).is_empty(),
+            "a second identity on the same network must not get the other replica"
+        );
+        assert_eq!(cache.take_for(alone("honest"), 10).len(), 1);
+    }
+
     #[test]
     fn replicas_of_one_chunk_go_to_distinct_workers() {
         let mut cache = DispatchCache::new();
         cache.load(vec![chunk(1, 0, 0, 2), chunk(1, 1, 0, 2)], 100);
-        let a = cache.take_for("a", 10);
+        let a = cache.take_for(alone("a"), 10);
         assert_eq!(a.iter().map(|p| p.idx).collect::<Vec<_>>(), vec![0, 1]);
         assert!(
-            cache.take_for("a", 10).is_empty(),
+            cache.take_for(alone("a"), 10).is_empty(),
             "a must not get a second replica"
         );
-        let b = cache.take_for("b", 10);
+        let b = cache.take_for(alone("b"), 10);
         assert_eq!(b.len(), 2);
         assert!(
-            cache.take_for("c", 10).is_empty(),
+            cache.take_for(alone("c"), 10).is_empty(),
             "both chunks are fully issued"
         );
     }
@@ -210,7 +261,7 @@ mod tests {
         assert!(cache.is_truncated());
         cache.merge(vec![chunk(2, 0, 5, 1), chunk(1, 0, 0, 1)]);
         let order: Vec<_> = cache
-            .take_for("w", 10)
+            .take_for(alone("w"), 10)
             .iter()
             .map(|p| (p.job_id, p.idx))
             .collect();

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::store::{
     Batch, BatchOutcome, ExpirySweep, LeaseEnd, LeaseRequest, ResultSubmission, Store,
 };
-use dispatch::{DispatchCache, Proposal};
+use dispatch::{DispatchCache, Proposal, Taker};
 
 /// Identifies one WebSocket session within this master process.
 pub type SessionId = u64;
@@ -37,11 +37,12 @@ const CACHE_LOAD_LIMIT: usize = 4096;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Capacity of the scheduler's inbox; sessions wait (backpressure) when it is full.
 const INBOX_CAPACITY: usize = 65_536;
-/// A session's first assignments are all ringers while the pool has any: a worker proves itself
-/// on known answers before its word counts (a liar is caught before it can collude).
+/// A session's assignments are all ringers while the pool has any, until it was sent
+/// [`NEW_WORKER_RINGERS`] of them: a worker proves itself on answers the master knows before
+/// its word counts (a liar is caught before it can collude), and an honest one earns trust.
 const NEW_WORKER_RINGER_RATE: f64 = 1.0;
-/// How many assignments count as "first".
-const NEW_WORKER_ASSIGNMENTS: u32 = 4;
+/// Ringers a session gets at [`NEW_WORKER_RINGER_RATE`]: enough to earn trust.
+const NEW_WORKER_RINGERS: u32 = crate::verifier::TRUST_THRESHOLD;
 /// Afterwards, this share of assignments are ringers.
 const RINGER_RATE: f64 = 0.02;
 /// Ringer candidates loaded at once.
@@ -113,6 +114,12 @@ pub enum Event {
         /// The revoked leases.
         leases: Vec<LeaseId>,
     },
+    /// The master computed accepted chunks itself (see [`crate::checker`]): whether each
+    /// accepted output is right.
+    MasterChecked {
+        /// `(chunk, agreed)`.
+        checks: Vec<(crate::store::review::ChunkKey, bool)>,
+    },
     /// Graceful shutdown: assign nothing more; `drained` fires once no lease is outstanding.
     Drain {
         /// Fired when every outstanding lease has a result (or was handed back).
@@ -151,8 +158,9 @@ impl SchedulerHandle {
 #[derive(Debug)]
 struct Session {
     worker_id: Arc<str>,
-    /// The network it connects from (`None`: trusted, independent of every other session).
-    network: Option<Arc<str>>,
+    /// Its origin: the network it connects from, or its identity on a trusted network (see
+    /// [`crate::network`]); no chunk goes to one origin twice.
+    origin: Arc<str>,
     kind: &'static str,
     /// Assignments outstanding at most (slots plus prefetch).
     capacity: usize,
@@ -161,8 +169,8 @@ struct Session {
     outbox: mpsc::UnboundedSender<Outbound>,
     /// Cache generation at which this worker last asked the database for chunks of its own.
     starved_generation: Option<u64>,
-    /// Assignments planned for this session so far (new sessions get more spot-checks).
-    assigned: u32,
+    /// Ringers sent to this session so far (new sessions get more spot-checks).
+    ringers_sent: u32,
 }
 
 impl Session {
@@ -253,10 +261,13 @@ struct Scheduler {
 
 impl Scheduler {
     async fn run(mut self) {
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = Vec::with_capacity(MAX_EVENTS_PER_ROUND);
         let mut busy = true;
+        // The sweep (lease deadlines, and this master's heartbeat on a shared database) is due
+        // every SWEEP_INTERVAL whether the scheduler is idle or busy: under sustained load a
+        // sweep that waited for an idle moment would never run, and peer masters would take
+        // this one for dead and expire all its leases.
+        let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         loop {
             if busy {
                 // Work is known to be waiting: take what has queued up, do not block.
@@ -273,8 +284,13 @@ impl Scheduler {
                             break;
                         }
                     }
-                    _ = sweep.tick() => self.on_sweep_tick(),
+                    _ = tokio::time::sleep_until(next_sweep) => {}
                 }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_sweep {
+                self.on_sweep_tick();
+                next_sweep = now + SWEEP_INTERVAL;
             }
             for event in events.drain(..) {
                 self.apply(event);
@@ -329,15 +345,15 @@ impl Scheduler {
                 self.sessions.insert(
                     session,
                     Session {
+                        origin: network.unwrap_or_else(|| worker_id.clone()),
                         worker_id,
-                        network,
                         kind,
                         capacity: capacity_for(slots),
                         leases: HashSet::new(),
                         draining: false,
                         outbox,
                         starved_generation: None,
-                        assigned: 0,
+                        ringers_sent: 0,
                     },
                 );
             }
@@ -402,6 +418,7 @@ impl Scheduler {
                 }
             }
             Event::WorkAvailable => self.cache.invalidate(),
+            Event::MasterChecked { checks } => self.batch.master_checks.extend(checks),
             Event::Revoked { leases } => {
                 self.revoke(&leases);
                 self.cache.invalidate();
@@ -439,8 +456,9 @@ impl Scheduler {
             return Ok(());
         }
         self.refresh_trust().await?;
-        // Oldest sessions first, so the order is stable from round to round.
-        hungry.sort_unstable();
+        // In random order: which sessions get the replicas of one chunk must not be up to the
+        // sessions (colluders connected back to back would otherwise get both).
+        rand::seq::SliceRandom::shuffle(hungry.as_mut_slice(), &mut rand::rng());
         if self.cache.needs_load() {
             let chunks = self
                 .store
@@ -454,7 +472,12 @@ impl Scheduler {
             };
             let want = session.free_credit();
             let worker_id = session.worker_id.clone();
-            let mut proposals = self.cache.take_for(&worker_id, want);
+            let origin = session.origin.clone();
+            let taker = Taker {
+                worker_id: &worker_id,
+                origin: &origin,
+            };
+            let mut proposals = self.cache.take_for(taker, want);
             if proposals.len() < want
                 && self.cache.is_truncated()
                 && session.starved_generation != Some(self.cache.generation())
@@ -464,26 +487,28 @@ impl Scheduler {
                 session.starved_generation = Some(self.cache.generation());
                 let more = self
                     .store
-                    .ready_chunks((want * 4) as i64, Some(&worker_id))
+                    .ready_chunks((want * 4) as i64, Some((&worker_id, &origin)))
                     .await?;
                 self.cache.merge(more);
-                proposals.extend(self.cache.take_for(&worker_id, want - proposals.len()));
+                proposals.extend(self.cache.take_for(taker, want - proposals.len()));
             }
             // Spot-checks: some slots carry a ringer instead (a known answer, see docs/trust.md).
             let mut ringers = Vec::new();
             if let Some(session) = self.sessions.get_mut(&session_id) {
                 while ringers.len() < proposals.len() {
-                    let rate = if session.assigned < NEW_WORKER_ASSIGNMENTS {
+                    let rate = if session.ringers_sent < NEW_WORKER_RINGERS {
                         NEW_WORKER_RINGER_RATE
                     } else {
                         RINGER_RATE
                     };
-                    session.assigned += 1;
                     if rand::random::<f64>() >= rate {
                         break;
                     }
-                    match self.ringers.take_for_one(&worker_id) {
-                        Some(ringer) => ringers.push(ringer),
+                    match self.ringers.take_for_one(taker) {
+                        Some(ringer) => {
+                            session.ringers_sent += 1;
+                            ringers.push(ringer);
+                        }
                         None => break,
                     }
                 }
@@ -502,6 +527,7 @@ impl Scheduler {
                     job_id: proposal.job_id,
                     idx: proposal.idx,
                     worker_id: worker_id.clone(),
+                    origin: origin.clone(),
                     lease_seconds: proposal.lease_seconds,
                     ringer,
                 });
@@ -540,34 +566,101 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Commit the round's batch, retrying while the database is unreachable.
+    /// Commit the round's batch, retrying while the database is unreachable. A batch the
+    /// database keeps refusing for another reason is split: everything but the results is
+    /// committed first, then the results in halves until the refused ones are isolated, so
+    /// one bad row never costs the honest results beside it (they are recorded; the refused
+    /// ones are answered with `rejected`).
     async fn commit(&mut self) -> Option<BatchOutcome> {
-        let mut delay = Duration::from_millis(50);
-        let mut attempts = 0u32;
         let events = self.batch.results.len() + self.batch.ended.len() + self.batch.leases.len();
         metrics::histogram!("grid_scheduler_batch_events").record(events as f64);
+        match self.commit_with_retries(&self.batch, 2).await {
+            Ok(outcome) => Some(outcome),
+            Err(error) if self.batch.results.is_empty() => {
+                // Not a connectivity problem and nothing to isolate: give up on this batch.
+                // Its leases stay leased in the database and expire at their deadline, so the
+                // work is reissued rather than lost.
+                tracing::error!(?error, "dropping a scheduler batch the database refuses");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(
+                    ?error,
+                    "the database refuses a batch: isolating the bad rows"
+                );
+                metrics::counter!("grid_scheduler_batches_split_total").increment(1);
+                Some(self.commit_isolating().await)
+            }
+        }
+    }
+
+    /// Commit `batch`, retrying for as long as the database is unreachable and `attempts`
+    /// times for any other error (a deadlock or serialization failure passes on a retry).
+    async fn commit_with_retries(
+        &self,
+        batch: &Batch,
+        attempts: u32,
+    ) -> Result<BatchOutcome, Error> {
+        let mut delay = Duration::from_millis(50);
+        let mut failed = 0u32;
         loop {
             let started = std::time::Instant::now();
-            let committed = self.store.commit(&self.batch).await;
+            let committed = self.store.commit(batch).await;
             metrics::histogram!("grid_db_commit_seconds").record(started.elapsed().as_secs_f64());
             match committed {
-                Ok(outcome) => return Some(outcome),
+                Ok(outcome) => return Ok(outcome),
                 Err(error) => {
-                    attempts += 1;
-                    let unavailable = matches!(error, Error::Unavailable(_));
-                    if !unavailable && attempts >= 5 {
-                        // Not a connectivity problem and it keeps failing: give up on this
-                        // batch. Its leases stay leased in the database and expire at their
-                        // deadline, so the work is reissued rather than lost.
-                        tracing::error!(?error, "dropping a scheduler batch after 5 attempts");
-                        return None;
+                    if !matches!(error, Error::Unavailable(_)) {
+                        failed += 1;
+                        if failed >= attempts {
+                            return Err(error);
+                        }
                     }
-                    tracing::warn!(%error, attempts, "scheduler commit failed, retrying");
+                    tracing::warn!(%error, failed, "scheduler commit failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    /// The split commit of [`Self::commit`]: the batch without its results, then the results
+    /// bisected. Each result is committed or refused exactly once.
+    async fn commit_isolating(&mut self) -> BatchOutcome {
+        let results = std::mem::take(&mut self.batch.results);
+        let mut outcome = match self.commit_with_retries(&self.batch, 2).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(?error, "dropping the non-result part of a scheduler batch");
+                self.planned.clear();
+                BatchOutcome::default()
+            }
+        };
+        let mut pending = vec![results];
+        while let Some(mut part) = pending.pop() {
+            let only_results = Batch {
+                master_id: self.batch.master_id.clone(),
+                trust_off: self.batch.trust_off,
+                results: std::mem::take(&mut part),
+                ..Batch::default()
+            };
+            match self.commit_with_retries(&only_results, 1).await {
+                Ok(done) => outcome.absorb(done),
+                Err(error) if only_results.results.len() == 1 => {
+                    let lease = only_results.results[0].lease;
+                    tracing::warn!(?error, lease, "a result the database refuses was dropped");
+                    metrics::counter!("grid_results_refused_by_database_total").increment(1);
+                    outcome.refused.push(lease);
+                }
+                Err(_) => {
+                    let mut first = only_results.results;
+                    let second = first.split_off(first.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                }
+            }
+        }
+        outcome
     }
 
     /// Act on a committed batch: send assignments, revocations and rejections. Returns whether
@@ -633,7 +726,12 @@ impl Scheduler {
         for worker in outcome.blacklisted.iter().filter(|_| !batch.trust_off) {
             self.blacklist.insert(Arc::from(worker.as_str()));
         }
-        progress && self.sessions.values().any(|s| s.free_credit() > 0)
+        // Blacklisted sessions stay hungry for ever: they must not keep the scheduler busy.
+        progress
+            && self
+                .sessions
+                .values()
+                .any(|s| s.free_credit() > 0 && !self.blacklist.contains(&s.worker_id))
     }
 }
 

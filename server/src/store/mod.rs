@@ -237,7 +237,8 @@ pub struct ReadyChunk {
     pub lease_seconds: i32,
     /// Replicas wanted now.
     pub wanted: i32,
-    /// Workers holding a live or returned replica of it (they must not get another).
+    /// Identities and origins (networks) with a replica of it in any state but revoked: none
+    /// of them may get another (see the `independence` migration).
     pub holders: Vec<String>,
 }
 
@@ -274,6 +275,8 @@ pub struct LeaseRequest {
     pub idx: i32,
     /// The worker it goes to.
     pub worker_id: Arc<str>,
+    /// The worker's origin: its network, or its identity on a trusted network.
+    pub origin: Arc<str>,
     /// Lease length.
     pub lease_seconds: i32,
     /// A spot-check of an accepted chunk (not part of its quorum).
@@ -316,6 +319,10 @@ pub struct Batch {
     pub sweep: ExpirySweep,
     /// Leases to create.
     pub leases: Vec<LeaseRequest>,
+    /// Accepted chunks the master computed itself: whether its output equals the accepted
+    /// one. A refuted chunk blacklists the workers that returned the accepted output (see
+    /// [`review::reconcile`]).
+    pub master_checks: Vec<(review::ChunkKey, bool)>,
 }
 
 impl Batch {
@@ -326,6 +333,7 @@ impl Batch {
             && self.ended.is_empty()
             && self.sweep == ExpirySweep::None
             && self.leases.is_empty()
+            && self.master_checks.is_empty()
     }
 }
 
@@ -382,6 +390,50 @@ pub struct BatchOutcome {
     pub invalid_replicas: u64,
 }
 
+impl BatchOutcome {
+    /// Add what a follow-up batch of results alone did (the scheduler commits results apart
+    /// when a batch must be split to find a row the database refuses).
+    pub fn absorb(&mut self, other: BatchOutcome) {
+        self.recorded.extend(other.recorded);
+        self.refused.extend(other.refused);
+        self.created.extend(other.created);
+        self.revoked.extend(other.revoked);
+        self.expired.extend(other.expired);
+        self.reopened |= other.reopened;
+        self.accepted += other.accepted;
+        self.accepted_alone += other.accepted_alone;
+        self.ringers_judged += other.ringers_judged;
+        self.blacklisted.extend(other.blacklisted);
+        self.backtracked += other.backtracked;
+        self.failed += other.failed;
+        self.valid_replicas += other.valid_replicas;
+        self.invalid_replicas += other.invalid_replicas;
+    }
+}
+
+/// An accepted kernel chunk the master has not computed itself yet.
+#[derive(Debug, Clone)]
+pub struct MasterCheckCandidate {
+    /// The chunk.
+    pub chunk: review::ChunkKey,
+    /// The built-in kernel.
+    pub kernel: String,
+    /// Its input, canonical JSON text.
+    pub input: String,
+    /// Digest of the accepted outcome.
+    pub output_digest: [u8; 32],
+}
+
+/// The query behind [`Store::master_check_candidates`]; portable (`$N` placeholders work on
+/// SQLite too). Newest first: a lie is best caught before its job's results are read.
+pub(crate) const MASTER_CHECK_CANDIDATES_SQL: &str = "
+    SELECT c.job_id, c.idx, j.kernel, c.input, c.output_digest
+    FROM chunks c JOIN jobs j ON j.id = c.job_id
+    WHERE c.state = 'done' AND c.master_checked IS NULL AND c.output_digest IS NOT NULL
+      AND j.kernel NOT LIKE 'sha256:%'
+    ORDER BY c.finished_at DESC
+    LIMIT $1";
+
 /// The query behind [`Store::chunk_states`]; portable SQL shared by both backends.
 pub(crate) const CHUNK_STATES_SQL: &str = "
     SELECT
@@ -432,13 +484,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Finished chunks of a job with index > `after`, in index order.
     async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>>;
 
-    /// Ready chunks in dispatch order; with `for_worker`, only those that worker may take.
-    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>>;
-    /// Spot-check candidates, at random: accepted chunks agreed by at least two workers, one of
-    /// them trusted and not blacklisted.
+    /// Ready chunks in dispatch order; with `for_worker` (identity, origin), only those that
+    /// worker may take (no replica of it from that identity or that origin).
+    async fn ready_chunks(
+        &self,
+        limit: i64,
+        for_worker: Option<(&str, &str)>,
+    ) -> Result<Vec<ReadyChunk>>;
+    /// Spot-check candidates, at random: accepted chunks whose output the master computed
+    /// itself and found equal (`master_checked = 'agreed'`), so a ringer's answer is known
+    /// independently of every worker and colluders cannot poison the pool.
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
     /// Identities currently blacklisted.
     async fn blacklisted(&self) -> Result<Vec<String>>;
+    /// Accepted chunks of built-in kernels the master has not checked yet, newest first.
+    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>>;
     /// Commit one scheduler round atomically.
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
     /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.

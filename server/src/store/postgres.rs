@@ -15,7 +15,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, NewJob, Owner, ReadyChunk,
+    ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -284,23 +285,29 @@ impl Store for PgStore {
         Ok(results)
     }
 
-    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>> {
+    async fn ready_chunks(
+        &self,
+        limit: i64,
+        for_worker: Option<(&str, &str)>,
+    ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted,
-                    ARRAY(SELECT r.worker_id FROM replicas r
+                    ARRAY(SELECT h.holder FROM replicas r,
+                                LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
                           WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND r.state IN ('leased', 'returned')) AS holders
+                            AND r.state <> 'revoked' AND h.holder IS NOT NULL) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND ($2::text IS NULL OR NOT EXISTS (
                     SELECT 1 FROM replicas r
-                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.worker_id = $2
-                      AND r.state IN ('leased', 'returned')))
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                      AND (r.worker_id = $2 OR r.origin = $3) AND r.state <> 'revoked'))
              ORDER BY c.priority DESC, c.job_id, c.idx
              LIMIT $1",
         )
         .bind(limit)
-        .bind(for_worker)
+        .bind(for_worker.map(|w| w.0))
+        .bind(for_worker.map(|w| w.1))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
@@ -309,19 +316,16 @@ impl Store for PgStore {
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted,
-                    ARRAY(SELECT r.worker_id FROM replicas r
+                    ARRAY(SELECT h.holder FROM replicas r,
+                                LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
                           WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND r.state IN ('leased', 'returned')) AS holders
+                            AND r.state <> 'revoked' AND h.holder IS NOT NULL) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
-               AND EXISTS (SELECT 1 FROM replicas v JOIN workers w ON w.id = v.worker_id
-                           WHERE v.job_id = c.job_id AND v.chunk_idx = c.idx
-                             AND v.verdict = 'valid' AND w.blacklisted_at IS NULL
-                             AND w.consecutive_valid >= $2)
+             WHERE c.state = 'done' AND c.master_checked = 'agreed'
+               AND c.output_digest IS NOT NULL
              ORDER BY random() LIMIT $1",
         )
         .bind(limit)
-        .bind(i32::try_from(crate::verifier::TRUST_THRESHOLD).unwrap_or(10))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
@@ -334,6 +338,26 @@ impl Store for PgStore {
         Ok(ids)
     }
 
+    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>> {
+        let rows = sqlx::query(super::MASTER_CHECK_CANDIDATES_SQL)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(output_digest) = digest_of(row.try_get("output_digest")?) else {
+                continue;
+            };
+            candidates.push(MasterCheckCandidate {
+                chunk: (row.try_get("job_id")?, row.try_get("idx")?),
+                kernel: row.try_get("kernel")?,
+                input: row.try_get("input")?,
+                output_digest,
+            });
+        }
+        Ok(candidates)
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
         let mut tx = self.pool.begin().await?;
         let mut outcome = BatchOutcome::default();
@@ -343,7 +367,14 @@ impl Store for PgStore {
         record_results(&mut tx, batch, &mut outcome, &mut touched).await?;
         end_leases(&mut tx, batch, &mut touched).await?;
         sweep_expired(&mut tx, batch, &mut outcome, &mut touched).await?;
-        reconcile(&mut tx, &touched, &mut outcome, batch.trust_off).await?;
+        reconcile(
+            &mut tx,
+            &touched,
+            &batch.master_checks,
+            &mut outcome,
+            batch.trust_off,
+        )
+        .await?;
         create_leases(&mut tx, batch, &mut outcome).await?;
 
         tx.commit().await?;
@@ -589,13 +620,21 @@ struct PgReview<'t> {
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
+    master_checks: &[(ChunkKey, bool)],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
-    if touched.is_empty() {
+    if touched.is_empty() && master_checks.is_empty() {
         return Ok(());
     }
-    review::reconcile(&mut PgReview { tx }, touched, outcome, trust_off).await
+    review::reconcile(
+        &mut PgReview { tx },
+        touched,
+        master_checks,
+        outcome,
+        trust_off,
+    )
+    .await
 }
 
 fn key_columns<'a>(keys: impl Iterator<Item = &'a ChunkKey>) -> (Vec<i64>, Vec<i32>) {
@@ -659,7 +698,7 @@ impl ReviewDb for PgReview<'_> {
         let (job_ids, indexes) = key_columns(keys.iter());
         let rows = sqlx::query(
             "SELECT r.id, r.job_id, r.chunk_idx, r.worker_id, r.state, r.outcome_digest,
-                    r.outcome_is_error, r.ringer, r.verdict
+                    r.outcome_is_error, r.ringer, r.verdict, r.origin
              FROM replicas r
              JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
                ON r.job_id = t.job_id AND r.chunk_idx = t.idx",
@@ -681,6 +720,7 @@ impl ReviewDb for PgReview<'_> {
                         .unwrap_or(false),
                     ringer: row.try_get("ringer")?,
                     verdict: row.try_get("verdict")?,
+                    origin: row.try_get("origin")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -835,19 +875,22 @@ impl ReviewDb for PgReview<'_> {
         let ids: Vec<&str> = deltas.keys().map(String::as_str).collect();
         let valid: Vec<i32> = deltas.values().map(|d| d.valid).collect();
         let invalid: Vec<i32> = deltas.values().map(|d| d.invalid).collect();
+        let vouched: Vec<i32> = deltas.values().map(|d| d.vouched).collect();
         let rows = sqlx::query(
             "UPDATE workers w
              SET valid_count = w.valid_count + t.valid,
                  invalid_count = w.invalid_count + t.invalid,
                  consecutive_valid = CASE WHEN t.invalid > 0 THEN 0
-                                          ELSE w.consecutive_valid + t.valid END
-             FROM UNNEST($1::text[], $2::int[], $3::int[]) AS t(id, valid, invalid)
+                                          ELSE w.consecutive_valid + t.vouched END
+             FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[])
+                  AS t(id, valid, invalid, vouched)
              WHERE w.id = t.id
              RETURNING w.id, w.invalid_count",
         )
         .bind(&ids)
         .bind(&valid)
         .bind(&invalid)
+        .bind(&vouched)
         .fetch_all(&mut **self.tx)
         .await?;
         let mut totals = HashMap::with_capacity(rows.len());
@@ -868,6 +911,23 @@ impl ReviewDb for PgReview<'_> {
         )
         .bind(&ids)
         .bind(&reasons)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
+        let (job_ids, indexes) = key_columns(checks.iter().map(|(key, _)| key));
+        let agreed: Vec<bool> = checks.iter().map(|(_, agreed)| *agreed).collect();
+        sqlx::query(
+            "UPDATE chunks c
+             SET master_checked = CASE WHEN t.agreed THEN 'agreed' ELSE 'disagreed' END
+             FROM UNNEST($1::bigint[], $2::int[], $3::bool[]) AS t(job_id, idx, agreed)
+             WHERE c.job_id = t.job_id AND c.idx = t.idx AND c.state = 'done'",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(&agreed)
         .execute(&mut **self.tx)
         .await?;
         Ok(())
@@ -979,6 +1039,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         return Ok(());
     }
     let ringers: Vec<bool> = granted.iter().map(|&i| batch.leases[i].ringer).collect();
+    let origins: Vec<&str> = granted.iter().map(|&i| &*batch.leases[i].origin).collect();
     let job_ids: Vec<i64> = granted.iter().map(|&i| batch.leases[i].job_id).collect();
     let indexes: Vec<i32> = granted.iter().map(|&i| batch.leases[i].idx).collect();
     let workers: Vec<&str> = granted
@@ -990,13 +1051,12 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .map(|&i| batch.leases[i].lease_seconds)
         .collect();
     let rows = sqlx::query(
-        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id, ringer)
+        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id, ringer, origin)
          SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5,
-                t.ringer
-         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[])
-              AS t(job_id, idx, worker_id, seconds, ringer)
-         ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
-         DO NOTHING
+                t.ringer, t.origin
+         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[], $7::text[])
+              AS t(job_id, idx, worker_id, seconds, ringer, origin)
+         ON CONFLICT DO NOTHING
          RETURNING id, job_id, chunk_idx, worker_id",
     )
     .bind(&job_ids)
@@ -1005,6 +1065,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     .bind(&seconds)
     .bind(&*batch.master_id)
     .bind(&ringers)
+    .bind(&origins)
     .fetch_all(&mut **tx)
     .await?;
     let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());
@@ -1030,7 +1091,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        reconcile(tx, &conflicted, outcome, batch.trust_off).await?;
+        reconcile(tx, &conflicted, &[], outcome, batch.trust_off).await?;
     }
     let started: BTreeSet<i64> = job_ids.iter().copied().collect();
     let started: Vec<i64> = started.into_iter().collect();

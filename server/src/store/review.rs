@@ -57,6 +57,15 @@ pub struct ReplicaRow {
     pub ringer: bool,
     /// `valid`, `invalid`, or none yet.
     pub verdict: Option<String>,
+    /// The worker's network, or its identity on a trusted network (none on old rows).
+    pub origin: Option<String>,
+}
+
+impl ReplicaRow {
+    /// Its origin, falling back to the identity for rows from before origins were kept.
+    fn origin(&self) -> &str {
+        self.origin.as_deref().unwrap_or(&self.worker_id)
+    }
 }
 
 /// A chunk accepted with a quorum (or alone, adaptive).
@@ -83,6 +92,10 @@ pub struct Accepted {
 pub struct ReputationDelta {
     /// New valid results.
     pub valid: i32,
+    /// Of those, results whose answer the grid knew independently of this worker (a
+    /// master-checked spot-check, or agreement with an already trusted identity on another
+    /// network): only these build trust (`consecutive_valid`).
+    pub vouched: i32,
     /// New invalid results.
     pub invalid: i32,
 }
@@ -129,6 +142,8 @@ pub trait ReviewDb: Send {
         &mut self,
         worker: &str,
     ) -> Result<(Vec<(ChunkKey, bool)>, Vec<(i64, ChunkKey)>)>;
+    /// Record the master's own checks of accepted chunks (`true`: its output agreed).
+    async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()>;
 }
 
 /// Changes to one job's counters.
@@ -143,13 +158,28 @@ pub struct JobDelta {
 }
 
 /// Review every touched chunk (and every chunk backtracking reopens) and apply the outcome.
+/// `master_checks` are accepted chunks the master computed itself: where its output differs,
+/// every worker that returned the accepted output lied (kernels are deterministic) and is
+/// blacklisted, which reopens the chunk and everything else their word helped accept.
 pub async fn reconcile<D: ReviewDb>(
     db: &mut D,
     touched: &BTreeSet<ChunkKey>,
+    master_checks: &[(ChunkKey, bool)],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
     let mut pending: BTreeSet<ChunkKey> = touched.clone();
+    if !master_checks.is_empty() {
+        db.set_master_checked(master_checks).await?;
+        let refuted: BTreeSet<ChunkKey> = master_checks
+            .iter()
+            .filter(|(_, agreed)| !agreed)
+            .map(|(key, _)| *key)
+            .collect();
+        if !refuted.is_empty() && !trust_off {
+            pending.extend(refute(db, &refuted, outcome).await?);
+        }
+    }
     // Backtracking can cascade (a reopened chunk's other voter may be caught too), but each
     // worker is blacklisted once, so this ends; the bound is a guard.
     for _ in 0..16 {
@@ -159,6 +189,80 @@ pub async fn reconcile<D: ReviewDb>(
         pending = review_round(db, &pending, outcome, trust_off).await?;
     }
     Ok(())
+}
+
+/// Blacklist the workers behind accepted outputs the master found wrong; returns the chunks
+/// backtracking reopened.
+async fn refute<D: ReviewDb>(
+    db: &mut D,
+    refuted: &BTreeSet<ChunkKey>,
+    outcome: &mut BatchOutcome,
+) -> Result<BTreeSet<ChunkKey>> {
+    let chunks = db.load_chunks(refuted).await?;
+    let replicas = db.load_replicas(refuted).await?;
+    let mut caught: BTreeMap<String, String> = BTreeMap::new();
+    for row in replicas
+        .iter()
+        .filter(|r| !r.ringer && r.state == "returned")
+    {
+        let accepted = chunks.get(&row.chunk).and_then(|c| c.output_digest);
+        if accepted.is_some() && row.digest == accepted {
+            caught.entry(row.worker_id.clone()).or_insert_with(|| {
+                format!(
+                    "returned an output of job {} chunk {} that the master computed differently",
+                    row.chunk.0, row.chunk.1
+                )
+            });
+        }
+    }
+    let workers: BTreeSet<String> = caught.keys().cloned().collect();
+    let standings = db.load_standings(&workers).await?;
+    caught.retain(|worker, _| !standings.get(worker).is_some_and(|s| s.1));
+    metrics::counter!("grid_master_checks_refuted_total").increment(refuted.len() as u64);
+    let mut per_job = BTreeMap::new();
+    let reopened = punish(db, &caught, outcome, &mut per_job).await?;
+    if !per_job.is_empty() {
+        db.count_jobs(&per_job).await?;
+    }
+    Ok(reopened)
+}
+
+/// Blacklist `caught` and backtrack each: returns the chunks reopened (job counters in
+/// `per_job`).
+async fn punish<D: ReviewDb>(
+    db: &mut D,
+    caught: &BTreeMap<String, String>,
+    outcome: &mut BatchOutcome,
+    per_job: &mut BTreeMap<i64, JobDelta>,
+) -> Result<BTreeSet<ChunkKey>> {
+    let mut reopened = BTreeSet::new();
+    if caught.is_empty() {
+        return Ok(reopened);
+    }
+    db.blacklist(caught).await?;
+    for (worker, reason) in caught {
+        tracing::warn!(worker = %worker, %reason, "worker blacklisted; backtracking");
+        let (chunks_reopened, leases) = db.backtrack(worker).await?;
+        for (lease, chunk) in leases {
+            // The chunk lost a live lease: it wants a replacement (reviewed next round).
+            outcome.revoked.push(lease);
+            reopened.insert(chunk);
+        }
+        for (key, was_failed) in chunks_reopened {
+            let delta = per_job.entry(key.0).or_default();
+            if was_failed {
+                delta.failed -= 1;
+            } else {
+                delta.done -= 1;
+            }
+            delta.revised += 1;
+            outcome.backtracked += 1;
+            reopened.insert(key);
+        }
+        outcome.blacklisted.push(worker.clone());
+    }
+    outcome.reopened = true;
+    Ok(reopened)
 }
 
 /// One pass; returns the chunks reopened by backtracking.
@@ -198,10 +302,11 @@ async fn review_round<D: ReviewDb>(
         verdicts.push((ringer.lease, valid));
         let delta = reputation.entry(ringer.worker_id.clone()).or_default();
         if valid {
+            // Ringers are chunks the master computed itself: the answer is known
+            // independently of every worker, so passing one builds trust.
             delta.valid += 1;
+            delta.vouched += 1;
         } else {
-            // Counts as an invalid result (two blacklist): a single failed ringer could be an
-            // honest worker meeting a chunk that colluders won before they were caught.
             delta.invalid += 1;
         }
         outcome.ringers_judged += 1;
@@ -244,6 +349,19 @@ async fn review_round<D: ReviewDb>(
                     .flatten()
                     .map(|r| r.worker_id.clone());
                 if !alone {
+                    // Agreement builds trust only when an identity that is trusted already,
+                    // on another network, is among the agreeing: identities without an
+                    // independent record agreeing with each other prove nothing (they may be
+                    // one party).
+                    let trusted_origins: BTreeSet<&str> = rows
+                        .iter()
+                        .filter(|row| {
+                            row.state == "returned"
+                                && row.digest == Some(digest)
+                                && standing_of(&row.worker_id).is_trusted()
+                        })
+                        .map(|row| row.origin())
+                        .collect();
                     // Verdicts on every counted result: agreeing or not. Results of blacklisted
                     // workers were not counted: they are invalid, and earn no reputation.
                     for row in rows {
@@ -260,6 +378,9 @@ async fn review_round<D: ReviewDb>(
                             let delta = reputation.entry(row.worker_id.clone()).or_default();
                             if valid {
                                 delta.valid += 1;
+                                if trusted_origins.iter().any(|&o| o != row.origin()) {
+                                    delta.vouched += 1;
+                                }
                             } else {
                                 delta.invalid += 1;
                             }
@@ -343,32 +464,7 @@ async fn review_round<D: ReviewDb>(
     }
     caught.retain(|worker, _| !trust_off && !standings.get(worker).is_some_and(|s| s.1));
 
-    let mut reopened = BTreeSet::new();
-    if !caught.is_empty() {
-        db.blacklist(&caught).await?;
-        for (worker, reason) in &caught {
-            tracing::warn!(worker = %worker, %reason, "worker blacklisted; backtracking");
-            let (chunks_reopened, leases) = db.backtrack(worker).await?;
-            for (lease, chunk) in leases {
-                // The chunk lost a live lease: it wants a replacement (reviewed next round).
-                outcome.revoked.push(lease);
-                reopened.insert(chunk);
-            }
-            for (key, was_failed) in chunks_reopened {
-                let delta = per_job.entry(key.0).or_default();
-                if was_failed {
-                    delta.failed -= 1;
-                } else {
-                    delta.done -= 1;
-                }
-                delta.revised += 1;
-                outcome.backtracked += 1;
-                reopened.insert(key);
-            }
-            outcome.blacklisted.push(worker.clone());
-        }
-        outcome.reopened = true;
-    }
+    let reopened = punish(db, &caught, outcome, &mut per_job).await?;
     if !per_job.is_empty() {
         db.count_jobs(&per_job).await?;
     }

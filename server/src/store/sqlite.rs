@@ -25,7 +25,7 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+    JobView, LeaseEnd, MasterCheckCandidate, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -292,23 +292,33 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
-    async fn ready_chunks(&self, limit: i64, for_worker: Option<&str>) -> Result<Vec<ReadyChunk>> {
+    async fn ready_chunks(
+        &self,
+        limit: i64,
+        for_worker: Option<(&str, &str)>,
+    ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted,
-                    (SELECT json_group_array(r.worker_id) FROM replicas r
-                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                       AND r.state IN ('leased', 'returned')) AS holders
+                    (SELECT json_group_array(h.holder) FROM (
+                        SELECT r.worker_id AS holder FROM replicas r
+                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                          AND r.state <> 'revoked'
+                        UNION
+                        SELECT r.origin FROM replicas r
+                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                          AND r.state <> 'revoked' AND r.origin IS NOT NULL) AS h) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND (?2 IS NULL OR NOT EXISTS (
                     SELECT 1 FROM replicas r
-                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.worker_id = ?2
-                      AND r.state IN ('leased', 'returned')))
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                      AND (r.worker_id = ?2 OR r.origin = ?3) AND r.state <> 'revoked'))
              ORDER BY c.priority DESC, c.job_id, c.idx
              LIMIT ?1",
         )
         .bind(limit)
-        .bind(for_worker)
+        .bind(for_worker.map(|w| w.0))
+        .bind(for_worker.map(|w| w.1))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
@@ -317,19 +327,20 @@ impl Store for SqliteStore {
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted,
-                    (SELECT json_group_array(r.worker_id) FROM replicas r
-                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                       AND r.state IN ('leased', 'returned')) AS holders
+                    (SELECT json_group_array(h.holder) FROM (
+                        SELECT r.worker_id AS holder FROM replicas r
+                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                          AND r.state <> 'revoked'
+                        UNION
+                        SELECT r.origin FROM replicas r
+                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                          AND r.state <> 'revoked' AND r.origin IS NOT NULL) AS h) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE c.state = 'done' AND c.agreeing >= 2 AND c.output_digest IS NOT NULL
-               AND EXISTS (SELECT 1 FROM replicas v JOIN workers w ON w.id = v.worker_id
-                           WHERE v.job_id = c.job_id AND v.chunk_idx = c.idx
-                             AND v.verdict = 'valid' AND w.blacklisted_at IS NULL
-                             AND w.consecutive_valid >= ?2)
+             WHERE c.state = 'done' AND c.master_checked = 'agreed'
+               AND c.output_digest IS NOT NULL
              ORDER BY random() LIMIT ?1",
         )
         .bind(limit)
-        .bind(i64::from(crate::verifier::TRUST_THRESHOLD))
         .fetch_all(&self.pool)
         .await?;
         ready_rows(&rows)
@@ -340,6 +351,26 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(ids)
+    }
+
+    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>> {
+        let rows = sqlx::query(super::MASTER_CHECK_CANDIDATES_SQL)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(output_digest) = digest_of(row.try_get("output_digest")?) else {
+                continue;
+            };
+            candidates.push(MasterCheckCandidate {
+                chunk: (row.try_get("job_id")?, row.try_get("idx")?),
+                kernel: row.try_get("kernel")?,
+                input: row.try_get("input")?,
+                output_digest,
+            });
+        }
+        Ok(candidates)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
@@ -419,7 +450,14 @@ impl Store for SqliteStore {
                 touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
             }
         }
-        reconcile(&mut tx, &touched, &mut outcome, batch.trust_off).await?;
+        reconcile(
+            &mut tx,
+            &touched,
+            &batch.master_checks,
+            &mut outcome,
+            batch.trust_off,
+        )
+        .await?;
         create_leases(&mut tx, batch, &mut outcome).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -529,13 +567,21 @@ struct SqliteReview<'t> {
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
+    master_checks: &[(ChunkKey, bool)],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
-    if touched.is_empty() {
+    if touched.is_empty() && master_checks.is_empty() {
         return Ok(());
     }
-    review::reconcile(&mut SqliteReview { tx }, touched, outcome, trust_off).await
+    review::reconcile(
+        &mut SqliteReview { tx },
+        touched,
+        master_checks,
+        outcome,
+        trust_off,
+    )
+    .await
 }
 
 #[async_trait]
@@ -585,7 +631,7 @@ impl ReviewDb for SqliteReview<'_> {
         let mut replicas = Vec::new();
         for &(job_id, idx) in keys {
             let rows = sqlx::query(
-                "SELECT id, worker_id, state, outcome_digest, outcome_is_error, ringer, verdict
+                "SELECT id, worker_id, state, outcome_digest, outcome_is_error, ringer, verdict, origin
                  FROM replicas WHERE job_id = ?1 AND chunk_idx = ?2",
             )
             .bind(job_id)
@@ -604,6 +650,7 @@ impl ReviewDb for SqliteReview<'_> {
                         .unwrap_or(false),
                     ringer: row.try_get("ringer")?,
                     verdict: row.try_get("verdict")?,
+                    origin: row.try_get("origin")?,
                 });
             }
         }
@@ -768,13 +815,14 @@ impl ReviewDb for SqliteReview<'_> {
                  SET valid_count = valid_count + ?2,
                      invalid_count = invalid_count + ?3,
                      consecutive_valid = CASE WHEN ?3 > 0 THEN 0
-                                              ELSE consecutive_valid + ?2 END
+                                              ELSE consecutive_valid + ?4 END
                  WHERE id = ?1
                  RETURNING invalid_count",
             )
             .bind(worker)
             .bind(delta.valid)
             .bind(delta.invalid)
+            .bind(delta.vouched)
             .fetch_optional(&mut **self.tx)
             .await?;
             if let Some(total) = total {
@@ -794,6 +842,21 @@ impl ReviewDb for SqliteReview<'_> {
             .bind(worker)
             .bind(now)
             .bind(reason)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
+        for &((job_id, idx), agreed) in checks {
+            sqlx::query(
+                "UPDATE chunks SET master_checked = $3
+                 WHERE job_id = $1 AND idx = $2 AND state = 'done'",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(if agreed { "agreed" } else { "disagreed" })
             .execute(&mut **self.tx)
             .await?;
         }
@@ -897,10 +960,9 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
         let lease: Option<i64> = sqlx::query_scalar(
             "INSERT INTO replicas
-                 (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (job_id, chunk_idx, worker_id) WHERE state IN ('leased', 'returned')
-             DO NOTHING
+                 (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT DO NOTHING
              RETURNING id",
         )
         .bind(request.job_id)
@@ -910,6 +972,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .bind(now_ms + i64::from(request.lease_seconds) * 1000)
         .bind(&*batch.master_id)
         .bind(request.ringer)
+        .bind(&*request.origin)
         .fetch_optional(&mut **tx)
         .await?;
         match lease {
@@ -923,7 +986,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        Box::pin(reconcile(tx, &conflicted, outcome, batch.trust_off)).await?;
+        Box::pin(reconcile(tx, &conflicted, &[], outcome, batch.trust_off)).await?;
     }
     for job_id in started {
         sqlx::query(

@@ -238,6 +238,13 @@ impl InProcessServer {
     pub async fn start_with_options(backend: Backend, options: ServeOptions) -> InProcessServer {
         let limits = options.limits.clone();
         let no_trust = options.no_trust;
+        let networks = options.networks.clone();
+        if std::env::var_os("GRID_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("GRID_TEST_LOG"))
+                .with_test_writer()
+                .try_init();
+        }
         let home = Home::new(backend).await;
         let store = home.open().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -247,6 +254,7 @@ impl InProcessServer {
             admin_token: Some(ADMIN_TOKEN.into()),
             limits,
             no_trust,
+            networks,
             ..ServeOptions::default()
         };
         let task = tokio::spawn({
