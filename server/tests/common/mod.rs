@@ -642,9 +642,45 @@ impl Peer {
         Peer { socket }
     }
 
+    /// Connect from a given local address (any 127.x.y.z on loopback), so one machine can
+    /// act as many networks.
+    pub async fn connect_from(ws_url: &str, source: std::net::IpAddr) -> Peer {
+        let url = url::Url::parse(ws_url).unwrap();
+        let target: SocketAddr = format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        )
+        .parse()
+        .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(target).await.unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(ws_url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Peer { socket }
+    }
+
     /// Connect and complete the hello.
     pub async fn join(ws_url: &str, worker_id: &str, slots: u32) -> Peer {
-        let mut peer = Peer::connect(ws_url).await;
+        let peer = Peer::connect(ws_url).await;
+        peer.hello(worker_id, slots).await
+    }
+
+    /// Connect from `source` and complete the hello.
+    pub async fn join_from(
+        ws_url: &str,
+        source: std::net::IpAddr,
+        worker_id: &str,
+        slots: u32,
+    ) -> Peer {
+        let peer = Peer::connect_from(ws_url, source).await;
+        peer.hello(worker_id, slots).await
+    }
+
+    async fn hello(self, worker_id: &str, slots: u32) -> Peer {
+        let mut peer = self;
         peer.send(&WorkerMessage::Hello {
             protocol: PROTOCOL_VERSION,
             worker_id: worker_id.into(),

@@ -1,0 +1,420 @@
+//! Attacks from the security review (`shared/reviews/security-dccb6b2.md`), mounted over real
+//! sockets against a master that trusts no network, with honest peers beside them on networks
+//! of their own (each peer binds a 127.x.y.z source address: on loopback every /24 is a
+//! network). Each test asserts what a submitter would check: no forged result accepted, no
+//! chunk failed by the attacker, every honest result kept, in bounded time.
+//!
+//! - C1: a Sybil pair connected first from one network, always agreeing on one lie.
+//! - C2: release cycling (take every lease, hand it back), and dropping with a fresh identity
+//!   per connection.
+//! - C3: error outcomes carrying NUL, which PostgreSQL refuses in text.
+//! - Sleepers on distinct networks that behave until trusted and then all tell one lie,
+//!   against adaptive verification.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer};
+use futures_util::StreamExt;
+use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
+use grid_server::ServeOptions;
+use grid_server::network::NetworkPolicy;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+on_both_backends!(
+    a_sybil_pair_on_one_network_gets_no_forged_result_accepted,
+    release_cycling_and_dropping_fail_no_chunk,
+    nul_in_error_outcomes_loses_no_honest_result,
+    sleepers_on_distinct_networks_are_caught_and_backtracked,
+);
+
+/// How an adversarial or honest peer answers (echo kernel jobs).
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Honest,
+    /// Always `{"pwned": true}`: every member of a Sybil group tells the same lie.
+    Forge,
+    /// Honest for this many results, then forges like [`Behaviour::Forge`].
+    Sleeper(u32),
+    /// Hands every lease back at once.
+    Release,
+    /// Answers every lease with an error outcome holding a NUL character.
+    NulError,
+}
+
+/// A master that trusts no network: every peer is judged by its /24.
+async fn untrusting_master(backend: Backend) -> InProcessServer {
+    let options = ServeOptions {
+        networks: NetworkPolicy::parse("24,48", "", "").unwrap(),
+        ..ServeOptions::default()
+    };
+    InProcessServer::start_with_options(backend, options).await
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// A peer on `source` answering assignments until the connection ends; counts its results.
+fn spawn_peer(
+    ws: String,
+    source: &str,
+    id: &str,
+    slots: u32,
+    behaviour: Behaviour,
+    sent: Arc<AtomicU32>,
+) -> JoinHandle<()> {
+    let source = ip(source);
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let mut peer = Peer::join_from(&ws, source, &id, slots).await;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), peer.socket.next()).await;
+            let text = match frame {
+                Err(_) => {
+                    peer.send(&WorkerMessage::Heartbeat).await;
+                    continue;
+                }
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return,
+                Ok(Some(Ok(_))) => continue,
+            };
+            let Ok(MasterMessage::Assign { lease, input, .. }) = MasterMessage::from_json(&text)
+            else {
+                continue;
+            };
+            let done = sent.load(Ordering::Relaxed);
+            let reply = match behaviour {
+                Behaviour::Honest => WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Ok(input),
+                },
+                Behaviour::Sleeper(n) if done < n => WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Ok(input),
+                },
+                Behaviour::Forge | Behaviour::Sleeper(_) => WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Ok(json!({"pwned": true})),
+                },
+                Behaviour::Release => WorkerMessage::Release {
+                    leases: vec![lease],
+                },
+                Behaviour::NulError => WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Err("bad\u{0}byte".into()),
+                },
+            };
+            peer.send(&reply).await;
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// A peer that connects from `source` with a fresh identity each time, takes `hold`
+/// assignments, and drops the connection holding them; again and again.
+fn spawn_rotating_dropper(ws: String, source: &str, hold: usize) -> JoinHandle<()> {
+    let source = ip(source);
+    tokio::spawn(async move {
+        for round in 0u32.. {
+            let id = format!("rotor-{round}-{}", rand_suffix());
+            let mut peer = Peer::join_from(&ws, source, &id, 64).await;
+            let mut held = 0;
+            while held < hold {
+                let frame = tokio::time::timeout(Duration::from_secs(2), peer.socket.next()).await;
+                match frame {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        if let Ok(MasterMessage::Assign { .. }) = MasterMessage::from_json(&text) {
+                            held += 1;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => break,
+                    Ok(Some(Err(_)) | None) => break,
+                }
+            }
+            drop(peer);
+        }
+    })
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    u64::from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+    )
+}
+
+fn inputs(n: usize, tag: &str) -> Vec<Value> {
+    (0..n).map(|i| json!({"tag": tag, "i": i})).collect()
+}
+
+/// Every chunk present once with exactly its input as output; returns how many were forged.
+fn forged_and_check(results: &[Value], expected: &[Value]) -> usize {
+    assert_eq!(results.len(), expected.len(), "every chunk has a result");
+    let mut forged = 0;
+    for (line, input) in results.iter().zip(expected) {
+        if &line["output"] != input {
+            forged += 1;
+        }
+    }
+    forged
+}
+
+async fn blacklisted_ids(server: &InProcessServer, like: &str) -> i64 {
+    server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM workers WHERE id LIKE '{like}' AND blacklisted_at IS NOT NULL"
+        ))
+        .await
+}
+
+fn honest_peers(server: &InProcessServer, networks: &[&str], slots: u32) -> Vec<JoinHandle<()>> {
+    networks
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            spawn_peer(
+                server.ws(),
+                source,
+                &format!("honest-{i}"),
+                slots,
+                Behaviour::Honest,
+                Arc::new(AtomicU32::new(0)),
+            )
+        })
+        .collect()
+}
+
+/// C1: the review's reproduction accepted 1,000 of 1,000 forged results. Here the pair
+/// connects first with many slots; honest workers join after it on three other networks.
+async fn a_sybil_pair_on_one_network_gets_no_forged_result_accepted(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let lies = Arc::new(AtomicU32::new(0));
+    let mut peers: Vec<JoinHandle<()>> = ["sybil-a", "sybil-b"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            spawn_peer(
+                server.ws(),
+                &format!("127.0.9.{}", i + 1),
+                id,
+                256,
+                Behaviour::Forge,
+                lies.clone(),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peers.extend(honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.2.1", "127.0.3.1"],
+        4,
+    ));
+    let expected = inputs(400, "sybil");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert!(lies.load(Ordering::Relaxed) > 0, "the Sybils never lied");
+    assert_eq!(
+        forged_and_check(&api.results(job).await, &expected),
+        0,
+        "forged results were accepted"
+    );
+    // The pair disagreed with honest workers on other networks: caught, and nobody honest.
+    assert_eq!(blacklisted_ids(&server, "sybil-%").await, 2);
+    assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
+    // No quorum ever held two replicas from one network.
+    assert_eq!(
+        server
+            .store
+            .count(
+                "SELECT count(*) FROM (SELECT job_id, chunk_idx, origin FROM replicas
+                 WHERE origin IS NOT NULL AND state <> 'revoked'
+                 GROUP BY job_id, chunk_idx, origin HAVING count(*) > 1) AS doubled"
+            )
+            .await,
+        0
+    );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// C2: one session releasing every lease failed 1,067 of 1,500 chunks in the review. Here a
+/// releaser (two identities on one network) and a dropper that takes leases and disconnects
+/// with a fresh identity every time run beside three honest workers.
+async fn release_cycling_and_dropping_fail_no_chunk(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let released = Arc::new(AtomicU32::new(0));
+    let mut peers: Vec<JoinHandle<()>> = ["releaser-a", "releaser-b"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            spawn_peer(
+                server.ws(),
+                &format!("127.0.9.{}", i + 1),
+                id,
+                256,
+                Behaviour::Release,
+                released.clone(),
+            )
+        })
+        .collect();
+    peers.push(spawn_rotating_dropper(server.ws(), "127.0.8.1", 64));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peers.extend(honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.2.1", "127.0.3.1"],
+        4,
+    ));
+    let expected = inputs(1500, "release");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(180)).await;
+    assert!(released.load(Ordering::Relaxed) > 0, "nothing was released");
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(finished["chunks"]["failed"], 0, "{finished}");
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    // One network ended at most one lease of each chunk, whatever its identities did.
+    assert_eq!(
+        server
+            .store
+            .count(
+                "SELECT count(*) FROM (SELECT job_id, chunk_idx, origin FROM replicas
+                 WHERE origin IS NOT NULL AND state IN ('released', 'expired')
+                 GROUP BY job_id, chunk_idx, origin HAVING count(*) > 1) AS repeated"
+            )
+            .await,
+        0
+    );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// C3: an error outcome with NUL made PostgreSQL refuse the group commit and the master drop
+/// the honest results beside it. Here the poisoner answers every lease so; the job completes
+/// with the right answers and the poisoner's texts are stored escaped.
+async fn nul_in_error_outcomes_loses_no_honest_result(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let poisoned = Arc::new(AtomicU32::new(0));
+    let mut peers = vec![spawn_peer(
+        server.ws(),
+        "127.0.9.1",
+        "poisoner",
+        64,
+        Behaviour::NulError,
+        poisoned.clone(),
+    )];
+    peers.extend(honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.2.1", "127.0.3.1"],
+        4,
+    ));
+    let expected = inputs(1000, "nul");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert!(
+        poisoned.load(Ordering::Relaxed) > 0,
+        "the poisoner never answered"
+    );
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    // Its results were recorded (and outvoted), not refused: stored without the NUL.
+    let stored = server
+        .store
+        .count("SELECT count(*) FROM replicas WHERE worker_id = 'poisoner' AND state = 'returned'")
+        .await;
+    assert!(stored > 0, "the poisoner's results were not recorded");
+    assert_eq!(
+        server
+            .store
+            .count(
+                "SELECT count(*) FROM replicas WHERE worker_id = 'poisoner'
+                 AND outcome IS NOT NULL AND outcome <> 'bad\\u{0000}byte'"
+            )
+            .await,
+        0,
+        "error texts are stored with the NUL escaped"
+    );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// Sleepers on two networks of their own (a fifth of the slots) behave until trusted, then
+/// all tell one lie, against adaptive verification: the master's own checks and spot-checks
+/// catch them, backtracking re-verifies what their word accepted, and the results are right.
+async fn sleepers_on_distinct_networks_are_caught_and_backtracked(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let mut peers = honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.2.1", "127.0.3.1", "127.0.4.1"],
+        2,
+    );
+    // A warm-up job gives the master answers of its own to spot-check with.
+    let warm = inputs(40, "warm-up");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": warm, "redundancy": 2}))
+        .await;
+    assert_eq!(
+        api.wait_finished(job, Duration::from_secs(60)).await["state"],
+        "done"
+    );
+    for (i, id) in ["sleeper-a", "sleeper-b"].iter().enumerate() {
+        peers.push(spawn_peer(
+            server.ws(),
+            &format!("127.0.{}.1", 20 + i),
+            id,
+            1,
+            Behaviour::Sleeper(30),
+            Arc::new(AtomicU32::new(0)),
+        ));
+    }
+    let expected = inputs(600, "adaptive");
+    let job = api
+        .submit(
+            json!({"kernel": "echo", "inputs": expected, "redundancy": 2,
+                       "verification": "adaptive"}),
+        )
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    // Backtracking may still be re-verifying the last lies: wait until the job is done again
+    // with no lie left, or fail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let finished = api.wait_finished(job, Duration::from_secs(60)).await;
+        let forged = forged_and_check(&api.results(job).await, &expected);
+        if forged == 0 && finished["state"] == "done" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{forged} forged results still accepted: {finished}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
