@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer};
+use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer, modules};
 use futures_util::StreamExt;
-use grid_protocol::{MasterMessage, Outcome, WorkerMessage};
+use grid_protocol::{MasterMessage, Outcome, WorkerKind, WorkerMessage};
 use grid_server::ServeOptions;
 use grid_server::network::NetworkPolicy;
 use serde_json::{Value, json};
@@ -34,6 +34,7 @@ on_both_backends!(
     release_cycling_and_dropping_fail_no_chunk,
     nul_in_error_outcomes_loses_no_honest_result,
     sleepers_on_distinct_networks_are_caught_and_backtracked,
+    an_engine_split_module_blames_nobody,
 );
 
 /// How an adversarial or honest peer answers (echo kernel jobs).
@@ -48,6 +49,8 @@ enum Behaviour {
     Release,
     /// Answers every lease with an error outcome holding a NUL character.
     NulError,
+    /// What an engine with a small call stack says of the engine-splitting module.
+    StackExhausted,
 }
 
 /// A master that trusts no network: every peer is judged by its /24.
@@ -72,10 +75,22 @@ fn spawn_peer(
     behaviour: Behaviour,
     sent: Arc<AtomicU32>,
 ) -> JoinHandle<()> {
+    spawn_peer_as(ws, source, id, slots, behaviour, sent, WorkerKind::Native)
+}
+
+fn spawn_peer_as(
+    ws: String,
+    source: &str,
+    id: &str,
+    slots: u32,
+    behaviour: Behaviour,
+    sent: Arc<AtomicU32>,
+    kind: WorkerKind,
+) -> JoinHandle<()> {
     let source = ip(source);
     let id = id.to_owned();
     tokio::spawn(async move {
-        let mut peer = Peer::join_from(&ws, source, &id, slots).await;
+        let mut peer = Peer::join_from_as(&ws, source, &id, slots, kind).await;
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(5), peer.socket.next()).await;
             let text = match frame {
@@ -111,6 +126,10 @@ fn spawn_peer(
                 Behaviour::NulError => WorkerMessage::Result {
                     lease,
                     outcome: Outcome::Err("bad\u{0}byte".into()),
+                },
+                Behaviour::StackExhausted => WorkerMessage::Result {
+                    lease,
+                    outcome: Outcome::Err("trap: call stack exhausted".into()),
                 },
             };
             peer.send(&reply).await;
@@ -415,6 +434,72 @@ async fn sleepers_on_distinct_networks_are_caught_and_backtracked(backend: Backe
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// H2: a tenant's module whose outcome depends on the engine (call-stack depth) used to get
+/// every volunteer of the minority engine blacklisted, with backtracking across tenants. Here
+/// native peers return the output and browser peers the stack-overflow trap on every chunk:
+/// nobody is blamed, and where both engines speak with several voices the chunk fails as
+/// engine-dependent.
+async fn an_engine_split_module_blames_nobody(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let module = api.upload_module(modules::echo()).await;
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        peers.push(spawn_peer_as(
+            server.ws(),
+            &format!("127.0.{}.1", 30 + i),
+            &format!("native-{i}"),
+            2,
+            Behaviour::Honest,
+            Arc::new(AtomicU32::new(0)),
+            WorkerKind::Native,
+        ));
+        peers.push(spawn_peer_as(
+            server.ws(),
+            &format!("127.0.{}.1", 40 + i),
+            &format!("browser-{i}"),
+            2,
+            Behaviour::StackExhausted,
+            Arc::new(AtomicU32::new(0)),
+            WorkerKind::Browser,
+        ));
+    }
+    let expected = inputs(30, "split");
+    let job = api
+        .submit(json!({"module": module, "inputs": expected, "redundancy": 3}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    let results = api.results(job).await;
+    assert_eq!(results.len(), 30, "{finished}");
+    let engine_dependent = results
+        .iter()
+        .filter(|line| {
+            line["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("engine-dependent"))
+        })
+        .count();
+    assert!(
+        engine_dependent > 0,
+        "no chunk was found engine-dependent: {results:?}"
+    );
+    assert_eq!(
+        blacklisted_ids(&server, "%").await,
+        0,
+        "someone was blacklisted"
+    );
+    assert_eq!(
+        server
+            .store
+            .count("SELECT count(*) FROM workers WHERE invalid_count > 0")
+            .await,
+        0,
+        "a worker was blamed for its engine"
+    );
     server.stop().await;
     peers.iter().for_each(JoinHandle::abort);
 }

@@ -162,8 +162,16 @@ struct Session {
     /// [`crate::network`]); no chunk goes to one origin twice.
     origin: Arc<str>,
     kind: &'static str,
+    /// The network it connects from; `None` on the host's trusted networks.
+    network: Option<Arc<str>>,
     /// Assignments outstanding at most (slots plus prefetch).
     capacity: usize,
+    /// Sessions from untrusted networks start with [`NEW_SESSION_CREDIT`] outstanding
+    /// assignments and earn one more per result, up to `capacity`: declaring a huge slot count
+    /// buys nothing, and a hoarder holds little. `None`: the whole capacity at once.
+    earned_credit: Option<usize>,
+    /// Slots counted against its network's [`MAX_SLOTS_PER_NETWORK`].
+    granted_slots: usize,
     leases: HashSet<LeaseId>,
     draining: bool,
     outbox: mpsc::UnboundedSender<Outbound>,
@@ -178,7 +186,10 @@ impl Session {
         if self.draining {
             0
         } else {
-            self.capacity.saturating_sub(self.leases.len())
+            let limit = self
+                .earned_credit
+                .map_or(self.capacity, |earned| earned.min(self.capacity));
+            limit.saturating_sub(self.leases.len())
         }
     }
 
@@ -187,6 +198,14 @@ impl Session {
         let _ = self.outbox.send(Outbound::Message(message));
     }
 }
+
+/// Slots a session from an untrusted network may declare; more are clamped to this.
+pub const MAX_UNTRUSTED_SLOTS: u32 = 64;
+/// Slots all sessions of one untrusted network may declare together; sessions beyond it get
+/// what is left (possibly nothing).
+pub const MAX_SLOTS_PER_NETWORK: usize = 256;
+/// Outstanding assignments a session from an untrusted network starts with.
+pub const NEW_SESSION_CREDIT: usize = 8;
 
 /// Assignments kept beyond a worker's slots so no core idles between a result and the next
 /// assignment: a quarter of the slots, at least one.
@@ -211,6 +230,7 @@ pub fn spawn(
     };
     let scheduler = Scheduler {
         store,
+        network_slots: HashMap::new(),
         events,
         sessions: HashMap::new(),
         holders: HashMap::new(),
@@ -236,6 +256,8 @@ pub fn spawn(
 
 struct Scheduler {
     store: Arc<dyn Store>,
+    /// Slots granted to the sessions of each untrusted network.
+    network_slots: HashMap<Arc<str>, usize>,
     events: mpsc::Receiver<Event>,
     sessions: HashMap<SessionId, Session>,
     /// Which session holds each live lease.
@@ -342,13 +364,31 @@ impl Scheduler {
                 };
                 self.batch.workers_seen.push((worker_id.clone(), kind));
                 metrics::gauge!("grid_workers_connected", "kind" => kind).increment(1.0);
+                let (capacity, earned_credit, granted_slots) = match &network {
+                    None => (capacity_for(slots), None, 0),
+                    Some(net) => {
+                        let used = self.network_slots.entry(net.clone()).or_default();
+                        let granted = (slots.min(MAX_UNTRUSTED_SLOTS) as usize)
+                            .min(MAX_SLOTS_PER_NETWORK.saturating_sub(*used));
+                        *used += granted;
+                        let capacity = if granted == 0 {
+                            0
+                        } else {
+                            capacity_for(granted as u32)
+                        };
+                        (capacity, Some(NEW_SESSION_CREDIT), granted)
+                    }
+                };
                 self.sessions.insert(
                     session,
                     Session {
-                        origin: network.unwrap_or_else(|| worker_id.clone()),
+                        origin: network.clone().unwrap_or_else(|| worker_id.clone()),
+                        network,
                         worker_id,
                         kind,
-                        capacity: capacity_for(slots),
+                        capacity,
+                        earned_credit,
+                        granted_slots,
                         leases: HashSet::new(),
                         draining: false,
                         outbox,
@@ -369,6 +409,9 @@ impl Scheduler {
                     Some(state) if self.holders.get(&lease) == Some(&session) => {
                         self.holders.remove(&lease);
                         state.leases.remove(&lease);
+                        if let Some(earned) = state.earned_credit.as_mut() {
+                            *earned += 1;
+                        }
                         self.result_sessions.insert(lease, session);
                         self.batch.results.push(ResultSubmission {
                             lease,
@@ -391,6 +434,10 @@ impl Scheduler {
                         if state.leases.remove(&lease) {
                             self.holders.remove(&lease);
                             self.batch.ended.push((lease, LeaseEnd::Released));
+                            // Handing work back costs the credit a result would have earned.
+                            if let Some(earned) = state.earned_credit.as_mut() {
+                                *earned = earned.saturating_sub(1).max(1);
+                            }
                         }
                     }
                 }
@@ -411,6 +458,14 @@ impl Scheduler {
             Event::Disconnected { session } => {
                 if let Some(state) = self.sessions.remove(&session) {
                     metrics::gauge!("grid_workers_connected", "kind" => state.kind).decrement(1.0);
+                    if let Some(net) = &state.network
+                        && let Some(used) = self.network_slots.get_mut(net)
+                    {
+                        *used = used.saturating_sub(state.granted_slots);
+                        if *used == 0 {
+                            self.network_slots.remove(net);
+                        }
+                    }
                     for lease in state.leases {
                         self.holders.remove(&lease);
                         self.batch.ended.push((lease, LeaseEnd::WorkerGone));

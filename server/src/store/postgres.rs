@@ -652,7 +652,8 @@ impl ReviewDb for PgReview<'_> {
         // COMMITTED every read after the lock sees each committed result.
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.state, c.wanted, c.quorum, c.output_digest,
-                    j.redundancy, j.max_replicas, j.verification
+                    j.redundancy, j.max_replicas, j.verification,
+                    j.kernel LIKE 'sha256:%' AS module
              FROM chunks c
              JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
                ON c.job_id = t.job_id AND c.idx = t.idx
@@ -660,7 +661,7 @@ impl ReviewDb for PgReview<'_> {
              -- always reaches chunks by (job_id, idx); a plain join to jobs let it scan
              -- every chunk of the job per touched chunk when statistics were stale.
              CROSS JOIN LATERAL (
-                 SELECT redundancy, max_replicas, verification FROM jobs
+                 SELECT redundancy, max_replicas, verification, kernel FROM jobs
                  WHERE id = c.job_id OFFSET 0
              ) j
              ORDER BY c.job_id, c.idx
@@ -688,6 +689,7 @@ impl ReviewDb for PgReview<'_> {
                         quorum: quorum.and_then(|q| u32::try_from(q).ok()),
                     },
                     output_digest: digest_of(row.try_get("output_digest")?),
+                    module: row.try_get("module")?,
                 },
             );
         }
@@ -698,7 +700,8 @@ impl ReviewDb for PgReview<'_> {
         let (job_ids, indexes) = key_columns(keys.iter());
         let rows = sqlx::query(
             "SELECT r.id, r.job_id, r.chunk_idx, r.worker_id, r.state, r.outcome_digest,
-                    r.outcome_is_error, r.ringer, r.verdict, r.origin
+                    r.outcome_is_error, r.ringer, r.verdict, r.origin,
+                    (SELECT w.kind FROM workers w WHERE w.id = r.worker_id) AS kind
              FROM replicas r
              JOIN UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
                ON r.job_id = t.job_id AND r.chunk_idx = t.idx",
@@ -721,6 +724,7 @@ impl ReviewDb for PgReview<'_> {
                     ringer: row.try_get("ringer")?,
                     verdict: row.try_get("verdict")?,
                     origin: row.try_get("origin")?,
+                    kind: row.try_get("kind")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

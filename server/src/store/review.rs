@@ -36,6 +36,8 @@ pub struct ChunkRow {
     pub policy: QuorumPolicy,
     /// Digest of the accepted outcome (done chunks).
     pub output_digest: Option<[u8; 32]>,
+    /// A chunk of an uploaded module (its outcome may legally depend on the engine).
+    pub module: bool,
 }
 
 /// A replica row as the reviewer needs it.
@@ -59,6 +61,8 @@ pub struct ReplicaRow {
     pub verdict: Option<String>,
     /// The worker's network, or its identity on a trusted network (none on old rows).
     pub origin: Option<String>,
+    /// The worker's kind (`native` or `browser`), as last seen.
+    pub kind: Option<String>,
 }
 
 impl ReplicaRow {
@@ -337,6 +341,18 @@ async fn review_round<D: ReviewDb>(
         let (decision, quorum) = verifier::decide(chunk.policy, &facts, rand::random::<f64>());
         let quorum = quorum.map(|q| i32::try_from(q).unwrap_or(i32::MAX));
         match decision {
+            Decision::Accept { digest, alone, .. }
+                if chunk.module
+                    && !alone
+                    && engine_split(rows, digest, &standing_of).is_some_and(|n| n >= 2) =>
+            {
+                // A module whose outcome depends on the engine (call-stack depth, NaN bits):
+                // nobody lied, so nobody gets an invalid verdict and nothing is backtracked.
+                per_job.entry(key.0).or_default().failed += 1;
+                outcome.failed += 1;
+                metrics::counter!("grid_chunks_engine_dependent_total").increment(1);
+                failed.push((key, ENGINE_DEPENDENT.to_owned()));
+            }
             Decision::Accept {
                 canonical,
                 digest,
@@ -362,6 +378,9 @@ async fn review_round<D: ReviewDb>(
                         })
                         .map(|row| row.origin())
                         .collect();
+                    // A module's lone dissenter of the other engine is not blamed.
+                    let excused =
+                        chunk.module && engine_split(rows, digest, &standing_of).is_some();
                     // Verdicts on every counted result: agreeing or not. Results of blacklisted
                     // workers were not counted: they are invalid, and earn no reputation.
                     for row in rows {
@@ -381,7 +400,7 @@ async fn review_round<D: ReviewDb>(
                                 if trusted_origins.iter().any(|&o| o != row.origin()) {
                                     delta.vouched += 1;
                                 }
-                            } else {
+                            } else if !excused {
                                 delta.invalid += 1;
                             }
                         }
@@ -469,6 +488,43 @@ async fn review_round<D: ReviewDb>(
         db.count_jobs(&per_job).await?;
     }
     Ok(reopened)
+}
+
+/// Why a module chunk whose results split by engine fails.
+pub const ENGINE_DEPENDENT: &str = "engine-dependent: browser and native workers computed different \
+     outcomes, so the module's result depends on the WebAssembly engine (for example on its \
+     call-stack depth); no worker is blamed";
+
+/// When the returned results that disagree with `accepted` all come from one kind of worker
+/// and the agreeing ones all from the other: from how many origins the dissent comes. Two or
+/// more fail the chunk as engine-dependent; a lone dissenter is outvoted but not blamed (it
+/// may be its engine), so one liar can neither fail module chunks nor get an honest engine's
+/// volunteers blacklisted.
+fn engine_split(
+    rows: &[&ReplicaRow],
+    accepted: [u8; 32],
+    standing_of: &impl Fn(&str) -> Standing,
+) -> Option<usize> {
+    let mut agreeing = BTreeSet::new();
+    let mut dissenting = BTreeSet::new();
+    let mut dissenting_origins = BTreeSet::new();
+    for row in rows {
+        let (Some(digest), "returned") = (row.digest, row.state.as_str()) else {
+            continue;
+        };
+        if standing_of(&row.worker_id) == Standing::Blacklisted {
+            continue;
+        }
+        let kind = row.kind.as_deref().unwrap_or("unknown");
+        if digest == accepted {
+            agreeing.insert(kind);
+        } else {
+            dissenting.insert(kind);
+            dissenting_origins.insert(row.origin());
+        }
+    }
+    (agreeing.len() == 1 && dissenting.len() == 1 && agreeing != dissenting)
+        .then_some(dissenting_origins.len())
 }
 
 fn status(row: &ReplicaRow) -> ReplicaStatus {

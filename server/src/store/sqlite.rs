@@ -594,7 +594,8 @@ impl ReviewDb for SqliteReview<'_> {
         for &(job_id, idx) in keys {
             let Some(row) = sqlx::query(
                 "SELECT c.state, c.wanted, c.quorum, c.output_digest,
-                        j.redundancy, j.max_replicas, j.verification
+                        j.redundancy, j.max_replicas, j.verification,
+                        j.kernel LIKE 'sha256:%' AS module
                  FROM chunks c JOIN jobs j ON j.id = c.job_id
                  WHERE c.job_id = ?1 AND c.idx = ?2",
             )
@@ -621,6 +622,7 @@ impl ReviewDb for SqliteReview<'_> {
                         quorum: quorum.and_then(|q| u32::try_from(q).ok()),
                     },
                     output_digest: digest_of(row.try_get("output_digest")?),
+                    module: row.try_get("module")?,
                 },
             );
         }
@@ -631,7 +633,8 @@ impl ReviewDb for SqliteReview<'_> {
         let mut replicas = Vec::new();
         for &(job_id, idx) in keys {
             let rows = sqlx::query(
-                "SELECT id, worker_id, state, outcome_digest, outcome_is_error, ringer, verdict, origin
+                "SELECT id, worker_id, state, outcome_digest, outcome_is_error, ringer, verdict, origin,
+                        (SELECT w.kind FROM workers w WHERE w.id = replicas.worker_id) AS kind
                  FROM replicas WHERE job_id = ?1 AND chunk_idx = ?2",
             )
             .bind(job_id)
@@ -651,6 +654,7 @@ impl ReviewDb for SqliteReview<'_> {
                     ringer: row.try_get("ringer")?,
                     verdict: row.try_get("verdict")?,
                     origin: row.try_get("origin")?,
+                    kind: row.try_get("kind")?,
                 });
             }
         }

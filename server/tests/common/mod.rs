@@ -665,7 +665,7 @@ impl Peer {
     /// Connect and complete the hello.
     pub async fn join(ws_url: &str, worker_id: &str, slots: u32) -> Peer {
         let peer = Peer::connect(ws_url).await;
-        peer.hello(worker_id, slots).await
+        peer.hello(worker_id, slots, WorkerKind::Native).await
     }
 
     /// Connect from `source` and complete the hello.
@@ -675,17 +675,28 @@ impl Peer {
         worker_id: &str,
         slots: u32,
     ) -> Peer {
-        let peer = Peer::connect_from(ws_url, source).await;
-        peer.hello(worker_id, slots).await
+        Peer::join_from_as(ws_url, source, worker_id, slots, WorkerKind::Native).await
     }
 
-    async fn hello(self, worker_id: &str, slots: u32) -> Peer {
+    /// Connect from `source` as a worker of `kind` and complete the hello.
+    pub async fn join_from_as(
+        ws_url: &str,
+        source: std::net::IpAddr,
+        worker_id: &str,
+        slots: u32,
+        kind: WorkerKind,
+    ) -> Peer {
+        let peer = Peer::connect_from(ws_url, source).await;
+        peer.hello(worker_id, slots, kind).await
+    }
+
+    async fn hello(self, worker_id: &str, slots: u32, kind: WorkerKind) -> Peer {
         let mut peer = self;
         peer.send(&WorkerMessage::Hello {
             protocol: PROTOCOL_VERSION,
             worker_id: worker_id.into(),
             slots,
-            kind: WorkerKind::Native,
+            kind,
         })
         .await;
         match peer.recv().await {
