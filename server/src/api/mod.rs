@@ -9,6 +9,7 @@
 //!   [`image`]: a `mandelbrot` job's picture.
 //! - [`volunteers`]: credit, the leaderboard and display names; [`dashboard`]: the dashboard's
 //!   live feed (server-sent events).
+//! - [`workers`]: the admin lifts a worker identity's blacklist.
 //! - [`openapi`]: the OpenAPI document of all of it.
 
 pub mod chunks;
@@ -22,9 +23,10 @@ pub mod modules;
 pub mod openapi;
 pub mod tokens;
 pub mod volunteers;
+pub mod workers;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::AppState;
 use crate::error::Error;
@@ -41,6 +43,7 @@ pub fn v1() -> Router<AppState> {
         .route("/modules", post(modules::upload))
         .route("/modules/{id}", get(modules::download))
         .route("/tokens", post(tokens::create))
+        .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(
             "/volunteers/me",

@@ -14,7 +14,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers};
+use super::{
+    chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers, workers,
+};
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
 use crate::store::{ChunkCounts, JobView, ReplicaCounts};
@@ -46,6 +48,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
         modules::upload,
         modules::download,
         tokens::create,
+        workers::lift_blacklist,
         volunteers::list,
         volunteers::me,
         volunteers::set_name,
@@ -71,7 +74,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
         (name = "volunteers", description = "Credit and display names of volunteers"),
         (name = "dashboard", description = "Live figures of the grid"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
-        (name = "workers", description = "The worker protocol's WebSocket"),
+        (name = "workers", description = "The worker protocol's WebSocket, and worker identities (admin token)"),
         (name = "pages", description = "The web pages and their assets"),
     )
 )]

@@ -434,6 +434,12 @@ pub(crate) const MASTER_CHECK_CANDIDATES_SQL: &str = "
     ORDER BY c.finished_at DESC
     LIMIT $1";
 
+/// The statement behind [`Store::lift_blacklist`]; portable.
+pub(crate) const LIFT_BLACKLIST_SQL: &str = "
+    UPDATE workers
+    SET blacklisted_at = NULL, blacklist_reason = NULL, invalid_count = 0, consecutive_valid = 0
+    WHERE id = $1";
+
 /// The query behind [`Store::chunk_states`]; portable SQL shared by both backends.
 pub(crate) const CHUNK_STATES_SQL: &str = "
     SELECT
@@ -497,6 +503,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
     /// Identities currently blacklisted.
     async fn blacklisted(&self) -> Result<Vec<String>>;
+    /// Lift an identity's blacklist and reset its reputation; false when it is unknown.
+    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool>;
     /// Accepted chunks of built-in kernels the master has not checked yet, newest first.
     async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>>;
     /// Commit one scheduler round atomically.

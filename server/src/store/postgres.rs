@@ -338,6 +338,15 @@ impl Store for PgStore {
         Ok(ids)
     }
 
+    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool> {
+        let changed = sqlx::query(super::LIFT_BLACKLIST_SQL)
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
     async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>> {
         let rows = sqlx::query(super::MASTER_CHECK_CANDIDATES_SQL)
             .bind(limit)
@@ -889,12 +898,13 @@ impl ReviewDb for PgReview<'_> {
              FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[])
                   AS t(id, valid, invalid, vouched)
              WHERE w.id = t.id
-             RETURNING w.id, w.invalid_count",
+             RETURNING w.id, w.invalid_count - w.valid_count / $5 AS invalid_count",
         )
         .bind(&ids)
         .bind(&valid)
         .bind(&invalid)
         .bind(&vouched)
+        .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
         .fetch_all(&mut **self.tx)
         .await?;
         let mut totals = HashMap::with_capacity(rows.len());

@@ -22,6 +22,10 @@ use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus, 
 /// Invalid results (failed ringers included) after which a worker is blacklisted.
 pub const BLACKLIST_AFTER_INVALID: i64 = 2;
 
+/// Invalid results decay: each this many valid results forgive one, so an honest volunteer
+/// who met a bad chunk years ago is not blacklisted by a second one today.
+pub const VALID_RESULTS_PER_FORGIVEN_INVALID: i32 = 100;
+
 /// Chunk key: `(job_id, idx)`.
 pub type ChunkKey = (i64, i32);
 
@@ -132,7 +136,8 @@ pub trait ReviewDb: Send {
     /// Add to jobs' done/failed counters (negative when backtracking reopens chunks, counted in
     /// `revised`) and move jobs between running and finished accordingly.
     async fn count_jobs(&mut self, per_job: &BTreeMap<i64, JobDelta>) -> Result<()>;
-    /// Apply reputation deltas; returns each worker's total invalid results afterwards.
+    /// Apply reputation deltas; returns each worker's invalid results afterwards, less one per
+    /// [`VALID_RESULTS_PER_FORGIVEN_INVALID`] valid ones.
     async fn update_reputation(
         &mut self,
         deltas: &BTreeMap<String, ReputationDelta>,

@@ -353,6 +353,15 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
+    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool> {
+        let changed = sqlx::query(super::LIFT_BLACKLIST_SQL)
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
     async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>> {
         let rows = sqlx::query(super::MASTER_CHECK_CANDIDATES_SQL)
             .bind(limit)
@@ -821,12 +830,13 @@ impl ReviewDb for SqliteReview<'_> {
                      consecutive_valid = CASE WHEN ?3 > 0 THEN 0
                                               ELSE consecutive_valid + ?4 END
                  WHERE id = ?1
-                 RETURNING invalid_count",
+                 RETURNING invalid_count - valid_count / ?5",
             )
             .bind(worker)
             .bind(delta.valid)
             .bind(delta.invalid)
             .bind(delta.vouched)
+            .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
             .fetch_optional(&mut **self.tx)
             .await?;
             if let Some(total) = total {
