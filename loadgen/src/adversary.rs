@@ -45,8 +45,8 @@ pub enum Attack {
         /// How long each connection holds its leases.
         hold: Duration,
     },
-    /// Announces many slots (the run's attacker slots, [`grid_protocol::MAX_SLOTS`] by
-    /// default) and sits on every lease without ever answering.
+    /// `--attack slots`: announces many slots (the run's attacker slots,
+    /// [`grid_protocol::MAX_SLOTS`] by default) and sits on every lease without ever answering.
     Hoard,
 }
 

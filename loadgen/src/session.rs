@@ -378,9 +378,12 @@ async fn connect(
     }
     Err(failure
         .unwrap_or_else(|| {
+            let from = bind
+                .map(|local| format!(" from {local}"))
+                .unwrap_or_default();
             io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
-                format!("no address of {host} to connect to from {bind:?}"),
+                format!("{host} has no address to connect to{from}"),
             )
         })
         .into())
@@ -544,8 +547,7 @@ impl Active<'_> {
                 return Some(Ended::Lost);
             }
         };
-        let shared = Arc::clone(&self.worker.shared);
-        let stats = &shared.stats;
+        let stats = &self.worker.shared.stats;
         match message {
             MasterMessage::Assign {
                 lease, task, input, ..
@@ -563,9 +565,11 @@ impl Active<'_> {
                         self.queue.push_back(Queued { lease, task, input });
                     }
                     Handling::Release => {
-                        self.send(&WorkerMessage::Release {
+                        // Not `self.send`: `stats` borrows the worker.
+                        let release = WorkerMessage::Release {
                             leases: vec![lease],
-                        });
+                        };
+                        self.out.push(Message::text(to_json(&release)));
                         stats
                             .side(self.attacker)
                             .released

@@ -187,24 +187,26 @@ async fn sybils_connect_first_one_after_the_other() {
         let _ = stopped.await;
     }));
 
-    // Refusing each attacker's first connection (closing it) ends its first try and lets the
-    // next one go; the honest workers come after both.
-    let (first, peer) = accept(&listener).await;
-    assert_eq!(peer.ip(), ips(&["127.0.9.1"])[0]);
-    drop(first);
-    let (second, peer) = accept(&listener).await;
-    assert_eq!(peer.ip(), ips(&["127.0.10.1"])[0]);
-    drop(second);
-    let mut honest = 0;
+    // Closing every attacker connection at once ends each attacker's first try and lets the
+    // next one go (attackers then retry, interleaved with the rest); the honest workers come
+    // only after both attackers' first tries.
+    let (sybil_a, sybil_b, honest) = (
+        ips(&["127.0.9.1"])[0],
+        ips(&["127.0.10.1"])[0],
+        ips(&["127.0.1.1"])[0],
+    );
+    let mut order = Vec::new();
     let mut held = Vec::new();
-    while honest < 3 {
+    while order.iter().filter(|&&ip| ip == honest).count() < 3 {
         let (tcp, peer) = accept(&listener).await;
-        // Attackers retry after their refusal; honest workers connect from 127.0.1.1.
-        if peer.ip() == ips(&["127.0.1.1"])[0] {
-            honest += 1;
+        order.push(peer.ip());
+        if peer.ip() == honest {
+            held.push(tcp);
         }
-        held.push(tcp);
     }
+    let first = |wanted: IpAddr| order.iter().position(|&ip| ip == wanted).unwrap();
+    assert_eq!(first(sybil_a), 0, "{order:?}");
+    assert!(first(sybil_b) < first(honest), "{order:?}");
     let _ = stop.send(());
     tokio::time::timeout(RUN_LIMIT, run)
         .await
