@@ -265,13 +265,13 @@ pub struct Args {
     /// The quiet period of `--until-idle`, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub idle_s: f64,
-    /// How many of the workers lie.
+    /// How many of the workers lie (and attack, with --attack).
     #[arg(long, default_value_t = 0)]
     pub saboteurs: u32,
     /// How saboteurs lie [default: colluding].
     #[arg(long, value_enum)]
     pub sabotage: Option<SabotageMode>,
-    /// What saboteurs do besides lying (see the README's "Adversaries").
+    /// What saboteurs do besides lying (see the README's "Simulated workers and adversaries").
     #[arg(long, value_enum)]
     pub attack: Option<AttackMode>,
     /// Rotating attackers: results per connection (and identity).
@@ -366,12 +366,8 @@ impl Args {
         if let (Some(attack), Some(sabotage), true) = (self.attack, self.sabotage, own_lie) {
             return Err(LoadError::Config(format!(
                 "--attack {} cannot be combined with --sabotage {}",
-                attack
-                    .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_owned()),
-                sabotage
-                    .to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_owned()),
+                flag_value(attack),
+                flag_value(sabotage),
             )));
         }
         if self.attack.is_some() && self.saboteurs == 0 {
@@ -391,6 +387,14 @@ impl Args {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// How `value` is spelled on the command line.
+fn flag_value(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|value| value.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
