@@ -418,15 +418,17 @@ mod tests {
         assert!(worker_endpoint("not a url").is_err());
     }
 
+    /// The run `grid-loadgen --server http://127.0.0.1:1 EXTRA...` describes, or why not.
+    fn parse(extra: &[&str]) -> Result<LoadConfig, String> {
+        let mut argv = vec!["grid-loadgen", "--server", "http://127.0.0.1:1"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|error| error.to_string())
+            .and_then(|args| args.into_config().map_err(|error| error.to_string()))
+    }
+
     #[test]
     fn flags_that_depend_on_each_other_are_checked() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["grid-loadgen", "--server", "http://127.0.0.1:1"];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv)
-                .map_err(|error| error.to_string())
-                .and_then(|args| args.into_config().map_err(|error| error.to_string()))
-        };
         assert!(parse(&["--workers", "3", "--saboteurs", "4"]).is_err());
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--workers", "1", "--slots", "0"]).is_err());
@@ -473,19 +475,7 @@ mod tests {
 
     #[test]
     fn attack_flags() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec![
-                "grid-loadgen",
-                "--server",
-                "http://127.0.0.1:1",
-                "--workers",
-                "4",
-            ];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv)
-                .map_err(|error| error.to_string())
-                .and_then(|args| args.into_config().map_err(|error| error.to_string()))
-        };
+        let parse = |extra: &[&str]| parse(&[&["--workers", "4"], extra].concat());
         // An attack needs attackers; attacks that pick the lie (or tell none) take no
         // --sabotage; rotating attackers lie as --sabotage says.
         assert!(parse(&["--attack", "release"]).is_err());
@@ -593,19 +583,7 @@ mod tests {
 
     #[test]
     fn source_address_flags() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec![
-                "grid-loadgen",
-                "--server",
-                "http://127.0.0.1:1",
-                "--workers",
-                "4",
-            ];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv)
-                .map_err(|error| error.to_string())
-                .and_then(|args| args.into_config().map_err(|error| error.to_string()))
-        };
+        let parse = |extra: &[&str]| parse(&[&["--workers", "4"], extra].concat());
         let ip = |text: &str| text.parse::<IpAddr>().ok();
         let Ok(config) = parse(&["--bind", "127.0.1.1,127.0.2.1"]) else {
             panic!("--bind refused");

@@ -123,6 +123,36 @@ async fn run_job(master: &Master, job: i64, config: LoadConfig) -> Report {
     report.expect("the run failed")
 }
 
+/// A run in the background, until [`Background::stop`].
+struct Background {
+    stop: oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<Result<Report, grid_loadgen::LoadError>>,
+}
+
+impl Background {
+    fn start(config: LoadConfig) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(grid_loadgen::run(config, async {
+            let _ = stopped.await;
+        }));
+        Background { stop, run }
+    }
+
+    async fn stop(self) -> Report {
+        let _ = self.stop.send(());
+        tokio::time::timeout(RUN_LIMIT, self.run)
+            .await
+            .expect("the run did not stop")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// The WebSocket URL of a plain TCP listener (only the connections' source addresses matter).
+fn socket_url(listener: &TcpListener) -> url::Url {
+    worker_endpoint(&format!("ws://{}/ws", listener.local_addr().unwrap())).unwrap()
+}
+
 /// The next connection to `listener`.
 async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     let accepted = tokio::time::timeout(RUN_LIMIT, listener.accept()).await;
@@ -135,18 +165,13 @@ fn ips(addresses: &[&str]) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_connect_from_their_source_addresses_round_robin() {
-    // A plain TCP listener: only the source addresses of the connections matter here.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = worker_endpoint(&format!("ws://{}/ws", listener.local_addr().unwrap())).unwrap();
-    let mut config = LoadConfig::new(url, 5);
+    let mut config = LoadConfig::new(socket_url(&listener), 5);
     config.saboteurs = 2;
     config.attack = Some(Attack::Release);
     config.bind = ips(&["127.0.1.1", "127.0.2.1", "127.0.3.1"]);
     config.attacker_bind = ips(&["127.0.9.1", "127.0.10.1"]);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let run = tokio::spawn(grid_loadgen::run(config, async {
-        let _ = stopped.await;
-    }));
+    let run = Background::start(config);
 
     let mut seen = Vec::new();
     let mut held = Vec::new();
@@ -165,27 +190,18 @@ async fn workers_connect_from_their_source_addresses_round_robin() {
     ]);
     expected.sort_unstable();
     assert_eq!(seen, expected);
-    let _ = stop.send(());
-    tokio::time::timeout(RUN_LIMIT, run)
-        .await
-        .expect("the run did not stop")
-        .unwrap()
-        .unwrap();
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sybils_connect_first_one_after_the_other() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = worker_endpoint(&format!("ws://{}/ws", listener.local_addr().unwrap())).unwrap();
-    let mut config = LoadConfig::new(url, 5);
+    let mut config = LoadConfig::new(socket_url(&listener), 5);
     config.saboteurs = 2;
     config.attack = Some(Attack::Sybil);
     config.bind = ips(&["127.0.1.1"]);
     config.attacker_bind = ips(&["127.0.9.1", "127.0.10.1"]);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let run = tokio::spawn(grid_loadgen::run(config, async {
-        let _ = stopped.await;
-    }));
+    let run = Background::start(config);
 
     // Closing every attacker connection at once ends each attacker's first try and lets the
     // next one go (attackers then retry, interleaved with the rest); the honest workers come
@@ -207,12 +223,7 @@ async fn sybils_connect_first_one_after_the_other() {
     let first = |wanted: IpAddr| order.iter().position(|&ip| ip == wanted).unwrap();
     assert_eq!(first(sybil_a), 0, "{order:?}");
     assert!(first(sybil_b) < first(honest), "{order:?}");
-    let _ = stop.send(());
-    tokio::time::timeout(RUN_LIMIT, run)
-        .await
-        .expect("the run did not stop")
-        .unwrap()
-        .unwrap();
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
