@@ -3,13 +3,15 @@
 //! Tests build a [`LoadConfig`] directly with [`LoadConfig::new`]; the binary parses [`Args`]
 //! and calls [`Args::into_config`], which checks the flags that depend on each other.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use grid_protocol::MAX_SLOTS;
-use url::Url;
+use url::{Host, Url};
 
 use crate::LoadError;
+use crate::adversary::Attack;
 use crate::sabotage::Sabotage;
 
 /// When a run ends (besides the caller's shutdown future, which always ends it).
@@ -43,10 +45,19 @@ pub struct LoadConfig {
     pub stop: StopWhen,
     /// Seeds identities (`loadgen-<seed>-<i>`), the choice of saboteurs and their lies.
     pub seed: u64,
-    /// How many of the workers lie.
+    /// How many of the workers lie (or attack: the attacking workers of the report).
     pub saboteurs: u32,
     /// How they lie.
     pub sabotage: Sabotage,
+    /// What they do besides lying (`None`: they only lie, as `sabotage` says).
+    pub attack: Option<Attack>,
+    /// Slots each saboteur announces (`None`: `slots`, or [`MAX_SLOTS`] for [`Attack::Hoard`]).
+    pub attacker_slots: Option<u32>,
+    /// Local addresses the honest workers connect from, round robin: the i-th honest worker
+    /// uses address i mod n (empty: the operating system picks).
+    pub bind: Vec<IpAddr>,
+    /// The same for the saboteurs, counted among themselves (empty: `bind`).
+    pub attacker_bind: Vec<IpAddr>,
     /// Most WebSocket handshakes in flight at once (a ramp, so 10,000 workers do not overflow
     /// the master's listen backlog).
     pub connect_concurrency: usize,
@@ -68,8 +79,30 @@ impl LoadConfig {
             seed: 0,
             saboteurs: 0,
             sabotage: Sabotage::Colluding,
+            attack: None,
+            attacker_slots: None,
+            bind: Vec::new(),
+            attacker_bind: Vec::new(),
             connect_concurrency: 256,
             progress: None,
+        }
+    }
+
+    /// Slots each saboteur announces.
+    pub fn saboteur_slots(&self) -> u32 {
+        match (self.attacker_slots, self.attack) {
+            (Some(slots), _) => slots,
+            (None, Some(Attack::Hoard)) => MAX_SLOTS,
+            (None, _) => self.slots,
+        }
+    }
+
+    /// The addresses saboteurs connect from.
+    pub fn saboteur_bind(&self) -> &[IpAddr] {
+        if self.attacker_bind.is_empty() {
+            &self.bind
+        } else {
+            &self.attacker_bind
         }
     }
 
@@ -101,6 +134,41 @@ impl LoadConfig {
             return Err(LoadError::Config(
                 "--lie-probability must be between 0 and 1".into(),
             ));
+        }
+        if let Some(attack) = self.attack {
+            if self.saboteurs == 0 {
+                return Err(LoadError::Config(format!(
+                    "--attack {} needs --saboteurs (how many workers attack)",
+                    attack.name()
+                )));
+            }
+            if attack == (Attack::Rotate { after: 0 }) {
+                return Err(LoadError::Config(
+                    "--rotate-after must be at least 1".into(),
+                ));
+            }
+        }
+        if !(1..=MAX_SLOTS).contains(&self.saboteur_slots()) {
+            return Err(LoadError::Config(format!(
+                "--attack-slots must be between 1 and {MAX_SLOTS} (the master refuses more)"
+            )));
+        }
+        // Binding to the other family than the master's address cannot connect.
+        let master_ip = match self.server.host() {
+            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(master_ip) = master_ip
+            && let Some(local) = self
+                .bind
+                .iter()
+                .chain(&self.attacker_bind)
+                .find(|local| local.is_ipv4() != master_ip.is_ipv4())
+        {
+            return Err(LoadError::Config(format!(
+                "cannot connect from {local} to {master_ip}: not the same address family"
+            )));
         }
         if self.connect_concurrency == 0 {
             return Err(LoadError::Config(
@@ -145,6 +213,28 @@ pub enum SabotageMode {
     Sleeper,
     /// Colluding lies with probability `--lie-probability`, honest otherwise.
     Intermittent,
+    /// The one output `{"forged":true}` for every chunk, from every saboteur.
+    Forged,
+}
+
+/// What saboteurs do besides lying (the `--attack` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttackMode {
+    /// Answer every chunk with `{"forged":true}`, and connect first, one after the other,
+    /// before any honest worker.
+    Sybil,
+    /// Lie (`--sabotage`) under a fresh random identity per connection, reconnecting after
+    /// every `--rotate-after` results.
+    Rotate,
+    /// Honest for `--sleeper-after` results, then the colluding lie (as `--sabotage sleeper`).
+    Sleeper,
+    /// Hand every lease straight back with `release`; never compute.
+    Release,
+    /// Hold every lease, disconnect `--drop-hold-ms` after the first assignment, reconnect
+    /// under the same identity, and again; never compute.
+    Drop,
+    /// Announce `--attack-slots` slots and sit on every lease without answering.
+    Slots,
 }
 
 /// `grid-loadgen`: simulate many grid workers against one master.
@@ -175,12 +265,32 @@ pub struct Args {
     /// The quiet period of `--until-idle`, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub idle_s: f64,
-    /// How many of the workers lie.
+    /// How many of the workers lie (and attack, with --attack).
     #[arg(long, default_value_t = 0)]
     pub saboteurs: u32,
-    /// How saboteurs lie.
-    #[arg(long, value_enum, default_value_t = SabotageMode::Colluding)]
-    pub sabotage: SabotageMode,
+    /// How saboteurs lie [default: colluding].
+    #[arg(long, value_enum)]
+    pub sabotage: Option<SabotageMode>,
+    /// What saboteurs do besides lying (see the README's "Simulated workers and adversaries").
+    #[arg(long, value_enum)]
+    pub attack: Option<AttackMode>,
+    /// Rotating attackers: results per connection (and identity).
+    #[arg(long, default_value_t = 4)]
+    pub rotate_after: u64,
+    /// Dropping attackers: how long each connection holds its leases, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub drop_hold_ms: u64,
+    /// Slots each saboteur announces [default: --slots; 256, the protocol's most, with
+    /// --attack slots].
+    #[arg(long)]
+    pub attack_slots: Option<u32>,
+    /// Local addresses the honest workers connect from, comma-separated, round robin (honest
+    /// worker i from address i mod n) [default: the operating system's choice].
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub bind: Vec<IpAddr>,
+    /// Local addresses the saboteurs connect from, the same way [default: --bind].
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub attacker_bind: Vec<IpAddr>,
     /// Sleeper saboteurs: honest results before the first lie.
     #[arg(long, default_value_t = 20)]
     pub sleeper_after: u64,
@@ -219,16 +329,55 @@ impl Args {
         };
         config.seed = self.seed;
         config.saboteurs = self.saboteurs;
-        config.sabotage = match self.sabotage {
+        let sleeper = Sabotage::Sleeper {
+            honest_results: self.sleeper_after,
+        };
+        config.sabotage = match self.sabotage.unwrap_or(SabotageMode::Colluding) {
             SabotageMode::Random => Sabotage::Random,
             SabotageMode::Colluding => Sabotage::Colluding,
-            SabotageMode::Sleeper => Sabotage::Sleeper {
-                honest_results: self.sleeper_after,
-            },
+            SabotageMode::Sleeper => sleeper,
             SabotageMode::Intermittent => Sabotage::Intermittent {
                 probability: self.lie_probability,
             },
+            SabotageMode::Forged => Sabotage::Forged,
         };
+        config.attack = match self.attack {
+            None => None,
+            Some(AttackMode::Sybil) => Some(Attack::Sybil),
+            Some(AttackMode::Rotate) => Some(Attack::Rotate {
+                after: self.rotate_after,
+            }),
+            Some(AttackMode::Sleeper) => {
+                config.sabotage = sleeper;
+                None
+            }
+            Some(AttackMode::Release) => Some(Attack::Release),
+            Some(AttackMode::Drop) => Some(Attack::Drop {
+                hold: Duration::from_millis(self.drop_hold_ms),
+            }),
+            Some(AttackMode::Slots) => Some(Attack::Hoard),
+        };
+        // The attack decides the lie, or there is none: a --sabotage would be ignored.
+        let own_lie = match self.attack {
+            None | Some(AttackMode::Rotate) => false,
+            Some(AttackMode::Sleeper) => self.sabotage != Some(SabotageMode::Sleeper),
+            Some(_) => true,
+        };
+        if let (Some(attack), Some(sabotage), true) = (self.attack, self.sabotage, own_lie) {
+            return Err(LoadError::Config(format!(
+                "--attack {} cannot be combined with --sabotage {}",
+                flag_value(attack),
+                flag_value(sabotage),
+            )));
+        }
+        if self.attack.is_some() && self.saboteurs == 0 {
+            return Err(LoadError::Config(
+                "--attack needs --saboteurs (how many workers attack)".into(),
+            ));
+        }
+        config.attacker_slots = self.attack_slots;
+        config.bind.clone_from(&self.bind);
+        config.attacker_bind.clone_from(&self.attacker_bind);
         config.connect_concurrency = self.connect_concurrency;
         config.progress = if self.progress_s > 0.0 {
             Some(seconds("--progress-s", self.progress_s)?)
@@ -238,6 +387,14 @@ impl Args {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// How `value` is spelled on the command line.
+fn flag_value(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|value| value.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -261,15 +418,17 @@ mod tests {
         assert!(worker_endpoint("not a url").is_err());
     }
 
+    /// The run `grid-loadgen --server http://127.0.0.1:1 EXTRA...` describes, or why not.
+    fn parse(extra: &[&str]) -> Result<LoadConfig, String> {
+        let mut argv = vec!["grid-loadgen", "--server", "http://127.0.0.1:1"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|error| error.to_string())
+            .and_then(|args| args.into_config().map_err(|error| error.to_string()))
+    }
+
     #[test]
     fn flags_that_depend_on_each_other_are_checked() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["grid-loadgen", "--server", "http://127.0.0.1:1"];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv)
-                .map_err(|error| error.to_string())
-                .and_then(|args| args.into_config().map_err(|error| error.to_string()))
-        };
         assert!(parse(&["--workers", "3", "--saboteurs", "4"]).is_err());
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--workers", "1", "--slots", "0"]).is_err());
@@ -310,5 +469,147 @@ mod tests {
         assert_eq!(config.compute, Duration::from_millis(15));
         assert_eq!(config.compute_jitter, Duration::from_millis(5));
         assert_eq!((config.workers, config.slots, config.saboteurs), (10, 4, 2));
+        assert_eq!(config.attack, None);
+        assert!(config.bind.is_empty() && config.saboteur_bind().is_empty());
+    }
+
+    #[test]
+    fn attack_flags() {
+        let parse = |extra: &[&str]| parse(&[&["--workers", "4"], extra].concat());
+        // An attack needs attackers; attacks that pick the lie (or tell none) take no
+        // --sabotage; rotating attackers lie as --sabotage says.
+        assert!(parse(&["--attack", "release"]).is_err());
+        assert!(parse(&["--attack", "sleeper"]).is_err());
+        for attack in ["sybil", "release", "drop", "slots", "sleeper"] {
+            let refused = parse(&[
+                "--saboteurs",
+                "1",
+                "--attack",
+                attack,
+                "--sabotage",
+                "random",
+            ]);
+            assert!(refused.is_err(), "{attack}: {refused:?}");
+        }
+        let Ok(rotate) = parse(&[
+            "--saboteurs",
+            "2",
+            "--attack",
+            "rotate",
+            "--sabotage",
+            "random",
+        ]) else {
+            panic!("rotate refused");
+        };
+        assert_eq!(rotate.attack, Some(Attack::Rotate { after: 4 }));
+        assert_eq!(rotate.sabotage, Sabotage::Random);
+        assert!(
+            parse(&[
+                "--saboteurs",
+                "1",
+                "--attack",
+                "rotate",
+                "--rotate-after",
+                "0"
+            ])
+            .is_err()
+        );
+
+        let Ok(sybil) = parse(&["--saboteurs", "2", "--attack", "sybil"]) else {
+            panic!("sybil refused");
+        };
+        assert_eq!(sybil.attack, Some(Attack::Sybil));
+        assert_eq!(sybil.saboteur_slots(), 1);
+        let Ok(sleeper) = parse(&[
+            "--saboteurs",
+            "1",
+            "--attack",
+            "sleeper",
+            "--sleeper-after",
+            "3",
+        ]) else {
+            panic!("sleeper refused");
+        };
+        assert_eq!(sleeper.attack, None);
+        assert_eq!(sleeper.sabotage, Sabotage::Sleeper { honest_results: 3 });
+        let Ok(dropping) = parse(&[
+            "--saboteurs",
+            "1",
+            "--attack",
+            "drop",
+            "--drop-hold-ms",
+            "50",
+        ]) else {
+            panic!("drop refused");
+        };
+        assert_eq!(
+            dropping.attack,
+            Some(Attack::Drop {
+                hold: Duration::from_millis(50)
+            })
+        );
+
+        let Ok(hoard) = parse(&["--saboteurs", "1", "--attack", "slots"]) else {
+            panic!("slots refused");
+        };
+        assert_eq!(
+            (hoard.attack, hoard.saboteur_slots()),
+            (Some(Attack::Hoard), MAX_SLOTS)
+        );
+        let Ok(few) = parse(&[
+            "--saboteurs",
+            "1",
+            "--attack",
+            "slots",
+            "--attack-slots",
+            "9",
+        ]) else {
+            panic!("--attack-slots refused");
+        };
+        assert_eq!((few.slots, few.saboteur_slots()), (1, 9));
+        let too_many = (MAX_SLOTS + 1).to_string();
+        assert!(
+            parse(&[
+                "--saboteurs",
+                "1",
+                "--attack",
+                "slots",
+                "--attack-slots",
+                &too_many
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn source_address_flags() {
+        let parse = |extra: &[&str]| parse(&[&["--workers", "4"], extra].concat());
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        let Ok(config) = parse(&["--bind", "127.0.1.1,127.0.2.1"]) else {
+            panic!("--bind refused");
+        };
+        let expected: Vec<IpAddr> = [ip("127.0.1.1"), ip("127.0.2.1")]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(config.bind, expected);
+        assert_eq!(config.saboteur_bind(), expected.as_slice());
+        let Ok(config) = parse(&[
+            "--bind",
+            "127.0.1.1",
+            "--attacker-bind",
+            "127.0.9.1,127.0.10.1",
+        ]) else {
+            panic!("--attacker-bind refused");
+        };
+        let attackers: Vec<IpAddr> = [ip("127.0.9.1"), ip("127.0.10.1")]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(config.saboteur_bind(), attackers.as_slice());
+        assert!(parse(&["--bind", "not-an-address"]).is_err());
+        // An IPv6 source cannot reach an IPv4 master.
+        assert!(parse(&["--bind", "::1"]).is_err());
+        assert!(parse(&["--attacker-bind", "::1"]).is_err());
     }
 }

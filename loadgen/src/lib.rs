@@ -9,14 +9,18 @@
 //!   progress, and gather the [`Report`].
 //! - [`config`]: [`LoadConfig`] (what a run does) and [`config::Args`] (the command line).
 //! - `session`: one simulated worker: the reconnect loop and the protocol (hello, welcome,
-//!   assignments, results, heartbeats, revokes), one task per connection.
+//!   assignments, results, releases, heartbeats, revokes), one task per connection.
 //! - [`sabotage`]: how saboteurs lie ([`Sabotage`]: random, colluding, sleeper,
-//!   intermittent) and which workers do.
-//! - [`stats`]: shared counters and latency histograms, and the [`Report`].
+//!   intermittent, forged) and which workers do.
+//! - [`adversary`]: what saboteurs do besides lying ([`Attack`]: sybil, rotate, release, drop,
+//!   hoard), the sybils' connection order, and which local address each worker connects from.
+//! - [`stats`]: shared counters and latency histograms, and the [`Report`] (with the honest
+//!   and the attacking side's counts apart).
 //!
 //! What it is not: a worker to volunteer with (that is `grid-worker`), or a benchmark by
 //! itself (the scripts under `bench/` submit jobs, run it and read the master's figures).
 
+pub mod adversary;
 pub mod config;
 pub mod sabotage;
 mod session;
@@ -31,11 +35,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use adversary::Attack;
 pub use config::{LoadConfig, StopWhen};
 pub use sabotage::Sabotage;
 pub use stats::Report;
 
-use sabotage::{Liar, choose_saboteurs};
+use adversary::Turns;
+use sabotage::choose_saboteurs;
 use session::{Shared, SimulatedWorker};
 use stats::Stats;
 
@@ -66,20 +72,24 @@ pub async fn run(
         stats: Stats::new(!config.compute.is_zero()),
         gate: Semaphore::new(config.connect_concurrency),
         fatal: OnceLock::new(),
+        turns: (config.attack == Some(Attack::Sybil)).then(|| Turns::new(config.saboteurs)),
         config,
     });
     let config = &shared.config;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut saboteurs = choose_saboteurs(config.workers, config.saboteurs, config.seed)
-        .into_iter()
-        .peekable();
+    let saboteurs = choose_saboteurs(config.workers, config.saboteurs, config.seed);
     let mut workers = JoinSet::new();
+    // Each side counts its own workers, for source addresses and the sybils' order.
+    let (mut honest, mut attackers) = (0, 0);
     for index in 0..config.workers {
-        let liar = (saboteurs.peek() == Some(&index)).then(|| {
-            saboteurs.next();
-            Liar::new(config.sabotage, config.seed, index)
-        });
-        let worker = SimulatedWorker::new(Arc::clone(&shared), index, liar);
+        let shared = Arc::clone(&shared);
+        let worker = if saboteurs.binary_search(&index).is_ok() {
+            attackers += 1;
+            SimulatedWorker::attacker(shared, index, attackers - 1)
+        } else {
+            honest += 1;
+            SimulatedWorker::honest(shared, index, honest - 1)
+        };
         workers.spawn(worker.run(stop_rx.clone()));
     }
 
@@ -121,7 +131,7 @@ async fn stop_condition(shared: &Shared) {
                 }
             }
             StopWhen::Idle(quiet) => {
-                let had_work = stats.assignments.load(Ordering::Relaxed) > 0;
+                let had_work = stats.assignments() > 0;
                 let held = stats.held.load(Ordering::Relaxed);
                 let last = Duration::from_micros(stats.last_activity_us.load(Ordering::Relaxed));
                 let since_last = now.duration_since(stats.start).saturating_sub(last);
@@ -157,13 +167,13 @@ impl Progress {
         if since < every {
             return;
         }
-        let results = stats.results.load(Ordering::Relaxed);
+        let results = stats.results();
         eprintln!(
             "[{:7.1} s] connected {:>6}  held {:>6}  assignments {:>9}  results {:>9}  ({:.0}/s)",
             now.duration_since(stats.start).as_secs_f64(),
             stats.connected.load(Ordering::Relaxed),
             stats.held.load(Ordering::Relaxed),
-            stats.assignments.load(Ordering::Relaxed),
+            stats.assignments(),
             results,
             (results - self.last_results) as f64 / since.as_secs_f64(),
         );

@@ -1,10 +1,12 @@
 //! Saboteurs: how a lying simulated worker turns an honest outcome into a wrong one.
 //!
-//! - [`Sabotage`]: the modes (random, colluding, sleeper, intermittent).
+//! - [`Sabotage`]: the modes (random, colluding, sleeper, intermittent, forged).
 //! - [`Liar`]: one saboteur's state (its results so far and its random stream).
 //! - [`forge`]: the wrong output itself. Lies look plausible: the honest output with one
 //!   leaf changed (the first number, string or boolean in canonical key order), so a verifier
-//!   cannot tell a lie by its shape, only by comparing replicas.
+//!   cannot tell a lie by its shape, only by comparing replicas. Except for
+//!   [`Sabotage::Forged`]: one constant output, [`forged_output`], for every input (what a
+//!   Sybil attack that needs no cleverness sends).
 //!
 //! Which workers lie is chosen here too ([`choose_saboteurs`]), from the seed, so two runs with
 //! the same seed have the same liars telling the same lies.
@@ -34,6 +36,9 @@ pub enum Sabotage {
         /// Between 0 and 1.
         probability: f64,
     },
+    /// Every saboteur answers every chunk with the one output [`forged_output`] (agreed in
+    /// advance, whatever the input); an honest output that happens to equal it is left alone.
+    Forged,
 }
 
 /// One saboteur's state.
@@ -63,6 +68,11 @@ impl Liar {
     pub fn report(&mut self, input: &Value, honest: Outcome) -> (Outcome, bool) {
         self.results += 1;
         let salt = match self.mode {
+            Sabotage::Forged => {
+                let forged = Outcome::Ok(forged_output());
+                let lie = forged != honest;
+                return (forged, lie);
+            }
             Sabotage::Random => self.rng.random::<[u8; 32]>(),
             Sabotage::Colluding => colluding_salt(self.seed, input),
             Sabotage::Sleeper { honest_results } => {
@@ -99,6 +109,11 @@ pub fn choose_saboteurs(workers: u32, count: u32, seed: u64) -> Vec<u32> {
 /// outcome is `honest`): what a verifier sees when colluders win a vote.
 pub fn colluding_lie(seed: u64, input: &Value, honest: &Outcome) -> Outcome {
     forge(honest, &colluding_salt(seed, input))
+}
+
+/// The output every [`Sabotage::Forged`] saboteur sends for every chunk: `{"forged":true}`.
+pub fn forged_output() -> Value {
+    serde_json::json!({ "forged": true })
 }
 
 /// The salt every colluder derives for `input`: equal inputs, equal lies.
@@ -241,6 +256,28 @@ mod tests {
     }
 
     #[test]
+    fn forgers_agree_with_each_other_on_any_input() {
+        let mut a = Liar::new(Sabotage::Forged, 1, 1);
+        let mut b = Liar::new(Sabotage::Forged, 2, 7);
+        for input in [
+            json!(1),
+            json!({"i": 42}),
+            json!("x"),
+            json!(null),
+            json!([1, 2]),
+        ] {
+            let (lie_a, lied_a) = a.report(&input, honest(input.clone()));
+            let (lie_b, lied_b) = b.report(&input, Outcome::Err("refused".into()));
+            assert!(lied_a && lied_b, "{input}");
+            assert_eq!(lie_a, Outcome::Ok(json!({"forged": true})));
+            assert_eq!(lie_a, lie_b);
+        }
+        // The truth that looks like the forgery is not counted as a lie.
+        let (same, lied) = a.report(&json!(0), honest(forged_output()));
+        assert_eq!((same, lied), (honest(forged_output()), false));
+    }
+
+    #[test]
     fn sleepers_wait_and_intermittent_liars_sometimes_lie() {
         let input = json!(1);
         let mut sleeper = Liar::new(Sabotage::Sleeper { honest_results: 3 }, 0, 0);
@@ -248,6 +285,14 @@ mod tests {
             .map(|_| sleeper.report(&input, honest(input.clone())).1)
             .collect();
         assert_eq!(lied, [false, false, false, true, true]);
+        // Sleepers that woke up tell the colluders' lie, so they agree with each other.
+        let mut other = Liar::new(Sabotage::Sleeper { honest_results: 0 }, 0, 9);
+        let input = json!({"i": 3});
+        assert_eq!(
+            sleeper.report(&input, honest(input.clone())),
+            other.report(&input, honest(input.clone()))
+        );
+        let input = json!(1);
 
         let mut liar = Liar::new(Sabotage::Intermittent { probability: 0.3 }, 0, 0);
         let lies = (0..1000)

@@ -10,8 +10,16 @@
 //! simulated compute time (a timer; no thread is blocked). The kernel runs on the runtime
 //! thread: meant for cheap kernels (`echo`); a heavy kernel stalls the other connections of
 //! that thread while it runs.
+//!
+//! Attackers ([`crate::adversary`]) run the same loop: an attack changes what happens to an
+//! assignment (computed, released at once, or held), the identity and the slots in the hello,
+//! when a session is ended on purpose (after some results, or some time holding leases), and,
+//! for sybils, when the first connection is made.
 
 use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,19 +29,21 @@ use grid_protocol::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, warn};
+use url::{Host, Url};
 
 use crate::LoadConfig;
+use crate::adversary::{Attack, Handling, Turns, fresh_identity, source_address};
 use crate::sabotage::Liar;
 use crate::stats::Stats;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<TcpStream>;
 
 /// How long a handshake (TCP, WebSocket upgrade, hello and welcome) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +65,8 @@ pub(crate) struct Shared {
     pub gate: Semaphore,
     /// Set when the master refuses our protocol version: the run stops with this error.
     pub fatal: OnceLock<String>,
+    /// The connection order of a sybil run (`None`: everyone connects at once).
+    pub turns: Option<Turns>,
 }
 
 /// How one session ended.
@@ -65,6 +77,8 @@ enum Ended {
     ConnectFailed,
     /// A welcomed session was lost.
     Lost,
+    /// An attacker ended the session on purpose: reconnect at once.
+    Cycled,
     /// The master will never accept us (protocol version): give up.
     Fatal,
 }
@@ -79,8 +93,20 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub(crate) struct SimulatedWorker {
     shared: Arc<Shared>,
     worker_id: String,
+    /// Whether this worker's id has been welcomed already (the report counts identities).
+    welcomed_before: bool,
     /// Some for saboteurs.
     liar: Option<Liar>,
+    /// Some for saboteurs: its number among them (from 0), for its source address and turn.
+    attacker: Option<u32>,
+    /// What it does besides lying (saboteurs of an attack run only).
+    attack: Option<Attack>,
+    /// Slots announced in the hello.
+    slots: u32,
+    /// The local address its connections come from (`None`: the operating system's choice).
+    bind: Option<IpAddr>,
+    /// Still to wait for its turn before its first connection (sybil runs).
+    awaiting_turn: bool,
     /// Draws the compute-time jitter.
     rng: SmallRng,
     /// When this worker's slots last stopped being all busy, if they have not been since; None
@@ -89,17 +115,59 @@ pub(crate) struct SimulatedWorker {
 }
 
 impl SimulatedWorker {
-    /// Worker `index` of the run; lies when `liar` is given.
-    pub(crate) fn new(shared: Arc<Shared>, index: u32, liar: Option<Liar>) -> Self {
+    /// Worker `index` of the run, the `ordinal`-th honest one.
+    pub(crate) fn honest(shared: Arc<Shared>, index: u32, ordinal: u32) -> Self {
+        let config = &shared.config;
+        let bind = source_address(&config.bind, ordinal);
+        let slots = config.slots;
+        SimulatedWorker::new(shared, index, None, bind, slots)
+    }
+
+    /// Worker `index` of the run, the `ordinal`-th saboteur: lies, and attacks if the run says
+    /// so.
+    pub(crate) fn attacker(shared: Arc<Shared>, index: u32, ordinal: u32) -> Self {
+        let config = &shared.config;
+        let sabotage = config
+            .attack
+            .map_or(config.sabotage, |attack| attack.lie(config.sabotage));
+        let liar = Liar::new(sabotage, config.seed, index);
+        let bind = source_address(config.saboteur_bind(), ordinal);
+        let slots = config.saboteur_slots();
+        let attack = config.attack;
+        let mut worker = SimulatedWorker::new(shared, index, Some(liar), bind, slots);
+        worker.attacker = Some(ordinal);
+        worker.attack = attack;
+        worker
+    }
+
+    fn new(
+        shared: Arc<Shared>,
+        index: u32,
+        liar: Option<Liar>,
+        bind: Option<IpAddr>,
+        slots: u32,
+    ) -> Self {
         let worker_id = format!("loadgen-{}-{index}", shared.config.seed);
         let rng = SmallRng::seed_from_u64(shared.config.seed ^ (u64::from(index) << 32));
+        let awaiting_turn = shared.turns.is_some();
         SimulatedWorker {
             shared,
             worker_id,
+            welcomed_before: false,
             liar,
+            attacker: None,
+            attack: None,
+            slots,
+            bind,
+            awaiting_turn,
             rng,
             short_since: None,
         }
+    }
+
+    /// What this worker does with its assignments.
+    fn handling(&self) -> Handling {
+        self.attack.map_or(Handling::Compute, Attack::handling)
     }
 
     /// Keep a session open (reconnecting with jittered backoff) until the run stops.
@@ -112,14 +180,18 @@ impl SimulatedWorker {
                     self.shared
                         .stats
                         .connect_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Ended::Lost => {
                     self.shared
                         .stats
                         .sessions_lost
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                     backoff = RECONNECT_INITIAL;
+                }
+                Ended::Cycled => {
+                    backoff = RECONNECT_INITIAL;
+                    continue;
                 }
             }
             let delay = backoff.mul_f64(rand::random_range(0.0..=1.0));
@@ -133,13 +205,25 @@ impl SimulatedWorker {
             let stats = &self.shared.stats;
             stats
                 .tail_start_us
-                .fetch_min(stats.micros(since), std::sync::atomic::Ordering::Relaxed);
+                .fetch_min(stats.micros(since), Ordering::Relaxed);
         }
     }
 
     /// Connect, say hello, and serve one session.
     async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Ended {
         let shared = Arc::clone(&self.shared);
+        if self.awaiting_turn
+            && let Some(turns) = &shared.turns
+        {
+            tokio::select! {
+                () = stopped(stop) => return Ended::Stopped,
+                () = turns.wait(self.attacker) => {}
+            }
+        }
+        if matches!(self.attack, Some(Attack::Rotate { .. })) {
+            self.worker_id = fresh_identity();
+            self.welcomed_before = false;
+        }
         let handshake = async {
             // Hold a permit for the whole handshake: a ramp, not a stampede.
             let _permit = shared.gate.acquire().await.ok()?;
@@ -147,28 +231,51 @@ impl SimulatedWorker {
                 .await
                 .ok()?
         };
-        let (socket, hello_at, heartbeat) = tokio::select! {
+        let done = tokio::select! {
             () = stopped(stop) => return Ended::Stopped,
-            done = handshake => match done {
-                Some(Ok(welcomed)) => welcomed,
-                Some(Err(fatal)) => {
-                    let _ = shared.fatal.set(fatal);
-                    return Ended::Fatal;
-                }
-                None => return Ended::ConnectFailed,
-            },
+            done = handshake => done,
         };
-        shared.stats.on_connected();
-        let slots = shared.config.slots as usize;
+        if std::mem::take(&mut self.awaiting_turn)
+            && let (Some(turns), Some(ordinal)) = (&shared.turns, self.attacker)
+        {
+            turns.tried(ordinal);
+        }
+        let (socket, hello_at, heartbeat) = match done {
+            Some(Ok(welcomed)) => welcomed,
+            Some(Err(fatal)) => {
+                let _ = shared.fatal.set(fatal);
+                return Ended::Fatal;
+            }
+            None => return Ended::ConnectFailed,
+        };
+        let attacker = self.attacker.is_some();
+        shared.stats.on_connected(
+            attacker,
+            !std::mem::replace(&mut self.welcomed_before, true),
+        );
+        let slots = self.slots as usize;
+        let handling = self.handling();
+        let (results_per_session, hold) = match self.attack {
+            Some(Attack::Rotate { after }) => (Some(after), None),
+            Some(Attack::Drop { hold }) => (None, Some(hold)),
+            _ => (None, None),
+        };
         let mut active = Active {
             worker: self,
+            attacker,
             slots,
             compute: shared.config.compute,
+            handling,
             queue: VecDeque::new(),
             running: VecDeque::new(),
+            hoard: Vec::new(),
             pending: VecDeque::new(),
             awaiting_first: Some(hello_at),
             out: Vec::new(),
+            results_left: results_per_session,
+            hold,
+            drop_at: None,
+            cycle: false,
         };
         let ended = active.serve(socket, heartbeat, stop).await;
         let held = active.queue.len() + active.running.len();
@@ -187,14 +294,9 @@ impl SimulatedWorker {
             // Frames queue until the explicit flush after each wake-up.
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(4 << 20));
-        let connected = tokio_tungstenite::connect_async_with_config(
-            config.server.as_str(),
-            Some(socket_config),
-            true,
-        )
-        .await;
+        let connected = connect(&config.server, self.bind, socket_config).await;
         let mut socket = match connected {
-            Ok((socket, _response)) => socket,
+            Ok(socket) => socket,
             Err(error) => {
                 debug!(%error, "connect failed");
                 return None;
@@ -203,7 +305,7 @@ impl SimulatedWorker {
         let hello = WorkerMessage::Hello {
             protocol: PROTOCOL_VERSION,
             worker_id: self.worker_id.clone(),
-            slots: config.slots,
+            slots: self.slots,
             kind: WorkerKind::Native,
         };
         let hello_at = Instant::now();
@@ -231,7 +333,7 @@ impl SimulatedWorker {
                     self.shared
                         .stats
                         .master_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                     warn!(worker = %self.worker_id, %code, %message, "the master refused the hello");
                     None
                 }
@@ -239,6 +341,76 @@ impl SimulatedWorker {
             };
         }
     }
+}
+
+/// Open the WebSocket to `url` (`ws://` only) over a TCP connection from `bind` when given,
+/// trying each address the host resolves to (of `bind`'s family) in turn, as
+/// `tokio_tungstenite::connect_async` does.
+async fn connect(
+    url: &Url,
+    bind: Option<IpAddr>,
+    config: WebSocketConfig,
+) -> Result<Socket, tungstenite::Error> {
+    let host = match url.host() {
+        Some(Host::Domain(domain)) => domain.to_owned(),
+        Some(Host::Ipv4(address)) => address.to_string(),
+        Some(Host::Ipv6(address)) => address.to_string(),
+        None => return Err(tungstenite::error::UrlError::NoHostName.into()),
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let mut failure = None;
+    for address in tokio::net::lookup_host((host.as_str(), port)).await? {
+        if bind.is_some_and(|local| local.is_ipv4() != address.is_ipv4()) {
+            continue;
+        }
+        let tcp = match connect_tcp(address, bind).await {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                failure = Some(error);
+                continue;
+            }
+        };
+        // Frames are flushed explicitly, once per wake-up: no need for Nagle's delay.
+        tcp.set_nodelay(true)?;
+        let (socket, _response) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config)).await?;
+        return Ok(socket);
+    }
+    Err(failure
+        .unwrap_or_else(|| {
+            let from = bind
+                .map(|local| format!(" from {local}"))
+                .unwrap_or_default();
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address to connect to{from}"),
+            )
+        })
+        .into())
+}
+
+/// One TCP connection to `address`, from `bind` (any port) when given.
+async fn connect_tcp(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(local) = bind {
+        socket.bind(SocketAddr::new(local, 0))?;
+    }
+    socket.connect(address).await
+}
+
+/// Close `socket` with a close frame and read until the master's answer ends it (bounded).
+async fn close(socket: &mut Socket) {
+    let close = async {
+        socket.close(None).await?;
+        // Read until the master's close answer ends the stream.
+        while socket.next().await.is_some() {}
+        Ok::<(), tungstenite::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
 }
 
 /// An assignment waiting for a slot (the master's prefetch).
@@ -265,18 +437,32 @@ struct Running {
 /// A welcomed session's state.
 struct Active<'a> {
     worker: &'a mut SimulatedWorker,
+    /// Whether the worker is a saboteur (which side of the report it counts on).
+    attacker: bool,
     slots: usize,
     /// Simulated compute time per chunk (before jitter).
     compute: Duration,
+    /// What happens to assignments.
+    handling: Handling,
     queue: VecDeque<Queued>,
     /// In finish order.
     running: VecDeque<Running>,
+    /// Leases held without computing them ([`Handling::Hold`]).
+    hoard: Vec<LeaseId>,
     /// When results were sent that no assignment has answered yet (bounded by the credit).
     pending: VecDeque<Instant>,
-    /// When the hello was sent, until the first assignment arrives.
+    /// When the hello was sent, until the first assignment to compute arrives.
     awaiting_first: Option<Instant>,
     /// Frames to write at the end of this wake-up.
     out: Vec<Message>,
+    /// Results to send before ending the session on purpose (rotating attackers).
+    results_left: Option<u64>,
+    /// How long to hold leases before dropping the connection (dropping attackers).
+    hold: Option<Duration>,
+    /// When to drop the connection: `hold` after the session's first assignment.
+    drop_at: Option<Instant>,
+    /// End the session (with a close frame) once this wake-up's frames are written.
+    cycle: bool,
 }
 
 impl Active<'_> {
@@ -293,15 +479,12 @@ impl Active<'_> {
             tokio::select! {
                 biased;
                 () = stopped(stop) => {
-                    let close = async {
-                        socket.close(None).await?;
-                        // Read until the master's close answer ends the stream.
-                        while socket.next().await.is_some() {}
-                        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-                    };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                    close(&mut socket).await;
                     return Ended::Stopped;
                 }
+                // Dropping attackers vanish without a close frame, leases and all.
+                () = tokio::time::sleep_until(self.drop_at.unwrap_or_else(Instant::now)),
+                    if self.drop_at.is_some() => return Ended::Cycled,
                 frame = socket.next() => {
                     if let Some(ended) = self.on_frame(frame) {
                         return ended;
@@ -327,6 +510,10 @@ impl Active<'_> {
                 if socket.flush().await.is_err() {
                     return Ended::Lost;
                 }
+            }
+            if self.cycle {
+                close(&mut socket).await;
+                return Ended::Cycled;
             }
         }
     }
@@ -366,44 +553,64 @@ impl Active<'_> {
                 lease, task, input, ..
             } => {
                 let now = Instant::now();
-                stats.on_assignment(now);
-                if let Some(hello_at) = self.awaiting_first.take() {
-                    stats.first_latency.record(now - hello_at);
-                } else if let Some(sent_at) = self.pending.pop_front() {
-                    stats.turnaround.record(now - sent_at);
+                stats.on_assignment(now, self.attacker);
+                match self.handling {
+                    Handling::Compute => {
+                        if let Some(hello_at) = self.awaiting_first.take() {
+                            stats.first_latency.record(now - hello_at);
+                        } else if let Some(sent_at) = self.pending.pop_front() {
+                            stats.turnaround.record(now - sent_at);
+                        }
+                        stats.on_queued();
+                        self.queue.push_back(Queued { lease, task, input });
+                    }
+                    Handling::Release => {
+                        // Not `self.send`: `stats` borrows the worker.
+                        let release = WorkerMessage::Release {
+                            leases: vec![lease],
+                        };
+                        self.out.push(Message::text(to_json(&release)));
+                        stats
+                            .side(self.attacker)
+                            .released
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Handling::Hold => {
+                        self.hoard.push(lease);
+                        if self.drop_at.is_none() {
+                            self.drop_at = self.hold.map(|hold| now + hold);
+                        }
+                    }
                 }
-                self.queue.push_back(Queued { lease, task, input });
             }
             MasterMessage::Revoke { leases } => {
                 for lease in leases {
                     if let Some(index) = self.queue.iter().position(|q| q.lease == lease) {
                         self.queue.remove(index);
                         stats.on_released(1);
-                        stats
-                            .revoked
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.revoked.fetch_add(1, Ordering::Relaxed);
                     } else if let Some(running) = self
                         .running
                         .iter_mut()
                         .find(|r| r.lease == lease && !r.revoked)
                     {
                         running.revoked = true;
-                        stats
-                            .revoked
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.revoked.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(index) = self.hoard.iter().position(|&held| held == lease) {
+                        self.hoard.swap_remove(index);
+                        stats.revoked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             MasterMessage::Rejected { lease, reason } => {
                 debug!(worker = %self.worker.worker_id, lease, %reason, "result rejected");
                 stats
+                    .side(self.attacker)
                     .rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, Ordering::Relaxed);
             }
             MasterMessage::Error { code, message } => {
-                stats
-                    .master_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.master_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(worker = %self.worker.worker_id, %code, %message, "error from the master");
                 return Some(Ended::Lost);
             }
@@ -437,7 +644,8 @@ impl Active<'_> {
                 break;
             }
         }
-        // Track when this worker stopped having every slot busy (the tail).
+        // Track when this worker stopped having every slot busy (the tail). Workers that do not
+        // compute have none: they never stop awaiting their first assignment to compute.
         if self.running.len() >= self.slots {
             self.worker.short_since = None;
         } else if self.worker.short_since.is_none() && self.awaiting_first.is_none() {
@@ -491,14 +699,18 @@ impl Active<'_> {
         stats.on_released(1);
         let finished = done.finish.min(now);
         if done.revoked {
-            stats.on_computed(done.started, finished, false, true);
+            stats.on_computed(self.attacker, done.started, finished, false, true);
             return;
         }
         self.send(&WorkerMessage::Result {
             lease: done.lease,
             outcome: done.outcome,
         });
-        stats.on_computed(done.started, finished, done.lie, false);
+        stats.on_computed(self.attacker, done.started, finished, done.lie, false);
+        if let Some(left) = &mut self.results_left {
+            *left = left.saturating_sub(1);
+            self.cycle |= *left == 0;
+        }
         // Bounded by the credit the master keeps for us; extra ones can only be stale.
         if self.pending.len() < self.slots * 2 + 1 {
             self.pending.push_back(now);

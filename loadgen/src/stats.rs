@@ -1,6 +1,9 @@
 //! What a run measures: counters and latency histograms shared by every simulated worker
 //! ([`Stats`], all atomics, no locks on the hot path), and the [`Report`] printed at the end.
 //!
+//! Counts that matter per side, honest or attacking ([`SideStats`], reported as
+//! [`SideReport`]), are kept per side; the report's totals are their sums.
+//!
 //! Latencies go into [`Histogram`], a fixed log-linear histogram of microseconds (32 buckets
 //! per power of two: within about 3 %), so 10,000 connections can record without contention
 //! or growing memory. Busy compute time also goes into a timeline of 10 ms buckets when chunks
@@ -117,13 +120,46 @@ const TIMELINE_BUCKET_US: u64 = 10_000;
 /// Timeline length: two hours.
 const TIMELINE_BUCKETS: usize = 720_000;
 
+/// What the workers of one side (honest, or attacking) did.
+#[derive(Debug, Default)]
+pub struct SideStats {
+    /// Sessions welcomed by the master (reconnects count again).
+    pub connections: AtomicU64,
+    /// Distinct worker ids that were welcomed.
+    pub identities: AtomicU64,
+    /// Assignments received.
+    pub assignments: AtomicU64,
+    /// Results sent (lies included).
+    pub results: AtomicU64,
+    /// Leases handed back with `release`.
+    pub released: AtomicU64,
+    /// `rejected` answers received.
+    pub rejected: AtomicU64,
+}
+
+impl SideStats {
+    fn report(&self) -> SideReport {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SideReport {
+            connections: load(&self.connections),
+            identities: load(&self.identities),
+            assignments: load(&self.assignments),
+            results: load(&self.results),
+            released: load(&self.released),
+            rejected: load(&self.rejected),
+        }
+    }
+}
+
 /// Counters shared by every simulated worker of a run.
 #[derive(Debug)]
 pub struct Stats {
     /// When the run started; every timestamp below is microseconds since then.
     pub start: Instant,
-    /// Sessions welcomed by the master, over the run (reconnects count again).
-    pub sessions: AtomicU64,
+    /// The honest workers' counts.
+    pub honest: SideStats,
+    /// The saboteurs' counts.
+    pub attackers: SideStats,
     /// Sessions open now.
     pub connected: AtomicI64,
     /// Most sessions open at once.
@@ -134,17 +170,12 @@ pub struct Stats {
     pub sessions_lost: AtomicU64,
     /// `error` messages from the master.
     pub master_errors: AtomicU64,
-    /// Assignments received.
-    pub assignments: AtomicU64,
-    /// Results sent (lies included).
-    pub results: AtomicU64,
     /// Results that were lies.
     pub lies: AtomicU64,
-    /// Results the master answered with `rejected`.
-    pub rejected: AtomicU64,
     /// Leases the master revoked.
     pub revoked: AtomicU64,
-    /// Assignments queued or computing on all connections now.
+    /// Assignments queued or computing on all connections now (not those that attackers sit
+    /// on without computing them).
     pub held: AtomicI64,
     /// The last assignment or result, µs since start.
     pub last_activity_us: AtomicU64,
@@ -171,16 +202,14 @@ impl Stats {
     pub fn new(timeline: bool) -> Self {
         Stats {
             start: Instant::now(),
-            sessions: AtomicU64::new(0),
+            honest: SideStats::default(),
+            attackers: SideStats::default(),
             connected: AtomicI64::new(0),
             peak_connected: AtomicI64::new(0),
             connect_failures: AtomicU64::new(0),
             sessions_lost: AtomicU64::new(0),
             master_errors: AtomicU64::new(0),
-            assignments: AtomicU64::new(0),
-            results: AtomicU64::new(0),
             lies: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
             held: AtomicI64::new(0),
             last_activity_us: AtomicU64::new(0),
@@ -204,9 +233,34 @@ impl Stats {
         u64::try_from(at.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// A session was welcomed.
-    pub fn on_connected(&self) {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
+    /// The counts of the attacking side (`true`) or the honest one.
+    pub fn side(&self, attacker: bool) -> &SideStats {
+        if attacker {
+            &self.attackers
+        } else {
+            &self.honest
+        }
+    }
+
+    /// Assignments received by both sides.
+    pub fn assignments(&self) -> u64 {
+        self.honest.assignments.load(Ordering::Relaxed)
+            + self.attackers.assignments.load(Ordering::Relaxed)
+    }
+
+    /// Results sent by both sides.
+    pub fn results(&self) -> u64 {
+        self.honest.results.load(Ordering::Relaxed) + self.attackers.results.load(Ordering::Relaxed)
+    }
+
+    /// A session of a worker of side `attacker` was welcomed; `new_identity` when its worker
+    /// id had not been welcomed before.
+    pub fn on_connected(&self, attacker: bool, new_identity: bool) {
+        let side = self.side(attacker);
+        side.connections.fetch_add(1, Ordering::Relaxed);
+        if new_identity {
+            side.identities.fetch_add(1, Ordering::Relaxed);
+        }
         let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_connected.fetch_max(now, Ordering::Relaxed);
     }
@@ -216,13 +270,19 @@ impl Stats {
         self.connected.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// An assignment arrived at `at`.
-    pub fn on_assignment(&self, at: Instant) {
+    /// An assignment for a worker of side `attacker` arrived at `at`.
+    pub fn on_assignment(&self, at: Instant, attacker: bool) {
         let t = self.micros(at);
-        self.assignments.fetch_add(1, Ordering::Relaxed);
-        self.held.fetch_add(1, Ordering::Relaxed);
+        self.side(attacker)
+            .assignments
+            .fetch_add(1, Ordering::Relaxed);
         self.first_assignment_us.fetch_min(t, Ordering::Relaxed);
         self.last_activity_us.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// An assignment was queued to be computed.
+    pub fn on_queued(&self) {
+        self.held.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A held assignment ended (result sent, revoked, or the session was lost).
@@ -231,15 +291,23 @@ impl Stats {
             .fetch_sub(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// A chunk computed from `started` to `finished`; its result was sent unless `wasted`.
-    pub fn on_computed(&self, started: Instant, finished: Instant, lie: bool, wasted: bool) {
+    /// A chunk computed from `started` to `finished` by a worker of side `attacker`; its
+    /// result was sent unless `wasted`.
+    pub fn on_computed(
+        &self,
+        attacker: bool,
+        started: Instant,
+        finished: Instant,
+        lie: bool,
+        wasted: bool,
+    ) {
         let (from, to) = (self.micros(started), self.micros(finished));
         let busy = to.saturating_sub(from);
         self.compute_us.fetch_add(busy, Ordering::Relaxed);
         if wasted {
             self.wasted_compute_us.fetch_add(busy, Ordering::Relaxed);
         } else {
-            self.results.fetch_add(1, Ordering::Relaxed);
+            self.side(attacker).results.fetch_add(1, Ordering::Relaxed);
             if lie {
                 self.lies.fetch_add(1, Ordering::Relaxed);
             }
@@ -280,9 +348,12 @@ impl Stats {
             last - first
         };
         let active_s = active_us as f64 / 1e6;
-        let total_slots = f64::from(config.workers) * f64::from(config.slots);
+        let honest_workers = config.workers - config.saboteurs.min(config.workers);
+        let total_slots = f64::from(honest_workers) * f64::from(config.slots)
+            + f64::from(config.saboteurs) * f64::from(config.saboteur_slots());
         let compute_us = load(&self.compute_us);
-        let results = load(&self.results);
+        let (honest, attackers) = (self.honest.report(), self.attackers.report());
+        let results = honest.results + attackers.results;
         let efficiency = (active_us > 0)
             .then(|| compute_us as f64 / (total_slots * active_us as f64))
             .filter(|_| !config.compute.is_zero());
@@ -299,11 +370,12 @@ impl Stats {
             workers: config.workers,
             slots: config.slots,
             saboteurs: config.saboteurs,
+            attack: config.attack.map(|attack| attack.name()),
             seed: config.seed,
             compute_ms: config.compute.as_secs_f64() * 1000.0,
             elapsed_s: elapsed.as_secs_f64(),
             active_s,
-            sessions: load(&self.sessions),
+            sessions: honest.connections + attackers.connections,
             peak_connected: self
                 .peak_connected
                 .load(Ordering::Relaxed)
@@ -312,11 +384,13 @@ impl Stats {
             connect_failures: load(&self.connect_failures),
             sessions_lost: load(&self.sessions_lost),
             master_errors: load(&self.master_errors),
-            assignments: load(&self.assignments),
+            assignments: honest.assignments + attackers.assignments,
             results,
             lies: load(&self.lies),
-            rejected: load(&self.rejected),
+            rejected: honest.rejected + attackers.rejected,
             revoked: load(&self.revoked),
+            honest,
+            attackers,
             results_per_s: if active_s > 0.0 {
                 results as f64 / active_s
             } else {
@@ -361,6 +435,38 @@ pub struct TailReport {
     pub efficiency: f64,
 }
 
+/// What the workers of one side (honest, or attacking) did over a run.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct SideReport {
+    /// Sessions welcomed by the master (reconnects count again).
+    pub connections: u64,
+    /// Distinct worker ids welcomed (more than the workers when identities rotate).
+    pub identities: u64,
+    /// Assignments received.
+    pub assignments: u64,
+    /// Results sent (lies included).
+    pub results: u64,
+    /// Leases handed back with `release`.
+    pub released: u64,
+    /// `rejected` answers received.
+    pub rejected: u64,
+}
+
+impl fmt::Display for SideReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} connections ({} identities), {} assignments, {} results, {} released, {} rejected",
+            self.connections,
+            self.identities,
+            self.assignments,
+            self.results,
+            self.released,
+            self.rejected
+        )
+    }
+}
+
 /// The summary of a run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -368,8 +474,10 @@ pub struct Report {
     pub workers: u32,
     /// Slots each.
     pub slots: u32,
-    /// Of which lying.
+    /// Of which lying or attacking.
     pub saboteurs: u32,
+    /// What the saboteurs did besides lying (`--attack`), if anything.
+    pub attack: Option<&'static str>,
     /// The run's seed.
     pub seed: u64,
     /// Simulated compute time per chunk.
@@ -398,6 +506,10 @@ pub struct Report {
     pub rejected: u64,
     /// Leases revoked by the master.
     pub revoked: u64,
+    /// The honest workers' part.
+    pub honest: SideReport,
+    /// The saboteurs' part.
+    pub attackers: SideReport,
     /// Results per second over the active period.
     pub results_per_s: f64,
     /// Hello to first assignment.
@@ -429,9 +541,13 @@ impl fmt::Display for Report {
                 l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
             )
         };
+        let attack = self
+            .attack
+            .map(|attack| format!(" (attack: {attack})"))
+            .unwrap_or_default();
         writeln!(
             f,
-            "grid-loadgen: {} workers x {} slots, {} saboteurs, compute {} ms, seed {}",
+            "grid-loadgen: {} workers x {} slots, {} saboteurs{attack}, compute {} ms, seed {}",
             self.workers, self.slots, self.saboteurs, self.compute_ms, self.seed
         )?;
         writeln!(
@@ -463,6 +579,8 @@ impl fmt::Display for Report {
             self.results, self.lies, self.rejected
         )?;
         writeln!(f, "  results/s          {:.0}", self.results_per_s)?;
+        writeln!(f, "  honest workers     {}", self.honest)?;
+        writeln!(f, "  attackers          {}", self.attackers)?;
         writeln!(
             f,
             "  first assignment   {}",
@@ -530,6 +648,7 @@ mod tests {
         let stats = Stats::new(true);
         let start = stats.start;
         stats.on_computed(
+            false,
             start + Duration::from_millis(5),
             start + Duration::from_millis(25),
             false,

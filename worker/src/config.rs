@@ -1,6 +1,7 @@
 //! [`WorkerConfig`]: what [`crate::run`] needs to know. Filled from the command line by
 //! `main.rs`; tests build it with [`WorkerConfig::new`] and adjust the fields.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use grid_protocol::{MAX_SLOTS, is_valid_worker_id};
@@ -29,12 +30,16 @@ pub struct WorkerConfig {
     pub welcome_timeout: Duration,
     /// On graceful shutdown, how long to wait for the master to answer our close frame.
     pub close_timeout: Duration,
+    /// The local address the TCP connections to the master come from (`None`: the operating
+    /// system picks one). Only masters reachable over this address's family (IPv4 or IPv6)
+    /// can be used.
+    pub bind: Option<IpAddr>,
 }
 
 impl WorkerConfig {
-    /// A configuration with one thread per available core (at most [`MAX_SLOTS`]) and the
-    /// default timeouts: reconnect 250 ms doubling up to 30 s, connect 10 s, welcome 10 s,
-    /// close 5 s.
+    /// A configuration with one thread per available core (at most [`MAX_SLOTS`]), the
+    /// default timeouts (reconnect 250 ms doubling up to 30 s, connect 10 s, welcome 10 s,
+    /// close 5 s) and no source address of its own.
     pub fn new(servers: Vec<Url>, worker_id: impl Into<String>) -> Self {
         WorkerConfig {
             servers,
@@ -45,6 +50,7 @@ impl WorkerConfig {
             connect_timeout: Duration::from_secs(10),
             welcome_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            bind: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! `grid-worker`: command line, logging and signals around [`grid_worker::run`].
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -38,6 +39,11 @@ struct Args {
     /// ~/.local/share/grid-worker.
     #[arg(long, value_name = "PATH")]
     identity_file: Option<PathBuf>,
+
+    /// Local IP address to connect to the master from (e.g. one of several addresses of this
+    /// machine) [default: chosen by the operating system].
+    #[arg(long, value_name = "ADDR", env = "GRID_WORKER_BIND")]
+    bind: Option<IpAddr>,
 }
 
 #[tokio::main]
@@ -51,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
+    config.bind = args.bind;
     let servers: Vec<&str> = config.servers.iter().map(Url::as_str).collect();
     println!(
         "grid-worker {} with {} threads → {}",

@@ -25,6 +25,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{
     LeaseId, MasterMessage, Outcome, PROTOCOL_VERSION, Task, WorkerKind, WorkerMessage, to_json,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -42,7 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
-use url::Url;
+use url::{Host, Url};
 
 use crate::compute::{self, ComputeSlots, Program};
 use crate::module_cache::ModuleCache;
@@ -105,14 +107,11 @@ pub(crate) async fn run<F: Future<Output = ()>>(
         }
     };
 
-    let connect = tokio::time::timeout(
-        config.connect_timeout,
-        tokio_tungstenite::connect_async(url.as_str()),
-    );
+    let connect = tokio::time::timeout(config.connect_timeout, connect(url, config.bind));
     let mut socket = tokio::select! {
         () = shutdown.wait() => return Ok(SessionEnd::Shutdown),
         connected = connect => match connected {
-            Ok(Ok((socket, _response))) => socket,
+            Ok(Ok(socket)) => socket,
             Ok(Err(error)) => return lost(false, error.into()),
             Err(_elapsed) => return lost(false, WorkerError::Timeout("connecting to the master")),
         },
@@ -152,6 +151,62 @@ pub(crate) async fn run<F: Future<Output = ()>>(
         return lost(true, reason);
     }
     Ok(end)
+}
+
+/// Open the WebSocket to `url`, as `tokio_tungstenite::connect_async` does (TCP to each
+/// address the host resolves to in turn, TLS for `wss://`, the upgrade), except that the TCP
+/// connection comes from `bind` when given; addresses of the other family are skipped then.
+async fn connect(url: &Url, bind: Option<IpAddr>) -> Result<Socket, tungstenite::Error> {
+    let host = match url.host() {
+        Some(Host::Domain(domain)) => domain.to_owned(),
+        Some(Host::Ipv4(address)) => address.to_string(),
+        Some(Host::Ipv6(address)) => address.to_string(),
+        None => return Err(tungstenite::error::UrlError::NoHostName.into()),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or(tungstenite::error::UrlError::UnsupportedUrlScheme)?;
+    let mut failure = None;
+    let mut tcp = None;
+    for address in tokio::net::lookup_host((host.as_str(), port)).await? {
+        if bind.is_some_and(|local| local.is_ipv4() != address.is_ipv4()) {
+            continue;
+        }
+        match connect_tcp(address, bind).await {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| {
+        failure.unwrap_or_else(|| {
+            let from = bind
+                .map(|local| format!(" from {local}"))
+                .unwrap_or_default();
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address to connect to{from}"),
+            )
+        })
+    })?;
+    let (socket, _response) =
+        tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, None, None).await?;
+    Ok(socket)
+}
+
+/// One TCP connection to `address`, from `bind` (any port) when given.
+async fn connect_tcp(address: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(local) = bind {
+        socket.bind(SocketAddr::new(local, 0))?;
+    }
+    socket.connect(address).await
 }
 
 /// Send the hello and wait for the welcome. `Ok(None)`: shutdown was requested meanwhile.

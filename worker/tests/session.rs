@@ -1,5 +1,5 @@
 //! The worker against a fake master on a real socket: results, errors, revokes, reconnects,
-//! failover, version mismatch and graceful drain.
+//! failover, version mismatch, graceful drain, and the source address (`--bind`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,6 +11,7 @@ use common::{FakeMaster, RunningWorker, bounded};
 use grid_protocol::{LeaseId, MasterMessage, Outcome, PROTOCOL_VERSION, Task, WorkerMessage};
 use grid_worker::WorkerError;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -222,4 +223,62 @@ async fn shutdown_without_a_master_returns_at_once() {
     let mut worker = RunningWorker::spawn(vec![dead], "native-test-alone", 1);
     worker.shut_down();
     bounded("shutdown", worker.finished()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_connects_from_the_bind_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let identity = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_grid-worker"))
+        .args(["--server", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--bind", "127.0.3.7", "--threads", "1", "--identity-file"])
+        .arg(identity.path().join("id"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let (mut tcp, peer) = bounded("the worker's connection", listener.accept())
+        .await
+        .unwrap();
+    assert_eq!(peer.ip(), "127.0.3.7".parse::<std::net::IpAddr>().unwrap());
+    // The WebSocket upgrade goes over that very connection.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(bounded("the upgrade request", tcp.read_u8()).await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("GET /ws HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bound_worker_computes_like_any_other() {
+    let (master, url) = FakeMaster::bind().await;
+    let mut config = grid_worker::WorkerConfig::new(vec![url], "native-test-bound");
+    config.threads = 1;
+    config.bind = Some("127.0.3.8".parse().unwrap());
+    let mut worker = RunningWorker::spawn_with(config);
+
+    let mut conn = master.accept().await;
+    assert_eq!(conn.expect_hello().await.0, "native-test-bound");
+    conn.welcome().await;
+    conn.send(&assign(1, "echo", json!([1, 2]))).await;
+    assert_eq!(
+        conn.recv().await,
+        WorkerMessage::Result {
+            lease: 1,
+            outcome: Outcome::Ok(json!([1, 2])),
+        }
+    );
+    worker.shut_down();
+    assert_eq!(conn.recv().await, WorkerMessage::Drain);
+    conn.expect_close(CloseCode::Normal).await;
+    worker.finished().await.unwrap();
 }
