@@ -54,11 +54,12 @@ pub struct Config {
     pub distinct_networks: String,
 
     /// The host's own networks (CIDR list): their workers are exempt from the distinct-network
-    /// rule and the per-network caps, each counting as a network of its own. Empty: none.
+    /// rule and the per-network caps, each counting as a network of its own. Empty or `none`: none.
     #[arg(long, env = "GRID_TRUSTED_NETWORKS", default_value = grid_server_network_default())]
     pub trusted_networks: String,
 
-    /// Reverse proxies (CIDR list) whose `X-Forwarded-For` names the client. Empty: none.
+    /// Reverse proxies (CIDR list) whose `X-Forwarded-For` names the client. Empty or `none`:
+    /// none.
     #[arg(long, env = "GRID_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
 

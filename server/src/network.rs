@@ -126,6 +126,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 fn parse_networks(text: &str) -> Result<Vec<IpNet>, String> {
+    // `none` says "no network" where an empty value is awkward (an empty environment variable).
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
     text.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
@@ -188,5 +192,7 @@ mod tests {
         assert!(NetworkPolicy::parse("24,129", "", "").is_err());
         assert!(NetworkPolicy::parse("24", "not-a-net", "").is_err());
         assert!(NetworkPolicy::parse("24", "10.0.0.1", "").is_ok());
+        let none = NetworkPolicy::parse("24", "none", "none").expect("policy");
+        assert!(!none.is_trusted(ip("127.0.0.1")));
     }
 }

@@ -262,11 +262,18 @@ async fn a_sybil_pair_on_one_network_gets_no_forged_result_accepted(backend: Bac
     let (_, token) = api.post("/api/v1/tokens", &json!({})).await;
     let submitter = Api::new(&server.http(), token["token"].as_str().unwrap());
     let (status, body) = submitter.delete("/api/v1/workers/sybil-a/blacklist").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     let (status, _) = api.delete("/api/v1/workers/nobody/blacklist").await;
     assert_eq!(status, 404);
     let (status, body) = api.delete("/api/v1/workers/sybil-a/blacklist").await;
-    assert_eq!((status, &body["blacklisted"]), (200, &json!(false)), "{body}");
+    assert_eq!(
+        (status, &body["blacklisted"]),
+        (200, &json!(false)),
+        "{body}"
+    );
     assert_eq!(blacklisted_ids(&server, "sybil-%").await, 1);
     // No quorum ever held two replicas from one network.
     assert_eq!(

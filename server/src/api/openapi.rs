@@ -14,9 +14,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{
-    chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers, workers,
-};
+use super::{chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers, workers};
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
 use crate::store::{ChunkCounts, JobView, ReplicaCounts};

@@ -32,7 +32,9 @@ pub async fn lift_blacklist(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     if !caller.is_admin() {
-        return Err(Error::Forbidden("only the admin token may lift a blacklist"));
+        return Err(Error::Forbidden(
+            "only the admin token may lift a blacklist",
+        ));
     }
     if !grid_protocol::is_valid_worker_id(&id) || !state.store.lift_blacklist(&id).await? {
         return Err(Error::NotFound("worker"));

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Adversaries benchmark (issue 12): each attack of the security review mounted over real
+# sockets by grid-loadgen against a master on PostgreSQL that trusts no network
+# (GRID_TRUSTED_NETWORKS=none), so that on loopback every 127.x.y.0/24 is a network of its own.
+# Honest workers: HONEST simulated workers (4 slots each), one per network 127.0.1.1,
+# 127.0.2.1, ...; attackers: a second grid-loadgen process started first, on the networks each
+# attack names. Each cell runs one echo job of CHUNKS chunks on a fresh database and prints:
+# the attackers' share of the declared slots, wrong results accepted (an echo output differing
+# from its input, read from the final results), chunks failed, replicas issued per chunk
+# (ringers included), honest identities blacklisted, honest throughput (chunks per second from
+# the job's own timestamps) relative to the run without attackers, the master's resident memory
+# after the job, and the slowest of the /healthz probes made once a second during the job.
+#
+#   bench/adversaries.sh                  # every attack, 10,000 chunks
+#   CHUNKS=2000 ATTACKS="sybil release" bench/adversaries.sh
+source "$(dirname "$0")/common.sh"
+
+CHUNKS="${CHUNKS:-10000}"
+HONEST="${HONEST:-8}"
+SEED="${SEED:-7}"
+ATTACKS="${ATTACKS:-sybil colluding-fixed colluding-adaptive sleeper rotate release drop slots}"
+
+build_binaries
+raise_fd_limit
+
+honest_bind=$(seq -s, -f '127.0.%g.1' 1 "$HONEST")
+# Attackers holding a fifth of the slots: HONEST*4 honest slots, so HONEST attacking workers
+# of one slot each... expressed as workers of 2 slots on networks of their own.
+attackers=$(( HONEST / 2 ))
+[ "$attackers" -ge 2 ] || attackers=2
+distinct_bind=$(seq -s, -f '127.0.%g.1' 101 $(( 100 + attackers )))
+one_network=$(seq -s, -f '127.0.200.%g' 1 "$attackers")
+
+BASE_RATE=""
+HEALTH_PID=""
+
+# Probe /healthz once a second; the slowest answer goes to $BENCH_TMP/health.max.
+watch_health() {
+  local slowest=0 took
+  while :; do
+    took=$(curl -s -o /dev/null -w '%{time_total}' --max-time 5 "$SERVER_URL/healthz" || echo 5)
+    slowest=$(awk -v a="$slowest" -v b="$took" 'BEGIN { print (b > a) ? b : a }')
+    echo "$slowest" >"$BENCH_TMP/health.max"
+    sleep 1
+  done
+}
+
+run_cell() {
+  local attack="$1" policy="fixed" lie_args=() bind="" slots=2 declared
+  case "$attack" in
+    none) ;;
+    sybil) lie_args=(--attack sybil); bind="$one_network"; slots=256 ;;
+    colluding-fixed) lie_args=(--sabotage colluding); bind="$distinct_bind" ;;
+    colluding-adaptive) lie_args=(--sabotage colluding); bind="$distinct_bind"; policy=adaptive ;;
+    sleeper) lie_args=(--attack sleeper --sleeper-after 40); bind="$distinct_bind"; policy=adaptive ;;
+    rotate) lie_args=(--attack rotate --rotate-after 20 --sabotage colluding); bind="$distinct_bind"; policy=adaptive ;;
+    release) lie_args=(--attack release); bind="$one_network"; slots=256 ;;
+    drop) lie_args=(--attack drop --drop-hold-ms 500); bind="$one_network"; slots=64 ;;
+    slots) lie_args=(--attack slots --attack-slots 256); bind="$one_network"; slots=256 ;;
+    *) echo "bench: unknown attack $attack" >&2; exit 1 ;;
+  esac
+  create_database
+  GRID_TRUSTED_NETWORKS=none start_server postgres
+  jq -nc --argjson n "$CHUNKS" --arg p "$policy" \
+    '{kernel: "echo", redundancy: 2, verification: $p, inputs: [range(0; $n) | {i: .}]}' \
+    >"$BENCH_TMP/job.json"
+  local attacker_pid=""
+  if [ "$attack" != none ]; then
+    "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$attackers" --saboteurs "$attackers" \
+      --slots "$slots" --attacker-bind "$bind" --bind "$bind" "${lie_args[@]}" \
+      --seed $(( SEED + 1 )) --duration-s 3600 \
+      >"$BENCH_TMP/attackers.out" 2>"$BENCH_TMP/attackers.err" &
+    attacker_pid=$!
+    sleep 1
+  fi
+  submit_job
+  : >"$BENCH_TMP/health.max"
+  watch_health & HEALTH_PID=$!
+  "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$HONEST" --slots 4 --bind "$honest_bind" \
+    --seed "$SEED" --duration-s 3600 >"$BENCH_TMP/loadgen.out" 2>"$BENCH_TMP/loadgen.err" &
+  LOADGEN_PID=$!
+  wait_job "$JOB_ID" 900 1 || echo "bench: job $JOB_ID did not finish" >&2
+  # Backtracking and the master's checks may still reopen chunks right after "done".
+  sleep 3
+  wait_job "$JOB_ID" 300 1 || true
+  kill "$HEALTH_PID" 2>/dev/null; wait "$HEALTH_PID" 2>/dev/null || true; HEALTH_PID=""
+  kill -INT "$LOADGEN_PID" 2>/dev/null; wait "$LOADGEN_PID" 2>/dev/null || true; LOADGEN_PID=""
+  if [ -n "$attacker_pid" ]; then kill -INT "$attacker_pid" 2>/dev/null; wait "$attacker_pid" 2>/dev/null || true; fi
+
+  local view wrong failed replicas blacklisted rate relative rss health
+  view="$(job_view "$JOB_ID")"
+  wrong=$(curl -sS -H "Authorization: Bearer $BENCH_TOKEN" "$SERVER_URL/api/v1/jobs/$JOB_ID/results" \
+    | jq -s '[.[] | select(.output != null and .output != {i: .index})] | length')
+  failed=$(echo "$view" | jq .chunks.failed)
+  replicas=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM replicas WHERE job_id = $JOB_ID")
+  blacklisted=$(psql -qtA "$DB_URL" -c \
+    "SELECT count(*) FROM workers WHERE id LIKE 'loadgen-$SEED-%' AND blacklisted_at IS NOT NULL")
+  rate=$(calc "$CHUNKS / $(seconds_between "$(echo "$view" | jq -r .started_at)" "$(echo "$view" | jq -r .finished_at)")")
+  [ -n "$BASE_RATE" ] || BASE_RATE="$rate"
+  relative=$(calc "100 * $rate / $BASE_RATE")
+  rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status") / 1024 ))
+  health=$(cat "$BENCH_TMP/health.max" 2>/dev/null || echo "?")
+  declared=$(calc "100 * $attackers * $slots / ($attackers * $slots + $HONEST * 4)")
+  [ "$attack" = none ] && declared=0
+  printf "| %-18s | %-8s | %5s %% | %5s | %6s | %14s | %17s | %7s %% | %8s | %9s |\n" \
+    "$attack" "$policy" "$(fmt "$declared" 0)" "$wrong" "$failed" \
+    "$(fmt "$(calc "$replicas / $CHUNKS")" 2)" "$blacklisted" "$(fmt "$relative" 0)" \
+    "$rss MiB" "$(fmt "$(calc "$health * 1000")" 0) ms"
+  stop_server
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
+  BENCH_DB=""
+}
+
+echo "honest: $HONEST workers x 4 slots on $HONEST networks; attackers: $attackers workers;" \
+  "chunks per job: $CHUNKS (echo, redundancy 2); master on PostgreSQL trusting no network"
+echo
+echo "| attack             | policy   | attacker slots | wrong | failed | replicas/chunk | honest blacklisted | honest rate | master RSS | /healthz max |"
+echo "|--------------------|----------|----------------|-------|--------|----------------|--------------------|-------------|------------|--------------|"
+run_cell none
+echo "(honest rate without attackers: $(fmt "$BASE_RATE" 0) chunks/s)" >&2
+for attack in $ATTACKS; do
+  run_cell "$attack"
+done
