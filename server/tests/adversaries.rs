@@ -35,6 +35,7 @@ on_both_backends!(
     nul_in_error_outcomes_loses_no_honest_result,
     sleepers_on_distinct_networks_are_caught_and_backtracked,
     an_engine_split_module_blames_nobody,
+    backtracking_never_revives_a_cancelled_job,
 );
 
 /// How an adversarial or honest peer answers (echo kernel jobs).
@@ -516,6 +517,63 @@ async fn an_engine_split_module_blames_nobody(backend: Backend) {
             .await,
         0,
         "a worker was blamed for its engine"
+    );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// M9: backtracking used to reopen chunks of cancelled jobs, so volunteers computed for a job
+/// nobody wanted. A sleeper helps accept chunks of a job that is then cancelled, and is caught
+/// lying in the next job: the cancelled job stays cancelled with nothing reopened.
+async fn backtracking_never_revives_a_cancelled_job(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let mut peers = honest_peers(&server, &["127.0.1.1", "127.0.2.1", "127.0.3.1"], 1);
+    peers.push(spawn_peer(
+        server.ws(),
+        "127.0.50.1",
+        "sleeper",
+        2,
+        Behaviour::Sleeper(60),
+        Arc::new(AtomicU32::new(0)),
+    ));
+    let first = api
+        .submit(json!({"kernel": "echo", "inputs": inputs(3000, "cancelled"), "redundancy": 2}))
+        .await;
+    api.wait_progress(first, 40).await;
+    let (status, _) = api.delete(&format!("/api/v1/jobs/{first}")).await;
+    assert_eq!(status, 200);
+    let helped = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM replicas WHERE job_id = {first} AND worker_id = 'sleeper'
+             AND verdict = 'valid'"
+        ))
+        .await;
+    let second = api
+        .submit(json!({"kernel": "echo", "inputs": inputs(400, "after"), "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(second, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while blacklisted_ids(&server, "sleeper").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sleeper was not caught"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, job) = api.get(&format!("/api/v1/jobs/{first}")).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(
+        server
+            .store
+            .count(&format!(
+                "SELECT count(*) FROM chunks WHERE job_id = {first} AND state = 'open'"
+            ))
+            .await,
+        0,
+        "a chunk of the cancelled job was reopened (the sleeper helped accept {helped})"
     );
     server.stop().await;
     peers.iter().for_each(JoinHandle::abort);

@@ -49,6 +49,64 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// One attempt at cancelling: `None` when the job is not visible to `owner`, else whether
+    /// it was cancelled now and the leases revoked.
+    async fn try_cancel(
+        &self,
+        owner: Owner,
+        id: i64,
+    ) -> Result<Option<(bool, Vec<i64>)>, sqlx::Error> {
+        let (is_admin, owner_id) = owner_filter(owner);
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE id = $1 AND ($2 OR owner_token_id = $3)",
+        )
+        .bind(id)
+        .bind(is_admin)
+        .bind(owner_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        if state != "queued" && state != "running" {
+            return Ok(Some((false, Vec::new())));
+        }
+        let revoked: Vec<i64> = sqlx::query_scalar(
+            "UPDATE replicas SET state = 'revoked'
+             WHERE id IN (SELECT id FROM replicas WHERE job_id = $1 AND state = 'leased'
+                          ORDER BY id FOR UPDATE)
+             RETURNING id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE chunks SET state = 'cancelled', wanted = 0
+             WHERE (job_id, idx) IN (SELECT job_id, idx FROM chunks
+                                     WHERE job_id = $1 AND state = 'open'
+                                     ORDER BY idx FOR UPDATE)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let changed = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = now()
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            // It finished while we revoked: nothing to cancel after all.
+            tx.rollback().await?;
+            return Ok(Some((false, Vec::new())));
+        }
+        tx.commit().await?;
+        Ok(Some((true, revoked)))
+    }
+
     /// The connection pool (tests use it to look inside).
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -212,43 +270,24 @@ impl Store for PgStore {
     }
 
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM jobs WHERE id = $1 AND ($2 OR owner_token_id = $3) FOR UPDATE",
-        )
-        .bind(id)
-        .bind(is_admin)
-        .bind(owner_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(state) = state else {
+        // The scheduler's commit locks replicas, then chunks, then jobs; so does this, and a
+        // deadlock with a commit touching the same job (PostgreSQL aborts one side) is retried.
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            match self.try_cancel(owner, id).await {
+                Err(sqlx::Error::Database(error))
+                    if attempt < 5
+                        && matches!(error.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
+        let Some((cancelled, revoked)) = outcome else {
             return Ok(None);
         };
-        let mut revoked = Vec::new();
-        let cancelled = state == "queued" || state == "running";
-        if cancelled {
-            // Same lock order as the scheduler's commit: replicas, then chunks.
-            revoked = sqlx::query_scalar(
-                "UPDATE replicas SET state = 'revoked'
-                 WHERE job_id = $1 AND state = 'leased' RETURNING id",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE chunks SET state = 'cancelled', wanted = 0
-                 WHERE job_id = $1 AND state = 'open'",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         let view = self
             .job(owner, id)
             .await?
@@ -961,6 +1000,9 @@ impl ReviewDb for PgReview<'_> {
              reopened AS (
                  SELECT c.job_id, c.idx, c.state FROM chunks c JOIN hit USING (job_id, idx)
                  WHERE c.state IN ('done', 'failed')
+                   -- A cancelled job is nobody's any more: never revive its chunks.
+                   AND NOT EXISTS (SELECT 1 FROM jobs cj
+                                   WHERE cj.id = c.job_id AND cj.state = 'cancelled')
                  FOR UPDATE OF c
              )
              UPDATE chunks c

@@ -884,6 +884,9 @@ impl ReviewDb for SqliteReview<'_> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.state FROM chunks c
              WHERE c.state IN ('done', 'failed')
+               -- A cancelled job is nobody's any more: never revive its chunks.
+               AND NOT EXISTS (SELECT 1 FROM jobs cj
+                               WHERE cj.id = c.job_id AND cj.state = 'cancelled')
                AND (c.accepted_alone_by = ?1
                     OR EXISTS (SELECT 1 FROM replicas r
                                WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
