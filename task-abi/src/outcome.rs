@@ -144,10 +144,12 @@ pub enum Failure {
         /// The limit.
         timeout_ms: u32,
     },
-    /// Its initial memory is over the cap.
+    /// Its initial memory and tables are over the cap.
     MemoryAtStart {
-        /// What it declares.
-        needed_bytes: u64,
+        /// The initial memory it declares.
+        memory_bytes: u64,
+        /// What its tables take at start (see [`crate::memory`]).
+        table_bytes: u64,
         /// The job's cap.
         limit: MemoryLimit,
     },
@@ -191,13 +193,26 @@ impl std::fmt::Display for Failure {
             Failure::Timeout { timeout_ms } => {
                 write!(f, "timeout: the chunk ran longer than {timeout_ms} ms")
             }
+            // Without tables, the text of workers that did not count tables yet.
             Failure::MemoryAtStart {
-                needed_bytes,
+                memory_bytes,
+                table_bytes: 0,
                 limit,
             } => write!(
                 f,
                 "memory limit exceeded: the module needs {} MiB at start; the limit is {} MiB",
-                mib(*needed_bytes),
+                mib(*memory_bytes),
+                limit.mb
+            ),
+            Failure::MemoryAtStart {
+                memory_bytes,
+                table_bytes,
+                limit,
+            } => write!(
+                f,
+                "memory limit exceeded: the module needs {} MiB at start ({memory_bytes} bytes \
+                 of memory, {table_bytes} bytes of tables); the limit is {} MiB",
+                mib(memory_bytes.saturating_add(*table_bytes)),
                 limit.mb
             ),
             Failure::OutputOutOfBounds {
@@ -330,6 +345,20 @@ mod tests {
         assert_eq!(
             trap.to_string(),
             "trap: unreachable instruction executed (memory in use: 33 of 64 MiB)"
+        );
+        let at_start = |table_bytes| Failure::MemoryAtStart {
+            memory_bytes: 3 << 20,
+            table_bytes,
+            limit: MemoryLimit::new(2),
+        };
+        assert_eq!(
+            at_start(0).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
+        );
+        assert_eq!(
+            at_start(80).to_string(),
+            "memory limit exceeded: the module needs 4 MiB at start (3145728 bytes of memory, \
+             80 bytes of tables); the limit is 2 MiB"
         );
         assert_eq!(
             Outcome::from(Failure::Timeout { timeout_ms: 250 }),
