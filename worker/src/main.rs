@@ -38,6 +38,17 @@ struct Args {
     /// ~/.local/share/grid-worker.
     #[arg(long, value_name = "PATH")]
     identity_file: Option<PathBuf>,
+
+    /// Memory budget of task-module chunks: the `max_memory_mb` caps of the chunks running at
+    /// once add up to at most this. MiB, or with a unit: 512MiB, 6G, 1073741824B
+    /// [default: half of the physical memory].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "GRID_WORKER_MAX_MEMORY",
+        value_parser = grid_worker::config::parse_memory_size
+    )]
+    max_memory: Option<u64>,
 }
 
 #[tokio::main]
@@ -50,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(args.servers, identity.worker_id());
     if let Some(threads) = args.threads {
         config.threads = threads;
+    }
+    if let Some(max_memory_mb) = args.max_memory {
+        config.max_memory_mb = max_memory_mb;
     }
     let servers: Vec<&str> = config.servers.iter().map(Url::as_str).collect();
     println!(
