@@ -285,10 +285,22 @@ mod tests {
         );
         // Memory alone at the cap and one table element over it.
         let edge = module_with("32", "(table 1 funcref)");
-        assert!(
+        assert_eq!(
             MemoryLimit::new(2)
                 .check_start(&check_module(&edge).unwrap())
-                .is_err()
+                .unwrap_err()
+                .to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start (2097152 bytes of memory, \
+             8 bytes of tables); the limit is 2 MiB"
+        );
+        // Memory alone over the cap: the text without tables, as before tables counted.
+        let over = module_with("40", "(table 1 funcref)");
+        assert_eq!(
+            MemoryLimit::new(2)
+                .check_start(&check_module(&over).unwrap())
+                .unwrap_err()
+                .to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
         );
     }
 }

@@ -193,17 +193,19 @@ impl std::fmt::Display for Failure {
             Failure::Timeout { timeout_ms } => {
                 write!(f, "timeout: the chunk ran longer than {timeout_ms} ms")
             }
-            // Without tables, the text of workers that did not count tables yet.
+            // Memory alone over the cap: the tables are not why, and the text is the one of
+            // workers that did not count tables yet.
             Failure::MemoryAtStart {
                 memory_bytes,
-                table_bytes: 0,
+                table_bytes,
                 limit,
-            } => write!(
+            } if *table_bytes == 0 || !limit.allows(*memory_bytes) => write!(
                 f,
                 "memory limit exceeded: the module needs {} MiB at start; the limit is {} MiB",
                 mib(*memory_bytes),
                 limit.mb
             ),
+            // The tables take it over the cap: both shares.
             Failure::MemoryAtStart {
                 memory_bytes,
                 table_bytes,
@@ -346,18 +348,24 @@ mod tests {
             trap.to_string(),
             "trap: unreachable instruction executed (memory in use: 33 of 64 MiB)"
         );
-        let at_start = |table_bytes| Failure::MemoryAtStart {
-            memory_bytes: 3 << 20,
+        let at_start = |memory_mb: u64, table_bytes| Failure::MemoryAtStart {
+            memory_bytes: memory_mb << 20,
             table_bytes,
             limit: MemoryLimit::new(2),
         };
         assert_eq!(
-            at_start(0).to_string(),
+            at_start(3, 0).to_string(),
             "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
         );
+        // The memory alone is over: the tables are not named.
         assert_eq!(
-            at_start(80).to_string(),
-            "memory limit exceeded: the module needs 4 MiB at start (3145728 bytes of memory, \
+            at_start(3, 80).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
+        );
+        // The tables take it over: both shares, and their sum.
+        assert_eq!(
+            at_start(2, 80).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start (2097152 bytes of memory, \
              80 bytes of tables); the limit is 2 MiB"
         );
         assert_eq!(
