@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::modules::{echo, endless_loop, example, memory_hog, trap};
+use common::modules::{echo, endless_loop, example, memory_hog, table_bomb, trap};
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
     primes_total, spawn_server_process, spawn_worker,
@@ -542,6 +542,8 @@ async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
     let collatz_id = api.upload_module(collatz).await;
     let fibonacci_id = api.upload_module(fibonacci_wasm).await;
     let fates_id = api.upload_module(fates_module()).await;
+    let bomb_id = api.upload_module(table_bomb(false)).await;
+    let growing_bomb_id = api.upload_module(table_bomb(true)).await;
     let collatz_inputs: Vec<Value> = (0..10)
         .map(|i| json!({"start": 1 + i * 100_000, "end": 1 + (i + 1) * 100_000}))
         .collect();
@@ -561,11 +563,32 @@ async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
             "max_memory_mb": 8, "timeout_ms": 1000,
         }))
         .await;
+    // Tables count against the memory cap alike in V8 and wasmtime.
+    let bomb_job = api
+        .submit(json!({
+            "module": bomb_id, "inputs": [1, 2], "redundancy": 2, "max_memory_mb": 16,
+        }))
+        .await;
+    let growing_bomb_job = api
+        .submit(json!({
+            "module": growing_bomb_id, "inputs": [1, 2], "redundancy": 2, "max_memory_mb": 16,
+        }))
+        .await;
     let home = tempfile::tempdir().unwrap();
     let _native = spawn_worker(&server.ws(), 1, &home.path().join("native.id"));
 
     tools
-        .run("modules", &server, &[collatz_job, fibonacci_job, fates_job])
+        .run(
+            "modules",
+            &server,
+            &[
+                collatz_job,
+                fibonacci_job,
+                fates_job,
+                bomb_job,
+                growing_bomb_job,
+            ],
+        )
         .await;
 
     // The Rust example: every chunk agreed, and the famous one right.
@@ -611,6 +634,24 @@ async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
         }
     }
     assert_both_kinds_agreed(&server, fates_job, fates.len(), "fates").await;
+
+    // The table bombs: refused at start, or their tables do not grow, in both engines.
+    for (job, error, name) in [
+        (
+            bomb_job,
+            "memory limit exceeded: the module needs 306 MiB at start (65536 bytes of memory, \
+             320000000 bytes of tables); the limit is 16 MiB",
+            "table bomb",
+        ),
+        (
+            growing_bomb_job,
+            "trap: out of bounds table access (memory in use: 1 of 16 MiB)",
+            "growing table bomb",
+        ),
+    ] {
+        api.assert_all_failed_with(job, 2, error).await;
+        assert_both_kinds_agreed(&server, job, 2, name).await;
+    }
     server.stop().await;
 }
 

@@ -85,6 +85,19 @@ async fn uploads_are_checked_and_content_addressed(backend: Backend) {
         "invalid_module",
         "does not export `grid_alloc`",
     );
+    // The review's table bomb (H9) has ten tables; at most four are allowed.
+    let tables = abi_module(&format!(
+        "(i64.const 0)) {} (func $pad",
+        "(table 10000000 funcref)".repeat(10)
+    ));
+    let (status, body) = admin.upload(tables, "application/wasm").await;
+    assert_error(
+        status,
+        &body,
+        422,
+        "invalid_module",
+        "the module defines 10 tables; at most 4 are allowed",
+    );
     let (status, body) = admin.upload(Vec::new(), "application/wasm").await;
     assert_error(
         status,

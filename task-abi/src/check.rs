@@ -9,7 +9,8 @@
 use wasmparser::types::EntityType;
 use wasmparser::{ValType, Validator, WasmFeatures};
 
-use crate::memory::PAGE_BYTES;
+use crate::limits::MAX_TABLES;
+use crate::memory::{PAGE_BYTES, table_element_bytes};
 
 /// What the master learns about an accepted module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,12 @@ pub struct ModuleInfo {
     pub initial_pages: u64,
     /// The maximum the module declares for its memory, in pages, if any.
     pub maximum_pages: Option<u64>,
+    /// Tables the module has (at most [`MAX_TABLES`]).
+    pub tables: u32,
+    /// Bytes its tables take at start: each table's initial size times the bytes an element
+    /// takes ([`table_element_bytes`]). They count against the memory cap (see
+    /// [`crate::memory`]).
+    pub initial_table_bytes: u64,
 }
 
 impl ModuleInfo {
@@ -62,6 +69,9 @@ pub enum AbiError {
     /// The memory is not one the ABI allows.
     #[error("unsupported memory: {0}")]
     Memory(&'static str),
+    /// More tables than [`MAX_TABLES`].
+    #[error("the module defines {0} tables; at most {MAX_TABLES} are allowed")]
+    Tables(u32),
 }
 
 /// The WebAssembly features a task module may use: the 2.0 specification, which every
@@ -85,6 +95,19 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
             name: name.to_owned(),
         });
     }
+    // Imported tables would count too, but imports are refused above.
+    let tables = types.table_count();
+    if tables > MAX_TABLES {
+        return Err(AbiError::Tables(tables));
+    }
+    let initial_table_bytes = (0..tables)
+        .map(|index| {
+            let table = types.table_at(index);
+            table
+                .initial
+                .saturating_mul(table_element_bytes(table.element_type))
+        })
+        .fold(0_u64, u64::saturating_add);
     let exports: Vec<(&str, EntityType)> = types.core_exports().into_iter().flatten().collect();
     let find = |name: &'static str| {
         exports
@@ -147,6 +170,8 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
     Ok(ModuleInfo {
         initial_pages: memory.initial,
         maximum_pages: memory.maximum,
+        tables,
+        initial_table_bytes,
     })
 }
 
@@ -177,10 +202,32 @@ mod tests {
             info,
             ModuleInfo {
                 initial_pages: 1,
-                maximum_pages: None
+                maximum_pages: None,
+                tables: 0,
+                initial_table_bytes: 0,
             }
         );
         assert_eq!(info.initial_bytes(), 65_536);
+    }
+
+    #[test]
+    fn tables_are_counted_and_sized() {
+        let info = check_module(&abi_module("(table 10 funcref) (table 3 20 externref)")).unwrap();
+        assert_eq!(info.tables, 2);
+        assert_eq!(info.initial_table_bytes, 10 * 8 + 3 * 4);
+
+        let four = (0..4).map(|_| "(table 1 funcref)").collect::<String>();
+        assert_eq!(check_module(&abi_module(&four)).unwrap().tables, 4);
+        // The review's table bomb has ten.
+        let ten = (0..10)
+            .map(|_| "(table 10000000 funcref)")
+            .collect::<String>();
+        let refused = check_module(&abi_module(&ten)).unwrap_err();
+        assert_eq!(refused, AbiError::Tables(10));
+        assert_eq!(
+            refused.to_string(),
+            "the module defines 10 tables; at most 4 are allowed"
+        );
     }
 
     #[test]

@@ -89,6 +89,11 @@ pub mod limits {
     pub const MIN_MAX_MEMORY_MB: u32 = 1;
     /// Largest `max_memory_mb` a job may set: volunteers' browsers must not be asked for more.
     pub const MAX_MAX_MEMORY_MB: u32 = 2048;
+    /// Most tables a module may have (checked at upload). The 2.0 specification allows 100,
+    /// and every table counts against the memory cap, but a cap alone still lets a module
+    /// spread its budget over many tables; four is far more than any toolchain emits
+    /// (`wasm-ld` and `rustc` make one).
+    pub const MAX_TABLES: u32 = 4;
 }
 
 #[cfg(test)]

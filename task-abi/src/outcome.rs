@@ -144,10 +144,12 @@ pub enum Failure {
         /// The limit.
         timeout_ms: u32,
     },
-    /// Its initial memory is over the cap.
+    /// Its initial memory and tables are over the cap.
     MemoryAtStart {
-        /// What it declares.
-        needed_bytes: u64,
+        /// The initial memory it declares.
+        memory_bytes: u64,
+        /// What its tables take at start (see [`crate::memory`]).
+        table_bytes: u64,
         /// The job's cap.
         limit: MemoryLimit,
     },
@@ -191,13 +193,28 @@ impl std::fmt::Display for Failure {
             Failure::Timeout { timeout_ms } => {
                 write!(f, "timeout: the chunk ran longer than {timeout_ms} ms")
             }
+            // Memory alone over the cap: the tables are not why, and the text is the one of
+            // workers that did not count tables yet.
             Failure::MemoryAtStart {
-                needed_bytes,
+                memory_bytes,
+                table_bytes,
+                limit,
+            } if *table_bytes == 0 || !limit.allows(*memory_bytes) => write!(
+                f,
+                "memory limit exceeded: the module needs {} MiB at start; the limit is {} MiB",
+                mib(*memory_bytes),
+                limit.mb
+            ),
+            // The tables take it over the cap: both shares.
+            Failure::MemoryAtStart {
+                memory_bytes,
+                table_bytes,
                 limit,
             } => write!(
                 f,
-                "memory limit exceeded: the module needs {} MiB at start; the limit is {} MiB",
-                mib(*needed_bytes),
+                "memory limit exceeded: the module needs {} MiB at start ({memory_bytes} bytes \
+                 of memory, {table_bytes} bytes of tables); the limit is {} MiB",
+                mib(memory_bytes.saturating_add(*table_bytes)),
                 limit.mb
             ),
             Failure::OutputOutOfBounds {
@@ -330,6 +347,26 @@ mod tests {
         assert_eq!(
             trap.to_string(),
             "trap: unreachable instruction executed (memory in use: 33 of 64 MiB)"
+        );
+        let at_start = |memory_mb: u64, table_bytes| Failure::MemoryAtStart {
+            memory_bytes: memory_mb << 20,
+            table_bytes,
+            limit: MemoryLimit::new(2),
+        };
+        assert_eq!(
+            at_start(3, 0).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
+        );
+        // The memory alone is over: the tables are not named.
+        assert_eq!(
+            at_start(3, 80).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start; the limit is 2 MiB"
+        );
+        // The tables take it over: both shares, and their sum.
+        assert_eq!(
+            at_start(2, 80).to_string(),
+            "memory limit exceeded: the module needs 3 MiB at start (2097152 bytes of memory, \
+             80 bytes of tables); the limit is 2 MiB"
         );
         assert_eq!(
             Outcome::from(Failure::Timeout { timeout_ms: 250 }),

@@ -8,9 +8,11 @@
 //!    could run it).
 //! 2. [`grid_task_abi::module_url`]: where the master serves the module's bytes.
 //! 3. [`prepare`]: the fetched bytes must hash to the module's id; then the ABI check, the
-//!    memory cap's start-up check (a deterministic failure, the chunk's outcome), and a copy
-//!    of the module whose declared maximum is the cap (the browser cannot limit a memory the
-//!    module defines; see `grid_task_abi::memory`).
+//!    memory cap's start-up check on memory and tables together (a deterministic failure, the
+//!    chunk's outcome, with the native worker's text), and a copy of the module whose declared
+//!    maxima follow the cap: the memory's is what the tables leave of it, each table's its
+//!    initial size (the browser cannot limit a memory or a table the module defines; see
+//!    `grid_task_abi::memory`).
 //! 4. [`SandboxAnswer::end`]: what the sandbox said becomes the chunk's [`Outcome`], written
 //!    by `grid-task-abi` only, so it equals the native worker's byte for byte, or the lease is
 //!    given back ([`ChunkEnd::GiveBack`]) when the answer says nothing about the module itself
@@ -300,10 +302,80 @@ mod tests {
         assert_eq!(
             prepared,
             Prepared::FailsAtStart(Failure::MemoryAtStart {
-                needed_bytes: 40 * 65_536,
+                memory_bytes: 40 * 65_536,
+                table_bytes: 0,
                 limit: MemoryLimit::new(2),
             })
         );
+    }
+
+    /// `module("1")` with `tables` and `body` as `grid_run`.
+    fn with_tables(tables: &str, body: &str) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+                 (memory (export "memory") 1)
+                 {tables}
+                 (func $f) (elem declare func $f)
+                 (func (export "grid_alloc") (param i32) (result i32) i32.const 1024)
+                 (func (export "grid_run") (param i32 i32) (result i64) {body}))"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_table_bomb_fails_at_start_with_the_native_text() {
+        // The review's table bomb, with the four tables the ABI allows.
+        let tables: String = (0..4)
+            .map(|i| format!("(table $t{i} 10000000 funcref)"))
+            .collect();
+        let fills: String = (0..4)
+            .map(|i| format!("(table.fill $t{i} (i32.const 0) (ref.func $f) (i32.const 10000000))"))
+            .collect();
+        let bomb = with_tables(&tables, &format!("{fills} (i64.const 0)"));
+        let Prepared::FailsAtStart(failure) = prepare(&task_for(&bomb, 16), &bomb).unwrap() else {
+            panic!("the table bomb would run");
+        };
+        // The same bytes as `grid-worker`'s (worker/tests/modules.rs).
+        assert_eq!(
+            Outcome::from(failure),
+            Outcome::Err(
+                "memory limit exceeded: the module needs 306 MiB at start (65536 bytes of \
+                 memory, 320000000 bytes of tables); the limit is 16 MiB"
+                    .into()
+            )
+        );
+        // Ten tables are refused by the ABI check (as at upload): not an outcome.
+        let ten: String = (0..10)
+            .map(|i| format!("(table $t{i} 10000000 funcref)"))
+            .collect();
+        let ten = with_tables(&ten, "(i64.const 0)");
+        let Err(why) = prepare(&task_for(&ten, 16), &ten) else {
+            panic!("ten tables accepted");
+        };
+        assert!(why.0.contains("at most 4 are allowed"), "{why}");
+    }
+
+    #[test]
+    fn tables_cannot_grow_in_the_capped_module() {
+        // 1 MiB of funcrefs of a 2 MiB cap: the memory may grow to the other MiB, 16 pages.
+        let bytes = with_tables("(table 131072 1000000 funcref)", "(i64.const 0)");
+        let Prepared::Ready { capped, info } = prepare(&task_for(&bytes, 2), &bytes).unwrap()
+        else {
+            panic!("not ready");
+        };
+        assert_eq!(info.initial_table_bytes, 1 << 20);
+        let capped_info = check_module(&capped).unwrap();
+        assert_eq!(capped_info.maximum_pages, Some(16));
+        let tables: Vec<_> = wasmparser::Parser::new(0)
+            .parse_all(&capped)
+            .filter_map(|payload| match payload.unwrap() {
+                wasmparser::Payload::TableSection(reader) => Some(reader),
+                _ => None,
+            })
+            .flat_map(|reader| reader.into_iter().map(|table| table.unwrap().ty))
+            .map(|ty| (ty.initial, ty.maximum))
+            .collect();
+        assert_eq!(tables, [(131_072, Some(131_072))]);
     }
 
     #[test]

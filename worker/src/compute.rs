@@ -1,40 +1,105 @@
 //! Running one chunk: [`run_chunk`] turns a [`Program`] and its input into an [`Outcome`].
 //!
 //! This is plain blocking code; the session runs it on tokio's blocking pool, bounded by a
-//! semaphore of `threads` permits (`ComputeSlots`). What kernels exist and what they compute
+//! semaphore of `threads` permits and, for module chunks, by the `--max-memory` budget
+//! (`ComputeSlots`). What kernels exist and what they compute
 //! lives in `grid-kernels`; how a task module runs (wasmtime, limits, failure texts) lives in
 //! [`crate::sandbox`], and getting a module ready in [`crate::module_cache`].
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use grid_protocol::Outcome;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sandbox::{ChunkLimits, TaskModule};
 
-/// The worker's compute threads: one permit per chunk running. Shared by all sessions of one
-/// [`crate::run`], so chunks still finishing from a lost connection count against the limit
-/// of the next one.
+/// The worker's compute threads and memory budget: one slot per chunk running, and for a
+/// module chunk its `max_memory_mb` out of the `--max-memory` budget, so the caps of the
+/// module chunks running at once never add up to more than the budget. Shared by all sessions
+/// of one [`crate::run`], so chunks still finishing from a lost connection count against the
+/// limits of the next one.
 #[derive(Debug, Clone)]
-pub(crate) struct ComputeSlots(Arc<Semaphore>);
+pub(crate) struct ComputeSlots {
+    /// One permit per thread.
+    threads: Arc<Semaphore>,
+    /// One permit per MiB of the budget.
+    memory: Arc<Semaphore>,
+    /// The budget, in MiB.
+    budget_mb: u64,
+    /// Modules already logged as over the budget.
+    logged_over_budget: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What a running chunk holds: its thread and its share of the memory budget, both given back
+/// when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The thread.
+    _thread: OwnedSemaphorePermit,
+    /// The chunk's memory cap out of the budget (no permits for a kernel).
+    _memory: OwnedSemaphorePermit,
+}
 
 impl ComputeSlots {
-    /// `threads` slots.
-    pub(crate) fn new(threads: u32) -> Self {
-        ComputeSlots(Arc::new(Semaphore::new(threads as usize)))
+    /// `threads` slots and a budget of `budget_mb` MiB for module chunks.
+    pub(crate) fn new(threads: u32, budget_mb: u64) -> Self {
+        let budget_mb = budget_mb.min(Semaphore::MAX_PERMITS as u64);
+        ComputeSlots {
+            threads: Arc::new(Semaphore::new(threads as usize)),
+            memory: Arc::new(Semaphore::new(budget_mb as usize)),
+            budget_mb,
+            logged_over_budget: Arc::default(),
+        }
     }
 
-    /// A free slot now, if any.
-    pub(crate) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.0).try_acquire_owned().ok()
+    /// The budget, in MiB.
+    pub(crate) fn budget_mb(&self) -> u64 {
+        self.budget_mb
     }
 
-    /// Wait for a free slot. Cancel safe.
-    pub(crate) async fn take(&self) -> Option<OwnedSemaphorePermit> {
-        // The semaphore is never closed, so `None` does not happen in practice.
-        Arc::clone(&self.0).acquire_owned().await.ok()
+    /// Whether a chunk needing `memory_mb` can ever start here.
+    pub(crate) fn fits(&self, memory_mb: u32) -> bool {
+        u64::from(memory_mb) <= self.budget_mb
+    }
+
+    /// Whether `module` is over the budget for the first time (to log it once).
+    pub(crate) fn first_over_budget(&self, module: &str) -> bool {
+        self.logged_over_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(module.to_owned())
+    }
+
+    /// A free slot with `memory_mb` MiB of the budget now, if any.
+    pub(crate) fn try_take(&self, memory_mb: u32) -> Option<Slot> {
+        let thread = Arc::clone(&self.threads).try_acquire_owned().ok()?;
+        let memory = Arc::clone(&self.memory)
+            .try_acquire_many_owned(memory_mb)
+            .ok()?;
+        Some(Slot {
+            _thread: thread,
+            _memory: memory,
+        })
+    }
+
+    /// Wait for a free slot and `memory_mb` MiB of the budget (which must [`fits`]). Cancel
+    /// safe: nothing is held if the future is dropped before it completes.
+    ///
+    /// [`fits`]: ComputeSlots::fits
+    pub(crate) async fn take(&self, memory_mb: u32) -> Option<Slot> {
+        // The semaphores are never closed, so `None` does not happen in practice.
+        let memory = Arc::clone(&self.memory)
+            .acquire_many_owned(memory_mb)
+            .await
+            .ok()?;
+        let thread = Arc::clone(&self.threads).acquire_owned().await.ok()?;
+        Some(Slot {
+            _thread: thread,
+            _memory: memory,
+        })
     }
 }
 
@@ -118,12 +183,33 @@ mod tests {
 
     #[tokio::test]
     async fn slots_limit_concurrency() {
-        let slots = ComputeSlots::new(2);
-        let a = slots.try_take();
-        let b = slots.try_take();
+        let slots = ComputeSlots::new(2, 1024);
+        let a = slots.try_take(0);
+        let b = slots.try_take(0);
         assert!(a.is_some() && b.is_some());
-        assert!(slots.try_take().is_none());
+        assert!(slots.try_take(0).is_none());
         drop(a);
-        assert!(slots.take().await.is_some());
+        assert!(slots.take(0).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_limits_module_chunks() {
+        let slots = ComputeSlots::new(4, 100);
+        assert!(slots.fits(100) && !slots.fits(101));
+        let first = slots.try_take(60).unwrap();
+        // A thread is free, but not 60 MiB: nothing is taken, not even the thread.
+        assert!(slots.try_take(60).is_none());
+        let kernels: Vec<_> = (0..3).map(|_| slots.try_take(0).unwrap()).collect();
+        assert!(slots.try_take(0).is_none());
+        drop(kernels);
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take(60).await.is_some() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        assert!(waiting.await.unwrap());
+        assert!(slots.first_over_budget("m") && !slots.first_over_budget("m"));
     }
 }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use grid_protocol::{MAX_SLOTS, is_valid_worker_id};
+use grid_task_abi::limits::MAX_MAX_MEMORY_MB;
 use url::Url;
 
 use crate::WorkerError;
@@ -34,12 +35,16 @@ pub struct WorkerConfig {
     /// system picks one). Only masters reachable over this address's family (IPv4 or IPv6)
     /// can be used.
     pub bind: Option<IpAddr>,
+    /// The memory budget of module chunks, in MiB (`--max-memory`): the `max_memory_mb` caps
+    /// of the module chunks running at once add up to at most this.
+    pub max_memory_mb: u64,
 }
 
 impl WorkerConfig {
     /// A configuration with one thread per available core (at most [`MAX_SLOTS`]), the
-    /// default timeouts (reconnect 250 ms doubling up to 30 s, connect 10 s, welcome 10 s,
-    /// close 5 s) and no source address of its own.
+    /// default memory budget ([`default_max_memory_mb`]), the default timeouts (reconnect
+    /// 250 ms doubling up to 30 s, connect 10 s, welcome 10 s, close 5 s) and no source
+    /// address of its own.
     pub fn new(servers: Vec<Url>, worker_id: impl Into<String>) -> Self {
         WorkerConfig {
             servers,
@@ -51,6 +56,7 @@ impl WorkerConfig {
             welcome_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             bind: None,
+            max_memory_mb: default_max_memory_mb(),
         }
     }
 
@@ -74,6 +80,11 @@ impl WorkerConfig {
                 self.threads
             )));
         }
+        if self.max_memory_mb == 0 {
+            return Err(WorkerError::Config(
+                "the memory budget must be at least 1 MiB".into(),
+            ));
+        }
         if !is_valid_worker_id(&self.worker_id) {
             return Err(WorkerError::Config(format!(
                 "invalid worker id {:?}",
@@ -90,6 +101,60 @@ pub fn default_threads() -> u32 {
         .map(|n| u32::try_from(n.get()).unwrap_or(MAX_SLOTS))
         .unwrap_or(1)
         .clamp(1, MAX_SLOTS)
+}
+
+/// The default memory budget: half of the machine's physical memory (`MemTotal` in
+/// `/proc/meminfo`), or [`MAX_MAX_MEMORY_MB`] where that cannot be read, so that any one job
+/// still fits.
+pub fn default_max_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| mem_total_kib(&meminfo))
+        .map_or(u64::from(MAX_MAX_MEMORY_MB), |kib| (kib / 1024 / 2).max(1))
+}
+
+/// `MemTotal` of a `/proc/meminfo`, in KiB.
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// Parse a `--max-memory` value into MiB: a number of MiB (`4096`), or a number with a unit,
+/// `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB` or `T`/`TiB` (powers of 1024, case-insensitive, e.g.
+/// `512MiB`, `6G`, `1073741824B`). Byte counts are rounded down to whole MiB; the result must
+/// be at least 1 MiB.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4096, 512MiB or 6G"))?;
+    let shift: u32 = match unit.trim().to_ascii_lowercase().as_str() {
+        "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "" | "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, K, M, G or T)"
+            ));
+        }
+    };
+    let bytes = u128::from(number) << shift;
+    let mib = u64::try_from(bytes >> 20).unwrap_or(u64::MAX);
+    if mib == 0 {
+        return Err(format!("{text:?} is less than 1 MiB"));
+    }
+    Ok(mib)
 }
 
 #[cfg(test)]
@@ -121,5 +186,31 @@ mod tests {
         let mut bad_id = config("ws://127.0.0.1/ws");
         bad_id.worker_id = "has space".into();
         assert!(bad_id.validate().is_err());
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        for (text, mib) in [
+            ("4096", 4096),
+            ("512MiB", 512),
+            ("512M", 512),
+            ("6G", 6144),
+            ("6 GiB", 6144),
+            ("1t", 1 << 20),
+            ("1073741824B", 1024),
+            ("1048577b", 1),
+            ("2048K", 2),
+        ] {
+            assert_eq!(parse_memory_size(text), Ok(mib), "{text}");
+        }
+        for bad in ["", "G", "-1", "1.5G", "12 parsecs", "1048575B", "0"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            mem_total_kib("MemTotal:       24683544 kB\nMemFree: 1 kB\n"),
+            Some(24_683_544)
+        );
+        assert_eq!(mem_total_kib("MemFree: 1 kB\n"), None);
+        assert!(default_max_memory_mb() >= 1);
     }
 }

@@ -139,6 +139,24 @@ pub enum ModuleError {
     /// The module breaks the task ABI or wasmtime refused it.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// Compiling took longer than the worker allows; the module is not tried again for a
+    /// while (`module_cache::UNCOMPILABLE_FOR`).
+    #[error("compiling the module took longer than {} s", .0.as_secs_f64())]
+    CompileTimeout(std::time::Duration),
+    /// The module's compilation timed out recently: not tried again yet.
+    #[error("the module did not compile in time recently; not trying again yet")]
+    Uncompilable,
+    /// Another compilation kept the compiler busy for too long.
+    #[error("the compiler was busy for longer than {} s", .0.as_secs_f64())]
+    CompilerBusy(std::time::Duration),
+    /// The chunk's memory cap is larger than this worker's whole `--max-memory` budget.
+    #[error("the chunk may use {needed_mb} MiB; this worker's --max-memory is {budget_mb} MiB")]
+    OverBudget {
+        /// The chunk's `max_memory_mb`.
+        needed_mb: u32,
+        /// The worker's budget, in MiB.
+        budget_mb: u64,
+    },
     /// The wasmtime engine or its epoch thread could not be set up.
     #[error("cannot set up the sandbox: {0}")]
     Sandbox(#[source] io::Error),

@@ -74,7 +74,12 @@ where
     let _ = rustls::crypto::ring::default_provider().install_default();
     let signal = std::pin::pin!(shutdown);
     let mut shutdown = Shutdown::new(signal);
-    let slots = ComputeSlots::new(config.threads);
+    let slots = ComputeSlots::new(config.threads, config.max_memory_mb);
+    info!(
+        threads = config.threads,
+        max_memory_mb = config.max_memory_mb,
+        "compute slots and the memory budget of module chunks"
+    );
     // Kept across sessions and masters: module ids are content addresses.
     let modules = ModuleCache::new(config.connect_timeout);
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);

@@ -44,6 +44,17 @@ struct Args {
     /// machine) [default: chosen by the operating system].
     #[arg(long, value_name = "ADDR", env = "GRID_WORKER_BIND")]
     bind: Option<IpAddr>,
+
+    /// Memory budget of task-module chunks: the `max_memory_mb` caps of the chunks running at
+    /// once add up to at most this. MiB, or with a unit: 512MiB, 6G, 1073741824B
+    /// [default: half of the physical memory].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "GRID_WORKER_MAX_MEMORY",
+        value_parser = grid_worker::config::parse_memory_size
+    )]
+    max_memory: Option<u64>,
 }
 
 #[tokio::main]
@@ -58,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
         config.threads = threads;
     }
     config.bind = args.bind;
+    if let Some(max_memory_mb) = args.max_memory {
+        config.max_memory_mb = max_memory_mb;
+    }
     let servers: Vec<&str> = config.servers.iter().map(Url::as_str).collect();
     println!(
         "grid-worker {} with {} threads → {}",

@@ -4,9 +4,18 @@
 //! `GET /api/v1/modules/{id}` on the master that assigned it, on the host and port of its
 //! WebSocket URL ([`module_url`]). A download is capped at [`MAX_MODULE_BYTES`], must hash to
 //! the id it was fetched by, and must pass the ABI check before it is compiled (by
-//! [`Sandbox::compile`], on the blocking pool). The compiled modules live in a `quick_cache`
-//! cache, which also makes concurrent requests for one module share one download; a failed
-//! one is not cached and is retried by the next request.
+//! [`Sandbox::compile`]). The compiled modules live in a `quick_cache` cache, which also makes
+//! concurrent requests for one module share one download; a failed one is not cached and is
+//! retried by the next request.
+//!
+//! Compiling is bounded, since the master accepts modules of up to 8 MiB from anyone with a
+//! token: one compilation at a time, on a thread of its own, single-threaded
+//! (`parallel_compilation(false)`), so it takes one core at most; and at most
+//! [`COMPILE_TIMEOUT`] of wall-clock time. A module that takes longer fails (its lease goes
+//! back to the master) and is marked uncompilable for [`UNCOMPILABLE_FOR`]: its assignments
+//! are handed back without downloading it again. Cranelift cannot be interrupted, so the
+//! compile thread runs on until it is done, and keeps the next compilation waiting (at most
+//! [`COMPILE_TIMEOUT`] too, after which that module's lease goes back, unmarked).
 //!
 //! Ids are content addresses, so one cache serves every master the worker talks to, across
 //! reconnects. The HTTP client and the wasmtime engine are only made when the first module is
@@ -15,13 +24,14 @@
 //! Running modules is [`crate::sandbox`]'s job; what the session does with a module that cannot
 //! be fetched (it hands the lease back) is `session`'s.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use grid_task_abi::{is_module_id, module_id};
 use reqwest::StatusCode;
-use tokio::sync::OnceCell;
-use tracing::{debug, info};
+use tokio::sync::{OnceCell, Semaphore, oneshot};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::error::ModuleError;
@@ -39,6 +49,12 @@ pub const MAX_CACHED_MODULES: usize = 16;
 /// A download that receives nothing for this long is abandoned.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a module may take to compile (wall clock, on one core).
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a module whose compilation timed out is not tried again.
+pub const UNCOMPILABLE_FOR: Duration = Duration::from_secs(600);
+
 /// The worker's task modules. Cheap to clone; clones share the cache.
 #[derive(Debug, Clone)]
 pub struct ModuleCache {
@@ -54,6 +70,12 @@ struct Inner {
     connect_timeout: Duration,
     /// Compiled modules by id.
     modules: quick_cache::sync::Cache<String, Arc<TaskModule>>,
+    /// Longest a compilation may take.
+    compile_timeout: Duration,
+    /// One permit: the compilation running, held by its thread until it really ends.
+    compiler: Arc<Semaphore>,
+    /// Modules whose compilation timed out, until when they are not tried again.
+    uncompilable: Mutex<HashMap<String, Instant>>,
 }
 
 /// What fetching and compiling needs.
@@ -66,13 +88,25 @@ struct Tools {
 }
 
 impl ModuleCache {
-    /// An empty cache whose downloads give up connecting after `connect_timeout`.
+    /// An empty cache whose downloads give up connecting after `connect_timeout`, and whose
+    /// compilations after [`COMPILE_TIMEOUT`].
     pub fn new(connect_timeout: Duration) -> ModuleCache {
+        ModuleCache::with_compile_timeout(connect_timeout, COMPILE_TIMEOUT)
+    }
+
+    /// An empty cache whose compilations give up after `compile_timeout`.
+    pub fn with_compile_timeout(
+        connect_timeout: Duration,
+        compile_timeout: Duration,
+    ) -> ModuleCache {
         ModuleCache {
             inner: Arc::new(Inner {
                 tools: OnceCell::new(),
                 connect_timeout,
                 modules: quick_cache::sync::Cache::new(MAX_CACHED_MODULES),
+                compile_timeout,
+                compiler: Arc::new(Semaphore::new(1)),
+                uncompilable: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -87,6 +121,9 @@ impl ModuleCache {
     pub async fn get(&self, master: &Url, id: &str) -> Result<Arc<TaskModule>, ModuleError> {
         if !is_module_id(id) {
             return Err(ModuleError::BadId(id.to_owned()));
+        }
+        if self.recently_uncompilable(id) {
+            return Err(ModuleError::Uncompilable);
         }
         self.inner
             .modules
@@ -110,13 +147,8 @@ impl ModuleCache {
         }
 
         let size = bytes.len();
-        let sandbox = tools.sandbox.clone();
         let started = Instant::now();
-        let module = tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
-            .await
-            .map_err(|error| {
-                CompileError::Engine(format!("the compiler thread failed: {error}"))
-            })??;
+        let module = self.compile(&tools.sandbox, id, bytes).await?;
         info!(
             module = id,
             bytes = size,
@@ -124,6 +156,70 @@ impl ModuleCache {
             "task module compiled"
         );
         Ok(Arc::new(module))
+    }
+
+    /// Compile `bytes` on a thread of its own, one compilation at a time, within the compile
+    /// timeout (see the module documentation).
+    async fn compile(
+        &self,
+        sandbox: &Sandbox,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<TaskModule, ModuleError> {
+        let timeout = self.inner.compile_timeout;
+        let permit =
+            tokio::time::timeout(timeout, Arc::clone(&self.inner.compiler).acquire_owned())
+                .await
+                .map_err(|_| ModuleError::CompilerBusy(timeout))?
+                .map_err(|_| CompileError::Engine("the compiler is gone".into()))?;
+        let (done, compiled) = oneshot::channel();
+        let sandbox = sandbox.clone();
+        std::thread::Builder::new()
+            .name("grid-compile".into())
+            .spawn(move || {
+                // Held until Cranelift is really done, even after the timeout has passed.
+                let _permit = permit;
+                let _ = done.send(sandbox.compile(&bytes));
+            })
+            .map_err(|error| {
+                CompileError::Engine(format!("cannot start the compiler thread: {error}"))
+            })?;
+        match tokio::time::timeout(timeout, compiled).await {
+            Ok(Ok(compiled)) => Ok(compiled?),
+            Ok(Err(_)) => Err(CompileError::Engine("the compiler thread failed".into()).into()),
+            Err(_) => {
+                warn!(
+                    module = id,
+                    timeout_s = timeout.as_secs_f64(),
+                    "compiling a task module took too long; not trying it again for a while"
+                );
+                self.mark_uncompilable(id);
+                Err(ModuleError::CompileTimeout(timeout))
+            }
+        }
+    }
+
+    /// Whether `id` timed out compiling less than [`UNCOMPILABLE_FOR`] ago.
+    fn recently_uncompilable(&self, id: &str) -> bool {
+        let marked = self
+            .inner
+            .uncompilable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        marked.get(id).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn mark_uncompilable(&self, id: &str) {
+        let mut marked = self
+            .inner
+            .uncompilable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        // Entries expire; dropping the expired ones keeps the map as small as the modules
+        // that timed out within the last `UNCOMPILABLE_FOR`.
+        marked.retain(|_, until| now < *until);
+        marked.insert(id.to_owned(), now + UNCOMPILABLE_FOR);
     }
 }
 

@@ -4,7 +4,8 @@
 //!   every [`TICK`], which is how a chunk's wall-clock limit interrupts running code.
 //!   [`Sandbox::compile`] checks a module against the task ABI (`grid-task-abi`) and compiles
 //!   it into a [`TaskModule`].
-//! - [`TaskModule::run`]: one chunk in a fresh [`Store`]: memory cap, deadline, instantiate,
+//! - [`TaskModule::run`]: one chunk in a fresh [`Store`]: memory cap (linear memory and
+//!   tables together, as `grid-task-abi`'s `memory` module documents), deadline, instantiate,
 //!   `grid_alloc`, write the input, `grid_run`, read the output.
 //! - `traps`: how wasmtime's errors become [`Failure`]s.
 //!
@@ -14,13 +15,18 @@
 //! Downloading and caching modules is [`crate::module_cache`]'s job; this module only sees
 //! bytes.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use grid_protocol::Outcome;
+use grid_task_abi::memory::table_element_bytes;
 use grid_task_abi::outcome::{in_bounds, input_text, output_outcome, split_result};
-use grid_task_abi::{AbiError, Failure, MemoryLimit, ModuleInfo, TrapKind, check_module};
+use grid_task_abi::{
+    AbiError, Failure, MemoryLimit, ModuleInfo, TrapKind, check_module, limits::MAX_TABLES,
+};
+use wasmparser::{Parser, Payload};
 use wasmtime::{
     Config, Engine, Instance, Module, ResourceLimiter, Store, UpdateDeadline, WasmBacktraceDetails,
 };
@@ -31,10 +37,6 @@ mod traps;
 
 /// How often the epoch advances: a chunk past its deadline is stopped within about this long.
 pub const TICK: Duration = Duration::from_millis(10);
-
-/// Elements a table may grow to: the limit of the browsers' engines (V8 and SpiderMonkey both
-/// stop at ten million), so a `table.grow` fails at the same size on every worker.
-const MAX_TABLE_ELEMENTS: usize = 10_000_000;
 
 /// Why a module cannot be made ready to run.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,9 @@ impl Sandbox {
         // never shown, so they are not read, whatever WASMTIME_BACKTRACE_DETAILS says.
         config.wasm_backtrace(true);
         config.wasm_backtrace_details(WasmBacktraceDetails::Disable);
+        // One core per compilation: a large module must not take every core of the volunteer's
+        // machine (`module_cache` also runs one compilation at a time).
+        config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(std::io::Error::other)?;
 
         let (stop, stopped) = mpsc::channel::<()>();
@@ -104,15 +109,31 @@ impl Sandbox {
     pub fn compile(&self, bytes: &[u8]) -> Result<TaskModule, CompileError> {
         let info = check_module(bytes)?;
         let sites = TrapSites::find(bytes).map_err(|error| AbiError::Invalid(error.to_string()))?;
+        let table_element_bytes =
+            table_element_sizes(bytes).map_err(|error| AbiError::Invalid(error.to_string()))?;
         let module = Module::new(&self.engine, bytes)
             .map_err(|error| CompileError::Engine(format!("{error:#}")))?;
         Ok(TaskModule {
             module,
             info,
             sites,
+            table_element_bytes,
             _sandbox: self.clone(),
         })
     }
+}
+
+/// The bytes an element of each table the module defines takes, in table order.
+fn table_element_sizes(bytes: &[u8]) -> Result<Vec<u64>, wasmparser::BinaryReaderError> {
+    let mut sizes = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        if let Payload::TableSection(reader) = payload? {
+            for table in reader {
+                sizes.push(table_element_bytes(table?.ty.element_type));
+            }
+        }
+    }
+    Ok(sizes)
 }
 
 /// The per-chunk limits a job sets (`Task::Module`'s `timeout_ms` and `max_memory_mb`).
@@ -120,7 +141,7 @@ impl Sandbox {
 pub struct ChunkLimits {
     /// Wall-clock time the chunk may run, instantiation included.
     pub timeout_ms: u32,
-    /// The linear-memory cap.
+    /// The cap on linear memory and tables together.
     pub memory: MemoryLimit,
 }
 
@@ -143,6 +164,9 @@ pub struct TaskModule {
     info: ModuleInfo,
     /// Where its traps need a closer look.
     sites: TrapSites,
+    /// Bytes per element of each table it defines, in table order (wasmtime creates them in
+    /// that order).
+    table_element_bytes: Vec<u64>,
     /// Keeps the epoch ticking while this module can run.
     _sandbox: Sandbox,
 }
@@ -155,32 +179,103 @@ impl std::fmt::Debug for TaskModule {
     }
 }
 
-/// A store's data: the chunk's memory cap, enforced as `grid-task-abi`'s `memory` module
-/// documents.
+/// A store's data: the chunk's cap on memory and tables, enforced as `grid-task-abi`'s
+/// `memory` module documents. wasmtime asks the limiter before it creates each memory and
+/// table of an instance (from size 0 to its initial size) and before every grow, so the sums
+/// below are everything the store's memories and tables hold.
 struct ChunkState {
     /// The job's cap.
-    memory: MemoryLimit,
+    limit: MemoryLimit,
+    /// Bytes of all linear memories of the store.
+    memory_bytes: u64,
+    /// Bytes of all tables of the store.
+    table_bytes: u64,
+    /// Memories wasmtime has yet to create (the ABI allows exactly one).
+    memories_to_create: u32,
+    /// Bytes per element of the tables wasmtime has yet to create, next first.
+    tables_to_create: VecDeque<u64>,
+    /// The limiter refused a memory or a table while the instance was being created: the
+    /// module is over the cap at start (the start-up check should have caught it first).
+    refused_at_start: bool,
+}
+
+impl ChunkState {
+    fn new(limit: MemoryLimit, table_element_bytes: &[u64]) -> ChunkState {
+        ChunkState {
+            limit,
+            memory_bytes: 0,
+            table_bytes: 0,
+            memories_to_create: 1,
+            tables_to_create: table_element_bytes.iter().copied().collect(),
+            refused_at_start: false,
+        }
+    }
+
+    /// Whether the store may hold `memory_bytes` of memory and `table_bytes` of tables; if so,
+    /// they are its new sums.
+    fn take(&mut self, memory_bytes: u64, table_bytes: u64) -> bool {
+        if self.limit.allows(memory_bytes.saturating_add(table_bytes)) {
+            self.memory_bytes = memory_bytes;
+            self.table_bytes = table_bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Bytes as a `u64` (`usize` is never wider on the platforms wasmtime runs on).
+fn wide(bytes: usize) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
 impl ResourceLimiter for ChunkState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        let creating = self.memories_to_create > 0;
+        self.memories_to_create = self.memories_to_create.saturating_sub(1);
+        let memory_bytes =
+            (self.memory_bytes.saturating_sub(wide(current))).saturating_add(wide(desired));
         // `false` makes `memory.grow` return -1, exactly what a browser does for a module
-        // whose declared maximum is the cap.
-        Ok(self.memory.allows(desired as u64))
+        // whose declared maximum is what the tables leave of the cap.
+        let allowed = self.take(memory_bytes, self.table_bytes);
+        self.refused_at_start |= creating && !allowed;
+        Ok(allowed)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let Some(element_bytes) = self.tables_to_create.pop_front() else {
+            // A `table.grow` (wasmtime does not ask for a grow by 0): tables keep the size
+            // they start with, as in a browser, where that is their declared maximum.
+            return Ok(desired <= current);
+        };
+        let table_bytes = self
+            .table_bytes
+            .saturating_add(wide(desired).saturating_mul(element_bytes));
+        let allowed = self.take(self.memory_bytes, table_bytes);
+        self.refused_at_start |= !allowed;
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES as usize
     }
 }
 
@@ -197,9 +292,7 @@ impl TaskModule {
         limits.memory.check_start(&self.info)?;
         let mut store = Store::new(
             self.module.engine(),
-            ChunkState {
-                memory: limits.memory,
-            },
+            ChunkState::new(limits.memory, &self.table_element_bytes),
         );
         store.limiter(|state| state);
         // The deadline covers instantiation too: a start function runs then. Checking the
@@ -217,8 +310,17 @@ impl TaskModule {
 
         // Traps inside a start function: no engine hands out a memory of a failed
         // instantiation, so both workers report the memory the module starts with.
-        let instance = Instance::new(&mut store, &self.module, &[])
-            .map_err(|error| failure(&error, &self.sites, self.info.initial_bytes(), limits))?;
+        let instance = Instance::new(&mut store, &self.module, &[]).map_err(|error| {
+            if store.data().refused_at_start {
+                Failure::MemoryAtStart {
+                    memory_bytes: self.info.initial_bytes(),
+                    table_bytes: self.info.initial_table_bytes,
+                    limit: limits.memory,
+                }
+            } else {
+                failure(&error, &self.sites, self.info.initial_bytes(), limits)
+            }
+        })?;
         let (Some(memory), Ok(alloc), Ok(run)) = (
             instance.get_memory(&mut store, "memory"),
             instance.get_typed_func::<i32, i32>(&mut store, "grid_alloc"),
@@ -410,6 +512,80 @@ mod tests {
             big.run(&json!(1), ChunkLimits::new(1000, 3)),
             Outcome::Ok(json!(1))
         );
+    }
+
+    #[test]
+    fn tables_count_against_the_cap() {
+        let sandbox = Sandbox::new().unwrap();
+        // The review's table bomb, with the four tables the ABI allows: 320 MB of funcrefs.
+        let tables: String = (0..4)
+            .map(|i| format!("(table $t{i} 10000000 funcref)"))
+            .collect();
+        let fills: String = (0..4)
+            .map(|i| format!("(table.fill $t{i} (i32.const 0) (ref.func $f) (i32.const 10000000))"))
+            .collect();
+        let bomb = module(
+            "1",
+            &format!("{fills} (i64.const 0)"),
+            &format!("{tables} (func $f) (elem declare func $f)"),
+        );
+        assert_eq!(
+            err(compile(&sandbox, &bomb).run(&json!(1), ChunkLimits::new(5000, 16))),
+            "memory limit exceeded: the module needs 306 MiB at start (65536 bytes of memory, \
+             320000000 bytes of tables); the limit is 16 MiB"
+        );
+
+        // Tables do not grow, whatever they declare, and the module carries on.
+        let growing = module(
+            "1",
+            "(if (i32.ne (table.grow $t (ref.null func) (i32.const 1)) (i32.const -1))
+               (then unreachable))
+             (if (i32.ne (table.grow $t (ref.null func) (i32.const 0)) (i32.const 10))
+               (then unreachable))
+             (i64.const 0x100000009)",
+            r#"(table $t 10 100 funcref) (data (i32.const 1) "\"refused\"")"#,
+        );
+        assert_eq!(
+            compile(&sandbox, &growing).run(&json!(null), ChunkLimits::new(5000, 16)),
+            Outcome::Ok(json!("refused"))
+        );
+
+        // Memory gets what the tables leave: 2 MiB less 1,000,000 bytes is 16 pages.
+        let greedy = module(
+            "1",
+            "(block $full (loop $more
+               (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+               (br $more)))
+             (if (i32.ne (memory.size) (i32.const 16)) (then unreachable))
+             (i64.const 0x100000009)",
+            r#"(table 125000 funcref) (data (i32.const 1) "\"16pages\"")"#,
+        );
+        assert_eq!(
+            compile(&sandbox, &greedy).run(&json!(null), ChunkLimits::new(5000, 2)),
+            Outcome::Ok(json!("16pages"))
+        );
+    }
+
+    #[test]
+    fn the_limiter_sums_every_memory_and_table() {
+        let mut state = ChunkState::new(MemoryLimit::new(1), &[8, 4]);
+        // Creation: memory of 8 pages, tables of 32,768 funcrefs and 65,536 externrefs.
+        assert!(state.memory_growing(0, 8 << 16, None).unwrap());
+        assert!(state.table_growing(0, 32_768, None).unwrap());
+        assert!(!state.refused_at_start);
+        // 512 KiB + 256 KiB + 256 KiB = the whole MiB: the second table just fits.
+        assert!(state.table_growing(0, 65_536, None).unwrap());
+        assert_eq!(state.memory_bytes + state.table_bytes, 1 << 20);
+        // Nothing more grows: not the memory, not the tables.
+        assert!(!state.memory_growing(8 << 16, 9 << 16, None).unwrap());
+        assert!(!state.table_growing(32_768, 32_769, None).unwrap());
+        assert!(!state.refused_at_start);
+
+        // A table over what is left at creation marks the module as over the cap at start.
+        let mut state = ChunkState::new(MemoryLimit::new(1), &[8]);
+        assert!(state.memory_growing(0, 16 << 16, None).unwrap());
+        assert!(!state.table_growing(0, 1, None).unwrap());
+        assert!(state.refused_at_start);
     }
 
     #[test]

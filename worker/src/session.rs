@@ -13,7 +13,10 @@
 //!   other chunks go on meanwhile;
 //! - a module that cannot be fetched is not an outcome (another worker may well get it): the
 //!   lease goes back to the master with `Release`;
-//! - queued assignments start on the blocking pool as compute slots free up.
+//! - queued assignments start on the blocking pool, in order, as compute slots free up and,
+//!   for a module chunk, once its `max_memory_mb` fits in what is left of the worker's
+//!   `--max-memory` budget (until then it waits in the queue); a chunk whose cap is larger
+//!   than the whole budget is handed back like one whose module cannot be had.
 //!
 //! What happens to work when a session ends:
 //! - connection lost: queued and waiting assignments are dropped and results of chunks still
@@ -36,7 +39,7 @@ use grid_protocol::{
     LeaseId, MasterMessage, Outcome, PROTOCOL_VERSION, Task, WorkerKind, WorkerMessage, to_json,
 };
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::{self, JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -46,7 +49,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 use url::{Host, Url};
 
-use crate::compute::{self, ComputeSlots, Program};
+use crate::compute::{self, ComputeSlots, Program, Slot};
 use crate::module_cache::ModuleCache;
 use crate::sandbox::{ChunkLimits, TaskModule};
 use crate::shutdown::Shutdown;
@@ -363,6 +366,7 @@ impl Active<'_> {
         let mut last_heard = Instant::now();
 
         let ended: Result<(), WorkerError> = loop {
+            let needs = self.next_needs();
             tokio::select! {
                 () = shutdown.wait(), if !self.draining => self.begin_drain(),
                 frame = stream.next() => match frame {
@@ -381,8 +385,8 @@ impl Active<'_> {
                 Some(fetched) = self.fetches.join_next_with_id(), if !self.fetches.is_empty() => {
                     self.on_fetched(fetched);
                 }
-                Some(permit) = self.slots.take(), if !self.queue.is_empty() => {
-                    self.start_next(permit);
+                Some(slot) = self.slots.take(needs), if !self.queue.is_empty() => {
+                    self.start_next(slot);
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > period * SILENT_INTERVALS {
@@ -523,6 +527,28 @@ impl Active<'_> {
                 max_memory_mb,
             } => (id, ChunkLimits::new(timeout_ms, max_memory_mb)),
         };
+        if !self.slots.fits(limits.memory.mb) {
+            // It could never start here: handed back like a module that cannot be had, after
+            // the same pause.
+            let over = ModuleError::OverBudget {
+                needed_mb: limits.memory.mb,
+                budget_mb: self.slots.budget_mb(),
+            };
+            let fetch = self.fetches.spawn(async move {
+                tokio::time::sleep(RELEASE_DELAY).await;
+                Err(over)
+            });
+            self.awaiting.insert(
+                fetch.id(),
+                AwaitingModule {
+                    lease,
+                    module: id,
+                    limits,
+                    input,
+                },
+            );
+            return;
+        }
         if let Some(module) = self.modules.cached(&id) {
             return self.enqueue(lease, Program::Module { module, limits }, input);
         }
@@ -552,8 +578,17 @@ impl Active<'_> {
         joined: Result<(task::Id, Result<Arc<TaskModule>, ModuleError>), JoinError>,
     ) {
         let (id, fetched) = match joined {
-            Ok((id, fetched)) => (id, fetched.map_err(|error| error.to_string())),
-            Err(error) => (error.id(), Err(format!("the fetch task failed: {error}"))),
+            Ok((id, fetched)) => {
+                let over_budget = matches!(fetched, Err(ModuleError::OverBudget { .. }));
+                (
+                    id,
+                    fetched.map_err(|error| (error.to_string(), over_budget)),
+                )
+            }
+            Err(error) => (
+                error.id(),
+                Err((format!("the fetch task failed: {error}"), false)),
+            ),
         };
         let Some(AwaitingModule {
             lease,
@@ -572,8 +607,14 @@ impl Active<'_> {
                 };
                 self.enqueue(lease, program, input);
             }
-            Err(error) => {
-                warn!(lease, %module, %error, "cannot get the task module; handing the lease back");
+            Err((error, over_budget)) => {
+                if !over_budget {
+                    warn!(lease, %module, %error, "cannot get the task module; handing the lease back");
+                } else if self.slots.first_over_budget(&module) {
+                    warn!(lease, %module, %error, "the module's chunks do not fit this worker's memory budget; handing them back");
+                } else {
+                    debug!(lease, %module, %error, "over the memory budget; handing the lease back");
+                }
                 self.send(&WorkerMessage::Release {
                     leases: vec![lease],
                 });
@@ -632,18 +673,27 @@ impl Active<'_> {
             .map(|(&fetch, _)| fetch)
     }
 
-    /// Start queued assignments while compute slots are free.
-    fn start_ready(&mut self) {
-        while !self.queue.is_empty() {
-            let Some(permit) = self.slots.try_take() else {
-                break;
-            };
-            self.start_next(permit);
+    /// MiB of the memory budget the oldest queued assignment needs: its cap for a module
+    /// chunk, nothing for a kernel.
+    fn next_needs(&self) -> u32 {
+        match self.queue.front().map(|queued| &queued.program) {
+            Some(Program::Module { limits, .. }) => limits.memory.mb,
+            Some(Program::Kernel(_)) | None => 0,
         }
     }
 
-    /// Start the oldest queued assignment on a blocking thread holding `permit`.
-    fn start_next(&mut self, permit: OwnedSemaphorePermit) {
+    /// Start queued assignments while compute slots (and memory) are free.
+    fn start_ready(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(slot) = self.slots.try_take(self.next_needs()) else {
+                break;
+            };
+            self.start_next(slot);
+        }
+    }
+
+    /// Start the oldest queued assignment on a blocking thread holding `slot`.
+    fn start_next(&mut self, slot: Slot) {
         let Some(Assignment {
             lease,
             program,
@@ -654,7 +704,7 @@ impl Active<'_> {
         };
         let handle = self.tasks.spawn_blocking(move || {
             // The slot is ours until the chunk returns, even if the session is gone by then.
-            let _permit = permit;
+            let _slot = slot;
             compute::run_chunk(&program, &input)
         });
         self.running.insert(

@@ -815,6 +815,38 @@ pub mod modules {
         )
     }
 
+    /// The table bomb of the security review (H9) with four tables (the most the ABI allows)
+    /// of ten million funcrefs, which `grid_run` fills; with `grow`, the tables start with one
+    /// element and `grid_run` first tries to grow each to ten million.
+    pub fn table_bomb(grow: bool) -> Vec<u8> {
+        let initial = if grow { 1 } else { 10_000_000 };
+        let mut tables = String::new();
+        let mut fills = String::new();
+        for i in 0..4 {
+            tables.push_str(&format!("(table $t{i} {initial} funcref)"));
+            if grow {
+                fills.push_str(&format!(
+                    "(drop (table.grow $t{i} (ref.null func) (i32.const 9999999)))"
+                ));
+            }
+            fills.push_str(&format!(
+                "(table.fill $t{i} (i32.const 0) (ref.func $f) (i32.const 10000000))"
+            ));
+        }
+        wat::parse_str(format!(
+            r#"(module
+                 (memory (export "memory") 1)
+                 {tables}
+                 (func $f) (elem declare func $f)
+                 (func (export "grid_alloc") (param i32) (result i32) (i32.const 1024))
+                 (func (export "grid_run") (param i32 i32) (result i64)
+                   {fills}
+                   (i32.store8 (i32.const 0) (i32.const 48))
+                   (i64.const 1)))"#
+        ))
+        .unwrap()
+    }
+
     /// Traps at once.
     pub fn trap() -> Vec<u8> {
         abi_module("(unreachable)")
