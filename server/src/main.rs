@@ -78,12 +78,39 @@ async fn main() -> anyhow::Result<()> {
         networks: config
             .network_policy()
             .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
-        limits: grid_server::limits::Limits {
-            max_module_bytes: config.max_module_bytes,
-            ..Default::default()
-        },
+        limits: fit_open_files(config.limits()),
     };
     serve(listener, store, options, shutdown_signal()).await
+}
+
+/// File descriptors kept aside from connections: the database pool, the embedded database's
+/// files, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raise the soft open-file limit as far as the hard limit allows, and lower the connection cap
+/// to fit under it, so the accept loop refuses connections before the process runs out of
+/// descriptors (and the database with it).
+fn fit_open_files(mut limits: grid_server::limits::Limits) -> grid_server::limits::Limits {
+    let wanted = (limits.max_connections as u64).saturating_add(RESERVED_FILES);
+    let available = match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            return limits;
+        }
+    };
+    if available < wanted {
+        let fits = usize::try_from(available.saturating_sub(RESERVED_FILES))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        tracing::warn!(
+            open_file_limit = available,
+            max_connections = fits,
+            "the open-file limit is below --max-connections plus {RESERVED_FILES}: lowering the connection cap (raise ulimit -n to allow more)"
+        );
+        limits.max_connections = fits;
+    }
+    limits
 }
 
 /// The embedded deployment's admin token: generated on first start and kept (readable by the

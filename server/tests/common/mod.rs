@@ -236,8 +236,6 @@ impl InProcessServer {
     }
 
     pub async fn start_with_options(backend: Backend, options: ServeOptions) -> InProcessServer {
-        let limits = options.limits.clone();
-        let no_trust = options.no_trust;
         let home = Home::new(backend).await;
         let store = home.open().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -245,9 +243,7 @@ impl InProcessServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             admin_token: Some(ADMIN_TOKEN.into()),
-            limits,
-            no_trust,
-            ..ServeOptions::default()
+            ..options
         };
         let task = tokio::spawn({
             let store = store.shared();
