@@ -63,9 +63,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the bound address.
     println!("grid-server listening on http://{address}");
@@ -81,6 +80,23 @@ async fn main() -> anyhow::Result<()> {
         limits: fit_open_files(config.limits()),
     };
     serve(listener, store, options, shutdown_signal()).await
+}
+
+/// Connections the kernel may hold for the accept loop (capped by `net.core.somaxconn`): a
+/// burst of connections beyond it loses SYNs, everyone's alike, for a second each.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `address` with a deep accept queue.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// File descriptors kept aside from connections: the database pool, the embedded database's

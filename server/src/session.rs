@@ -30,6 +30,8 @@ use crate::scheduler::{Event, Outbound, SessionId};
 
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ending session waits for the peer's answer to its close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the master ends a session: sent as an `error` message, then as the close frame.
 #[derive(Debug, Clone)]
@@ -302,6 +304,17 @@ pub async fn run(
     drop(outbox);
     // The writer's goodbye takes at most one write timeout; past that the socket is dropped.
     let _ = tokio::time::timeout(write_timeout + Duration::from_secs(1), writer).await;
+    // The closing handshake: read (and drop) what the peer still sends until it answers the
+    // close frame or hangs up, for a moment. Closing a socket with unread data resets it, and a
+    // peer still sending would lose the error and the close frame.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;

@@ -330,10 +330,20 @@ impl Drop for Process {
 
 /// `grid-server` as a real process on a given address (port 0 picks one).
 pub fn spawn_server_process(home: &Home, listen: &str) -> (Process, SocketAddr) {
+    spawn_server_process_with(home, listen, &[])
+}
+
+/// `grid-server` as a real process on a given address, with extra flags.
+pub fn spawn_server_process_with(
+    home: &Home,
+    listen: &str,
+    flags: &[&str],
+) -> (Process, SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_grid-server"));
     home.configure(&mut command);
     let mut child = command
         .args(["--listen", listen])
+        .args(flags)
         .env("GRID_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
