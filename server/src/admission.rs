@@ -9,7 +9,7 @@
 //! Peers on the trusted networks ([`NetworkPolicy::is_trusted`], loopback by default) and listed
 //! reverse proxies (whose connections carry many clients) have no per-peer cap; they still
 //! count towards the global caps. Connections are keyed on the TCP peer's address (the accept
-//! loop has no headers yet); sessions on the network key of the client address
+//! loop has no headers yet; an IPv6 peer by its /64); sessions on the network key of the client address
 //! ([`NetworkPolicy::network_of`], after a trusted proxy's `X-Forwarded-For`).
 //!
 //! A permit ([`ConnectionPermit`], [`SessionPermit`]) is held for as long as the connection or
@@ -107,7 +107,7 @@ impl Admission {
         } else {
             Some(
                 self.per_ip
-                    .acquire(ip, self.max_per_ip)
+                    .acquire(address_key(ip), self.max_per_ip)
                     .ok_or(Refused::PerPeer)?,
             )
         };
@@ -227,6 +227,31 @@ impl AsyncWrite for Admitted {
     }
 }
 
+/// The key of an address for the per-address cap: an IPv4 address (IPv4-mapped IPv6 ones, as a
+/// dual-stack listener reports them, included), or an IPv6 /64 (one host's usual allocation,
+/// so that its 2^64 addresses count as one).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let segments = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                    0,
+                    0,
+                    0,
+                    0,
+                ))
+            }
+        },
+    }
+}
+
 /// Whether `ip` is one of the listed reverse proxies. [`NetworkPolicy`] does not say so
 /// directly: it believes `X-Forwarded-For` only from those, so ask it with a probe header.
 fn is_proxy(networks: &NetworkPolicy, ip: IpAddr) -> bool {
@@ -320,6 +345,23 @@ mod tests {
         let _again = admission
             .connection(a, &open)
             .expect("a place was given back");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ones_as_ipv4() {
+        let open = NetworkPolicy::parse("24", "", "").expect("policy");
+        let admission = Admission::new(&limits(1, 1));
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let _a = admission.connection(a, &open).expect("first");
+        assert_eq!(admission.connection(b, &open).err(), Some(Refused::PerPeer));
+        let v4: IpAddr = "198.51.100.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:198.51.100.1".parse().expect("ip");
+        let _v4 = admission.connection(v4, &open).expect("v4");
+        assert_eq!(
+            admission.connection(mapped, &open).err(),
+            Some(Refused::PerPeer)
+        );
     }
 
     #[test]
