@@ -221,7 +221,7 @@ pub async fn run(
             tokio::select! {
                 biased;
                 goodbye = close_rx.recv() => {
-                    let Some(goodbye) = goodbye else { return };
+                    let Some(goodbye) = goodbye else { return false };
                     // Flush what the scheduler queued before the refusal (unless the peer does
                     // not read), then say why and close; all of it within one write timeout.
                     let farewell = async {
@@ -231,7 +231,7 @@ pub async fn run(
                                 if !write_frame(&mut sink, Message::Text(text), write_timeout, &end)
                                     .await
                                 {
-                                    return;
+                                    return false;
                                 }
                             }
                         }
@@ -239,25 +239,26 @@ pub async fn run(
                             let text = grid_protocol::to_json(&error).into();
                             if !write_frame(&mut sink, Message::Text(text), write_timeout, &end).await
                             {
-                                return;
+                                return false;
                             }
                         }
                         let close = Message::Close(Some(goodbye.frame));
-                        if write_frame(&mut sink, close, write_timeout, &end).await {
+                        let sent = write_frame(&mut sink, close, write_timeout, &end).await;
+                        if sent {
                             let _ = sink.close().await;
                         }
+                        sent
                     };
-                    let _ = tokio::time::timeout(write_timeout, farewell).await;
-                    return;
+                    return tokio::time::timeout(write_timeout, farewell).await.unwrap_or(false);
                 }
                 message = outgoing.recv() => {
                     let Some(Outbound::Message(message)) = message else {
                         let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-                        return;
+                        return false;
                     };
                     let text = grid_protocol::to_json(&message);
                     if !write_frame(&mut sink, Message::Text(text.into()), write_timeout, &end).await {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -303,7 +304,10 @@ pub async fn run(
     let _ = close_tx.send(goodbye).await;
     drop(outbox);
     // The writer's goodbye takes at most one write timeout; past that the socket is dropped.
-    let _ = tokio::time::timeout(write_timeout + Duration::from_secs(1), writer).await;
+    let said_goodbye = tokio::time::timeout(write_timeout + Duration::from_secs(1), writer).await;
+    if !matches!(said_goodbye, Ok(Ok(true))) {
+        return;
+    }
     // The closing handshake: read (and drop) what the peer still sends until it answers the
     // close frame or hangs up, for a moment. Closing a socket with unread data resets it, and a
     // peer still sending would lose the error and the close frame.
@@ -328,7 +332,7 @@ async fn write_frame(sink: &mut Sink, frame: Message, timeout: Duration, end: &E
         Err(_) => {
             end.end(Refusal::new(
                 "slow_reader",
-                "the worker does not read its messages",
+                format!("the worker does not read its messages (a write stalled for {timeout:?})"),
                 close_code::POLICY,
             ));
             false

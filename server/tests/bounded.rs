@@ -256,24 +256,9 @@ async fn a_flood_of_bogus_results_ends_the_session() {
     server.stop().await;
 }
 
-/// (b) A peer that stops reading while its answers pile up: the outbox fills and the session
-/// ends (`slow_reader`) instead of the queue growing; the master stays responsive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_does_not_read_is_closed() {
-    let _turn = HEAVY.lock().await;
-    let limits = Limits {
-        // More than one scheduler round can queue (8,192): the outbox fills only once the
-        // socket stalls.
-        ws_outbox_messages: 10_000,
-        ws_max_refusals: u32::MAX,
-        ws_messages_per_second: 10_000_000,
-        ws_message_burst: 10_000_000,
-        // Long enough for this test to start reading again and see why it was closed.
-        ws_write_timeout: Duration::from_secs(30),
-        ..Limits::default()
-    };
-    let server = InProcessServer::start_with(Backend::Sqlite, limits).await;
-    // A small receive buffer, so the master's writes stall early.
+/// A worker with a small receive buffer (so the master's writes stall early) that has said
+/// hello.
+async fn deaf_peer(server: &InProcessServer, worker_id: &str) -> Peer {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -286,7 +271,7 @@ async fn a_worker_that_does_not_read_is_closed() {
     let mut peer = Peer { socket };
     peer.send(&WorkerMessage::Hello {
         protocol: PROTOCOL_VERSION,
-        worker_id: "deaf-1".into(),
+        worker_id: worker_id.into(),
         slots: 1,
         kind: WorkerKind::Native,
     })
@@ -295,8 +280,12 @@ async fn a_worker_that_does_not_read_is_closed() {
         peer.recv().await,
         Some(MasterMessage::Welcome { .. })
     ));
-    // Flood without reading until the master stops taking messages (it stops reading once it
-    // has closed the session), at most 2,000,000 messages or 60 s.
+    peer
+}
+
+/// Flood bogus results without reading until the master stops taking them (it stops reading
+/// once it has ended the session), at most 2,000,000 or 60 s: how many, and how long.
+async fn flood_until_stalled(peer: &mut Peer) -> (i64, Duration) {
     let flood = Instant::now();
     let mut sent = 0i64;
     'flood: while sent < 2_000_000 && flood.elapsed() < Duration::from_secs(60) {
@@ -316,10 +305,31 @@ async fn a_worker_that_does_not_read_is_closed() {
             Ok(Err(_)) | Err(_) => break,
         }
     }
+    (sent, flood.elapsed())
+}
+
+/// (b) A peer that stops reading while its answers pile up: the outbox fills and the session
+/// ends (`slow_reader`) instead of the queue growing; the master stays responsive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_does_not_read_is_closed() {
+    let _turn = HEAVY.lock().await;
+    let limits = Limits {
+        // More than one scheduler round can queue (8,192): the outbox fills only once the
+        // socket stalls.
+        ws_outbox_messages: 10_000,
+        ws_max_refusals: u32::MAX,
+        ws_messages_per_second: 10_000_000,
+        ws_message_burst: 10_000_000,
+        // Long enough for this test to start reading again and see why it was closed.
+        ws_write_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let server = InProcessServer::start_with(Backend::Sqlite, limits).await;
+    let mut peer = deaf_peer(&server, "deaf-1").await;
+    let (sent, took) = flood_until_stalled(&mut peer).await;
     let (rejected, errors, close) = read_to_close(&mut peer).await;
     println!(
-        "deaf worker: sent {sent} bogus results in {:?}, read {rejected} refusals before the close",
-        flood.elapsed()
+        "deaf worker: sent {sent} bogus results in {took:?}, read {rejected} refusals before the close"
     );
     assert!(
         (rejected as i64) < sent,
@@ -548,4 +558,66 @@ async fn shutdown_does_not_wait_for_half_sent_requests() {
         read.is_ok(),
         "the half-sent request's connection is still open"
     );
+}
+
+/// L5: ping frames count against the message rate like messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_rate_limited() {
+    let server = InProcessServer::start_with(
+        Backend::Sqlite,
+        Limits {
+            ws_messages_per_second: 10,
+            ws_message_burst: 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let mut peer = Peer::join(&server.ws(), "pinger-1", 1).await;
+    for _ in 0..200 {
+        if peer
+            .socket
+            .feed(Message::Ping(Vec::new().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = peer.socket.flush().await;
+    let (_, errors, close) = read_to_close(&mut peer).await;
+    assert_eq!(errors, ["rate_limited"]);
+    let (code, _) = close.expect("a close frame");
+    assert_eq!(code, u16::from(CloseCode::Policy));
+    server.stop().await;
+}
+
+/// (b) A write to a worker that stalls past the write timeout ends the session even while the
+/// outbox has room: the master drops the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_ends_the_session() {
+    let _turn = HEAVY.lock().await;
+    let limits = Limits {
+        ws_outbox_messages: 10_000_000,
+        ws_max_refusals: u32::MAX,
+        ws_messages_per_second: 10_000_000,
+        ws_message_burst: 10_000_000,
+        ws_write_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server = InProcessServer::start_with(Backend::Sqlite, limits).await;
+    let mut peer = deaf_peer(&server, "deaf-2").await;
+    let (sent, took) = flood_until_stalled(&mut peer).await;
+    // Reading now drains what was buffered, then the connection ends: no close frame can come
+    // (the writer gave up), at most a reset.
+    let started = Instant::now();
+    let (rejected, _, close) = read_to_close(&mut peer).await;
+    println!(
+        "stalled writer: sent {sent} bogus results in {took:?}, read {rejected} refusals, \
+         connection gone {:?} after reading began",
+        started.elapsed()
+    );
+    assert!((rejected as i64) < sent);
+    assert!(close.is_none(), "{close:?}");
+    assert!(healthz(server.addr).await < Duration::from_secs(1));
+    server.stop().await;
 }
