@@ -63,6 +63,34 @@ pub struct Config {
     #[arg(long, env = "GRID_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
 
+    /// Seconds an HTTP client may take to send a request's headers (from the connection's
+    /// start or its previous response, so idle keep-alive connections close after this long).
+    #[arg(long, env = "GRID_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a REST request may take before it answers 503 `timeout` (streams, uploads and
+    /// /ws are exempt).
+    #[arg(long, env = "GRID_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Open TCP connections at most (WebSocket sessions included); more are closed at once.
+    /// Lowered to fit the open-file limit.
+    #[arg(long, env = "GRID_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Open TCP connections at most from one address outside the trusted networks.
+    #[arg(long, env = "GRID_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+
+    /// Worker sessions at most; more are answered 429 `too_many_sessions`.
+    #[arg(long, env = "GRID_MAX_SESSIONS", default_value_t = 20_000)]
+    pub max_sessions: usize,
+
+    /// Worker sessions at most from one network (see --distinct-networks) outside the trusted
+    /// networks; more are answered 429 `too_many_sessions`.
+    #[arg(long, env = "GRID_MAX_SESSIONS_PER_NETWORK", default_value_t = 32)]
+    pub max_sessions_per_network: usize,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -89,6 +117,12 @@ impl std::fmt::Debug for Config {
             .field("distinct_networks", &self.distinct_networks)
             .field("trusted_networks", &self.trusted_networks)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("header_timeout_secs", &self.header_timeout_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_sessions_per_network", &self.max_sessions_per_network)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -99,6 +133,20 @@ const fn grid_server_network_default() -> &'static str {
 }
 
 impl Config {
+    /// The limits these settings describe (the rest at their defaults).
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_module_bytes: self.max_module_bytes,
+            header_read_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_ws_sessions: self.max_sessions,
+            max_ws_sessions_per_network: self.max_sessions_per_network,
+            ..Default::default()
+        }
+    }
+
     /// The network policy these settings describe.
     pub fn network_policy(&self) -> Result<crate::network::NetworkPolicy, String> {
         crate::network::NetworkPolicy::parse(

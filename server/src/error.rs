@@ -50,6 +50,18 @@ pub enum Error {
         /// What is wrong, for a human.
         message: String,
     },
+    /// 429: the client holds as many of something as it may (e.g. worker sessions from one
+    /// network).
+    #[error("{message}")]
+    TooMany {
+        /// Stable code, e.g. `too_many_sessions`.
+        code: &'static str,
+        /// What is over which limit, for a human.
+        message: String,
+    },
+    /// 503: the request took longer than the request timeout; it may be retried.
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
     /// 503: the database cannot be reached right now.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -82,6 +94,8 @@ impl Error {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Error::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Error::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -13,12 +13,14 @@
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`network`]: which network a peer is on (quorum independence, per-network caps).
+//! - [`admission`]: caps on open connections and worker sessions, globally and per peer.
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
 //! resolves. `main.rs` only reads configuration, sets up logging and binds.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod checker;
@@ -79,6 +81,8 @@ pub struct AppState {
     pub module_cache: api::modules::ModuleCache,
     /// How peers are grouped into networks.
     pub networks: Arc<network::NetworkPolicy>,
+    /// Open connections and worker sessions, against their caps.
+    pub admission: Arc<admission::Admission>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -107,22 +111,28 @@ pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::fro
 /// The complete HTTP router: REST API, health probes, the worker WebSocket and the
 /// contribute page.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.limits.max_body_bytes;
-    routes()
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+    routes_with(&state.limits.clone()).with_state(state)
 }
 
 /// Every route of the master, before its state is attached (the OpenAPI test lists them).
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    routes_with(&Limits::default())
+}
+
+/// Every route of the master with these limits: bodies of at most
+/// [`limits::DEFAULT_BODY_BYTES`] unless a route says otherwise (see [`api::v1`]), and the
+/// request timeout on everything but streams and `/ws`.
+fn routes_with(limits: &Limits) -> Router<AppState> {
+    let bounded = Router::new()
         .merge(web::routes())
-        .nest("/api/v1", api::v1())
         .route("/api", get(api_not_found))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(metrics::scrape))
+        .route("/metrics", get(metrics::scrape));
+    api::with_timeout(bounded, limits.request_timeout)
+        .nest("/api/v1", api::v1(limits))
         .route("/ws", get(worker_socket))
+        .layer(DefaultBodyLimit::max(limits::DEFAULT_BODY_BYTES))
 }
 
 async fn api_not_found() -> error::Error {
@@ -139,6 +149,7 @@ async fn api_not_found() -> error::Error {
     responses(
         (status = 101, description = "Switching to the WebSocket worker protocol (JSON text frames)"),
         (status = 403, description = "A page of another origin may not open worker sessions", body = api::openapi::ErrorBody),
+        (status = 429, description = "The master, or the peer's network, holds as many worker sessions as it may (`too_many_sessions`)", body = api::openapi::ErrorBody),
     )
 )]
 pub(crate) async fn worker_socket(
@@ -169,6 +180,29 @@ pub(crate) async fn worker_socket(
         network: state.networks.network_of(peer_ip),
         ip: peer_ip,
     };
+    let permit = match state.admission.session(peer.network.as_deref()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            ::metrics::counter!("grid_sessions_refused_total", "reason" => refused.label())
+                .increment(1);
+            let message = match refused {
+                admission::Refused::Global => format!(
+                    "the master holds {} worker sessions, its most; try again later",
+                    state.limits.max_ws_sessions
+                ),
+                admission::Refused::PerPeer => format!(
+                    "network {} holds {} worker sessions, the most one network may",
+                    peer.network.as_deref().unwrap_or_default(),
+                    state.limits.max_ws_sessions_per_network
+                ),
+            };
+            return error::Error::TooMany {
+                code: "too_many_sessions",
+                message,
+            }
+            .into_response();
+        }
+    };
     let max = state.limits.max_ws_message_bytes;
     let shutdown = state.shutdown.clone();
     // tungstenite's default 128 KiB read buffer is zero-filled before every read and held per
@@ -176,11 +210,17 @@ pub(crate) async fn worker_socket(
     ws.read_buffer_size(4 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, state, peer, shutdown))
+        .on_upgrade(move |socket| session::run(socket, state, peer, shutdown, permit))
 }
 
 /// Run the master on `listener` until `shutdown` resolves: then stop accepting, close worker
-/// sessions with a "going away" reason (their leases are handed back), and return.
+/// sessions with a "going away" reason (their leases are handed back), give HTTP requests in
+/// flight the grace period to finish, drop the connections still open, and return.
+///
+/// Connections are served by hyper's HTTP/1 server with a timer: a client must send a
+/// request's headers within `header_read_timeout` of the connection opening or of its previous
+/// response (so idle keep-alive connections close after that long), and the connection caps
+/// of [`admission`] apply at accept time.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Database>,
@@ -195,12 +235,14 @@ pub async fn serve(
     if !options.no_trust {
         checker::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
     }
+    let limits = Arc::new(options.limits);
     let state = AppState {
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,
         insights,
         scheduler,
-        limits: Arc::new(options.limits),
+        admission: Arc::new(admission::Admission::new(&limits)),
+        limits: limits.clone(),
         admin_token_hash: options.admin_token.as_deref().map(auth::hash_token),
         tokens: TokenCache::default(),
         shutdown: stop_rx,
@@ -209,13 +251,11 @@ pub async fn serve(
         networks: Arc::new(options.networks),
     };
     metrics::install();
+    let admission = state.admission.clone();
+    let networks = state.networks.clone();
     let app = router(state);
     let grace = options.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let signal = async move {
         shutdown.await;
         // Stop assigning, give in-flight chunks the grace period to come back, then close
         // every session with "going away" so workers reconnect (to another master, or to
@@ -234,9 +274,89 @@ pub async fn serve(
             }
         }
         let _ = stop_tx.send(true);
-    })
-    .await?;
-    // Sessions have ended and queued their disconnects; let the scheduler commit them.
+    };
+    let mut signal = Box::pin(signal);
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let (close_tx, close_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors or the like: the error is the peer's or
+                        // passes; do not spin on it.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let permit = match admission.connection(addr.ip(), &networks) {
+                    Ok(permit) => permit,
+                    Err(refused) => {
+                        admission::refuse_connection(stream, refused);
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let io = hyper_util::rt::TokioIo::new(admission::Admitted::new(stream, permit));
+                let router = app.clone();
+                let service = hyper::service::service_fn(
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        // What `into_make_service_with_connect_info` gave handlers.
+                        request.extensions_mut().insert(ConnectInfo(addr));
+                        tower::ServiceExt::oneshot(router.clone(), request)
+                    },
+                );
+                let connection = http.serve_connection(io, service).with_upgrades();
+                let mut closing = close_rx.clone();
+                connections.spawn(async move {
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        result = connection.as_mut() => {
+                            if let Err(error) = result {
+                                tracing::debug!(%error, "connection ended with an error");
+                            }
+                        }
+                        _ = closing.changed() => {
+                            // Finish the request in flight, if any, then close.
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    drop(signal);
+    // L8: requests in flight get the grace period; connections still open then are dropped
+    // (a half-sent request must not hold the shutdown).
+    let _ = close_tx.send(true);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => {
+                tracing::warn!(open = connections.len(), "grace period over: dropping open connections");
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                break;
+            }
+            next = connections.join_next() => if next.is_none() { break },
+        }
+    }
+    // Sessions have ended and queued their disconnects; let the scheduler commit them (it
+    // stops once the last handle, the router's among them, is gone).
+    drop(app);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), scheduler_task).await;
     Ok(())
 }

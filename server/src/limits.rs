@@ -1,9 +1,18 @@
 //! The documented limits on what clients and workers may send. The README lists them.
 
+use std::time::Duration;
+
+/// Body limit of every REST route that names no larger one, in bytes (413 beyond).
+pub const DEFAULT_BODY_BYTES: usize = 64 * 1024;
+/// Body limit of `PUT /api/v1/volunteers/me` (a display name), in bytes.
+pub const VOLUNTEER_BODY_BYTES: usize = 4 * 1024;
+
 /// Limits enforced by the REST API and the WebSocket sessions.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest REST request body, in bytes (413 beyond).
+    /// Largest job submission body (`POST /api/v1/jobs`), in bytes (413 beyond). Other routes
+    /// take [`DEFAULT_BODY_BYTES`] (64 KiB), `PUT /api/v1/volunteers/me` takes
+    /// [`VOLUNTEER_BODY_BYTES`] (4 KiB), module uploads take `max_module_bytes`.
     pub max_body_bytes: usize,
     /// Most chunk inputs in one job (413 beyond).
     pub max_inputs_per_job: usize,
@@ -23,6 +32,31 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Largest uploaded task module, in bytes (413 beyond).
     pub max_module_bytes: usize,
+    /// How long an HTTP/1 client may take to send a request's headers, from the moment the
+    /// connection opens or its previous response ends (so an idle keep-alive connection is
+    /// closed after this long too).
+    pub header_read_timeout: Duration,
+    /// How long a REST request may take before it answers 503 `timeout` (streaming routes —
+    /// server-sent events, results downloads, module uploads, `/ws` — are exempt).
+    pub request_timeout: Duration,
+    /// Open TCP connections at most (WebSocket sessions included); beyond it a new connection
+    /// is accepted and closed at once.
+    pub max_connections: usize,
+    /// Open TCP connections at most from one address outside the trusted networks.
+    pub max_connections_per_ip: usize,
+    /// Worker sessions at most (429 `too_many_sessions` beyond).
+    pub max_ws_sessions: usize,
+    /// Worker sessions at most from one network (see [`crate::network`]) outside the trusted
+    /// networks (429 `too_many_sessions` beyond).
+    pub max_ws_sessions_per_network: usize,
+    /// Messages queued for one session's socket at most; a session whose queue is full does
+    /// not read its messages and is closed (`slow_reader`).
+    pub ws_outbox_messages: usize,
+    /// How long writing one frame to a worker may take before the session is closed.
+    pub ws_write_timeout: Duration,
+    /// `rejected` answers (results for leases the session does not hold) one session may earn
+    /// before it is closed (`too_many_refusals`).
+    pub ws_max_refusals: u32,
 }
 
 impl Default for Limits {
@@ -38,6 +72,15 @@ impl Default for Limits {
             heartbeat_seconds: 15,
             max_name_bytes: 200,
             max_module_bytes: grid_task_abi::limits::DEFAULT_MAX_MODULE_BYTES,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_connections_per_ip: 64,
+            max_ws_sessions: 20_000,
+            max_ws_sessions_per_network: 32,
+            ws_outbox_messages: 1_024,
+            ws_write_timeout: Duration::from_secs(10),
+            ws_max_refusals: 64,
         }
     }
 }

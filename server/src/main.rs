@@ -63,9 +63,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the bound address.
     println!("grid-server listening on http://{address}");
@@ -78,12 +77,56 @@ async fn main() -> anyhow::Result<()> {
         networks: config
             .network_policy()
             .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
-        limits: grid_server::limits::Limits {
-            max_module_bytes: config.max_module_bytes,
-            ..Default::default()
-        },
+        limits: fit_open_files(config.limits()),
     };
     serve(listener, store, options, shutdown_signal()).await
+}
+
+/// Connections the kernel may hold for the accept loop (capped by `net.core.somaxconn`): a
+/// burst of connections beyond it loses SYNs, everyone's alike, for a second each.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `address` with a deep accept queue.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// File descriptors kept aside from connections: the database pool, the embedded database's
+/// files, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raise the soft open-file limit as far as the hard limit allows, and lower the connection cap
+/// to fit under it, so the accept loop refuses connections before the process runs out of
+/// descriptors (and the database with it).
+fn fit_open_files(mut limits: grid_server::limits::Limits) -> grid_server::limits::Limits {
+    let wanted = (limits.max_connections as u64).saturating_add(RESERVED_FILES);
+    let available = match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            return limits;
+        }
+    };
+    if available < wanted {
+        let fits = usize::try_from(available.saturating_sub(RESERVED_FILES))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        tracing::warn!(
+            open_file_limit = available,
+            max_connections = fits,
+            "the open-file limit is below --max-connections plus {RESERVED_FILES}: lowering the connection cap (raise ulimit -n to allow more)"
+        );
+        limits.max_connections = fits;
+    }
+    limits
 }
 
 /// The embedded deployment's admin token: generated on first start and kept (readable by the

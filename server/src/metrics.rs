@@ -16,6 +16,10 @@
 //! | `grid_chunks{state}` | gauge | chunks `open`, `done`, `failed`, `cancelled` |
 //! | `grid_db_commit_seconds` | histogram | latency of one scheduler commit (one transaction) |
 //! | `grid_scheduler_batch_events` | histogram | results + lease changes committed per round |
+//! | `grid_connections_open` | gauge | open TCP connections (see [`crate::admission`]) |
+//! | `grid_connections_refused_total{reason}` | counter | connections closed at accept: `global` or `per_peer` cap |
+//! | `grid_sessions_refused_total{reason}` | counter | `/ws` upgrades answered 429: `global` or `per_peer` cap |
+//! | `grid_sessions_closed_total{reason}` | counter | sessions ended, by the error code sent (`slow_reader`, `too_many_refusals`, ...) or `peer` |
 
 use std::sync::OnceLock;
 
@@ -82,6 +86,19 @@ fn describe() {
     );
     metrics::describe_counter!("grid_leases_issued_total", "Leases created.");
     metrics::describe_gauge!("grid_workers_connected", "Open worker sessions by kind.");
+    metrics::describe_gauge!("grid_connections_open", "Open TCP connections.");
+    metrics::describe_counter!(
+        "grid_connections_refused_total",
+        "Connections closed at accept, over the global or per-address cap."
+    );
+    metrics::describe_counter!(
+        "grid_sessions_refused_total",
+        "Worker sessions refused (429), over the global or per-network cap."
+    );
+    metrics::describe_counter!(
+        "grid_sessions_closed_total",
+        "Worker sessions ended, by the reason sent or peer."
+    );
     metrics::describe_gauge!("grid_chunks", "Chunks by state.");
     metrics::describe_histogram!(
         "grid_db_commit_seconds",

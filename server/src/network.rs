@@ -96,6 +96,12 @@ impl NetworkPolicy {
             .map_or(peer_ip, canonical)
     }
 
+    /// Whether the address is one of the listed reverse proxies.
+    pub fn is_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.proxies.iter().any(|net| net.contains(&ip))
+    }
+
     /// Whether the address is on one of the host's trusted networks.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

@@ -5,8 +5,16 @@
 //! malformed JSON, unknown message types, oversized frames, a second hello, a flood of
 //! messages, or silence longer than three heartbeat intervals all end the session cleanly.
 //! Ending a session (for any reason) hands its leases back to the scheduler at once.
+//!
+//! Bounded (issue 19): the scheduler's messages to a session go through an [`Outbox`] of
+//! `ws_outbox_messages` (1,024) places that the scheduler fills without ever waiting; a full
+//! outbox means the peer does not read, and the session ends (`slow_reader`). Each frame must
+//! be written within `ws_write_timeout` (10 s) or the session ends. A session answered
+//! `rejected` more than `ws_max_refusals` (64) times for leases it does not hold ends
+//! (`too_many_refusals`). Ping and pong frames count against the message rate like messages.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
@@ -15,16 +23,18 @@ use grid_protocol::{
     MAX_SLOTS, MasterMessage, Outcome, PROTOCOL_VERSION, WorkerMessage, is_valid_worker_id,
     outcome_digest,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::AppState;
 use crate::scheduler::{Event, Outbound, SessionId};
 
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ending session waits for the peer's answer to its close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the master ends a session: sent as an `error` message, then as the close frame.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Refusal {
     code: &'static str,
     message: String,
@@ -43,6 +53,106 @@ impl Refusal {
     fn protocol(message: impl Into<String>) -> Self {
         Refusal::new("bad_message", message, close_code::POLICY)
     }
+}
+
+/// The scheduler's way to a session's writer: a bounded queue the scheduler fills without
+/// waiting. When it is full (the peer does not read), or the session has earned too many
+/// refusals, the session is told to end.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<Outbound>,
+    end: Arc<EndSignal>,
+}
+
+/// The queue was full or closed: the message was not queued (the session is ending).
+#[derive(Debug)]
+pub struct NotQueued;
+
+#[derive(Debug)]
+struct EndSignal {
+    /// Why the session must end, set once.
+    refusal: OnceLock<Refusal>,
+    notify: Notify,
+    refusals: AtomicU32,
+    max_refusals: u32,
+}
+
+impl EndSignal {
+    fn end(&self, refusal: Refusal) {
+        if self.refusal.set(refusal).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves once the session must end, with why.
+    async fn ended(&self) -> Refusal {
+        loop {
+            if let Some(refusal) = self.refusal.get() {
+                return refusal.clone();
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Outbox {
+    fn new(capacity: usize, max_refusals: u32) -> (Outbox, mpsc::Receiver<Outbound>) {
+        let (queue, outgoing) = mpsc::channel(capacity.max(1));
+        let end = Arc::new(EndSignal {
+            refusal: OnceLock::new(),
+            notify: Notify::new(),
+            refusals: AtomicU32::new(0),
+            max_refusals,
+        });
+        (Outbox { queue, end }, outgoing)
+    }
+
+    /// Queue a message without waiting. A full queue ends the session (`slow_reader`).
+    pub fn send(&self, message: Outbound) -> Result<(), NotQueued> {
+        match self.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.end.end(Refusal::new(
+                    "slow_reader",
+                    "the worker does not read its messages",
+                    close_code::POLICY,
+                ));
+                Err(NotQueued)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NotQueued),
+        }
+    }
+
+    /// Queue a refusal of a lease the session does not hold: counted, and past the limit the
+    /// session ends (`too_many_refusals`) instead.
+    pub fn refuse(&self, message: MasterMessage) {
+        let refusals = self
+            .end
+            .refusals
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if refusals > self.end.max_refusals {
+            self.end.end(Refusal::new(
+                "too_many_refusals",
+                format!(
+                    "more than {} results for leases this session does not hold",
+                    self.end.max_refusals
+                ),
+                close_code::POLICY,
+            ));
+            return;
+        }
+        let _ = self.send(Outbound::Message(message));
+    }
+}
+
+/// What the reader hands the writer at the end: an `error` message (sent before the close
+/// frame), the close frame, and whether the queued messages are sent first.
+#[derive(Debug)]
+struct Goodbye {
+    error: Option<MasterMessage>,
+    frame: CloseFrame,
+    flush: bool,
 }
 
 /// A token bucket limiting how many messages per second a peer may send.
@@ -87,39 +197,68 @@ pub struct Peer {
     pub network: Option<String>,
 }
 
-/// Serve one upgraded connection until it ends.
-pub async fn run(socket: WebSocket, state: AppState, peer: Peer, shutdown: watch::Receiver<bool>) {
+/// Serve one upgraded connection until it ends. `permit` is the session's place
+/// ([`crate::admission`]), given back when the session ends.
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    peer: Peer,
+    shutdown: watch::Receiver<bool>,
+    permit: crate::admission::SessionPermit,
+) {
+    let _permit = permit;
     let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<Outbound>();
-    let (close_tx, mut close_rx) = mpsc::channel::<CloseFrame>(1);
+    let limits = state.limits.clone();
+    let (outbox, mut outgoing) = Outbox::new(limits.ws_outbox_messages, limits.ws_max_refusals);
+    let (close_tx, mut close_rx) = mpsc::channel::<Goodbye>(1);
+    let write_timeout = limits.ws_write_timeout;
+    let end = outbox.end.clone();
 
     // The writer: everything the master sends goes through here, so frames never interleave.
+    // Every frame must be written within the write timeout, or the session ends.
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 biased;
-                frame = close_rx.recv() => {
-                    // Flush what the scheduler queued before the refusal, then close.
-                    while let Ok(Outbound::Message(message)) = outgoing.try_recv() {
-                        let text = grid_protocol::to_json(&message);
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
+                goodbye = close_rx.recv() => {
+                    let Some(goodbye) = goodbye else { return false };
+                    // Flush what the scheduler queued before the refusal (unless the peer does
+                    // not read), then say why and close; all of it within one write timeout.
+                    let farewell = async {
+                        if goodbye.flush {
+                            while let Ok(Outbound::Message(message)) = outgoing.try_recv() {
+                                let text = grid_protocol::to_json(&message).into();
+                                if !write_frame(&mut sink, Message::Text(text), write_timeout, &end)
+                                    .await
+                                {
+                                    return false;
+                                }
+                            }
                         }
-                    }
-                    if let Some(frame) = frame {
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                    }
-                    let _ = sink.close().await;
-                    return;
+                        if let Some(error) = goodbye.error {
+                            let text = grid_protocol::to_json(&error).into();
+                            if !write_frame(&mut sink, Message::Text(text), write_timeout, &end).await
+                            {
+                                return false;
+                            }
+                        }
+                        let close = Message::Close(Some(goodbye.frame));
+                        let sent = write_frame(&mut sink, close, write_timeout, &end).await;
+                        if sent {
+                            let _ = sink.close().await;
+                        }
+                        sent
+                    };
+                    return tokio::time::timeout(write_timeout, farewell).await.unwrap_or(false);
                 }
                 message = outgoing.recv() => {
                     let Some(Outbound::Message(message)) = message else {
-                        let _ = sink.close().await;
-                        return;
+                        let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                        return false;
                     };
                     let text = grid_protocol::to_json(&message);
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        return;
+                    if !write_frame(&mut sink, Message::Text(text.into()), write_timeout, &end).await {
+                        return false;
                     }
                 }
             }
@@ -129,32 +268,76 @@ pub async fn run(socket: WebSocket, state: AppState, peer: Peer, shutdown: watch
     let session = state.scheduler.new_session_id();
     let result = read_loop(&mut stream, &state, session, &peer, &outbox, shutdown).await;
     let registered = !matches!(result, ReadEnd::BeforeHello(_));
-    let frame = match result {
-        ReadEnd::PeerClosed => None,
+    let goodbye = match result {
+        ReadEnd::PeerClosed => Goodbye {
+            error: None,
+            frame: CloseFrame {
+                code: close_code::NORMAL,
+                reason: Utf8Bytes::from_static("bye"),
+            },
+            flush: true,
+        },
         ReadEnd::Refused(refusal) | ReadEnd::BeforeHello(refusal) => {
             tracing::info!(session, code = refusal.code, message = %refusal.message, "closing session");
-            let _ = outbox.send(Outbound::Message(MasterMessage::Error {
-                code: refusal.code.into(),
-                message: refusal.message.clone(),
-            }));
-            Some(CloseFrame {
-                code: refusal.close_code,
-                reason: Utf8Bytes::from(truncate(&refusal.message, 120)),
-            })
+            Goodbye {
+                flush: refusal.code != "slow_reader",
+                error: Some(MasterMessage::Error {
+                    code: refusal.code.into(),
+                    message: refusal.message.clone(),
+                }),
+                frame: CloseFrame {
+                    code: refusal.close_code,
+                    reason: Utf8Bytes::from(truncate(&refusal.message, 120)),
+                },
+            }
         }
     };
     if registered {
         // Hand the session's leases back before anything else can happen to them.
         state.scheduler.send(Event::Disconnected { session }).await;
     }
-    let _ = close_tx
-        .send(frame.unwrap_or(CloseFrame {
-            code: close_code::NORMAL,
-            reason: Utf8Bytes::from_static("bye"),
-        }))
-        .await;
+    metrics::counter!("grid_sessions_closed_total", "reason" => match &goodbye.error {
+        Some(MasterMessage::Error { code, .. }) => code.clone(),
+        _ => "peer".to_owned(),
+    })
+    .increment(1);
+    let _ = close_tx.send(goodbye).await;
     drop(outbox);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The writer's goodbye takes at most one write timeout; past that the socket is dropped.
+    let said_goodbye = tokio::time::timeout(write_timeout + Duration::from_secs(1), writer).await;
+    if !matches!(said_goodbye, Ok(Ok(true))) {
+        return;
+    }
+    // The closing handshake: read (and drop) what the peer still sends until it answers the
+    // close frame or hangs up, for a moment. Closing a socket with unread data resets it, and a
+    // peer still sending would lose the error and the close frame.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Write one frame within `timeout`; false if the session must end (a stalled write marks it
+/// `slow_reader`).
+async fn write_frame(sink: &mut Sink, frame: Message, timeout: Duration, end: &EndSignal) -> bool {
+    match tokio::time::timeout(timeout, sink.send(frame)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            end.end(Refusal::new(
+                "slow_reader",
+                format!("the worker does not read its messages (a write stalled for {timeout:?})"),
+                close_code::POLICY,
+            ));
+            false
+        }
+    }
 }
 
 /// How the read side ended.
@@ -172,25 +355,26 @@ async fn read_loop(
     state: &AppState,
     session: SessionId,
     peer: &Peer,
-    outbox: &mpsc::UnboundedSender<Outbound>,
+    outbox: &Outbox,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReadEnd {
     let limits = &state.limits;
     let mut rate = RateLimit::new(limits.ws_messages_per_second, limits.ws_message_burst);
 
     // Hello first.
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_text(stream)).await {
-        Err(_) => {
-            return ReadEnd::BeforeHello(Refusal::new(
-                "hello_timeout",
-                "no hello within 10 seconds",
-                close_code::POLICY,
-            ));
-        }
-        Ok(Next::Closed) => return ReadEnd::PeerClosed,
-        Ok(Next::Refused(refusal)) => return ReadEnd::BeforeHello(refusal),
-        Ok(Next::Text(text)) => text,
-    };
+    let hello =
+        match tokio::time::timeout(HELLO_TIMEOUT, next_text(stream, &mut rate, limits)).await {
+            Err(_) => {
+                return ReadEnd::BeforeHello(Refusal::new(
+                    "hello_timeout",
+                    "no hello within 10 seconds",
+                    close_code::POLICY,
+                ));
+            }
+            Ok(Next::Closed) => return ReadEnd::PeerClosed,
+            Ok(Next::Refused(refusal)) => return ReadEnd::BeforeHello(refusal),
+            Ok(Next::Text(text)) => text,
+        };
     let (worker_id, kind, slots) = match WorkerMessage::from_json(&hello) {
         Ok(WorkerMessage::Hello {
             protocol,
@@ -252,7 +436,8 @@ async fn read_loop(
     let idle_limit = Duration::from_secs(u64::from(limits.heartbeat_seconds) * 3);
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(idle_limit, next_text(stream)) => next,
+            next = tokio::time::timeout(idle_limit, next_text(stream, &mut rate, limits)) => next,
+            refusal = outbox.end.ended() => return ReadEnd::Refused(refusal),
             _ = shutdown.wait_for(|stop| *stop) => {
                 return ReadEnd::Refused(Refusal::new(
                     "shutting_down",
@@ -273,16 +458,6 @@ async fn read_loop(
             Ok(Next::Refused(refusal)) => return ReadEnd::Refused(refusal),
             Ok(Next::Text(text)) => text,
         };
-        if !rate.allow() {
-            return ReadEnd::Refused(Refusal::new(
-                "rate_limited",
-                format!(
-                    "more than {} messages per second",
-                    limits.ws_messages_per_second
-                ),
-                close_code::POLICY,
-            ));
-        }
         let message = match WorkerMessage::from_json(&text) {
             Ok(message) => message,
             Err(error) => {
@@ -340,10 +515,30 @@ enum Next {
     Refused(Refusal),
 }
 
-/// The next text frame, answering pings along the way.
-async fn next_text(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Next {
+/// The next text frame, answering pings along the way. Every frame (pings and pongs too, which
+/// cost an answer) takes a token of the message rate.
+async fn next_text(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    rate: &mut RateLimit,
+    limits: &crate::limits::Limits,
+) -> Next {
     loop {
-        match stream.next().await {
+        let frame = stream.next().await;
+        if matches!(
+            frame,
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))
+        ) && !rate.allow()
+        {
+            return Next::Refused(Refusal::new(
+                "rate_limited",
+                format!(
+                    "more than {} messages per second",
+                    limits.ws_messages_per_second
+                ),
+                close_code::POLICY,
+            ));
+        }
+        match frame {
             None | Some(Ok(Message::Close(_))) => return Next::Closed,
             Some(Ok(Message::Text(text))) => return Next::Text(text.to_string()),
             // axum answers pings itself.

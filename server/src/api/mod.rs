@@ -25,34 +25,74 @@ pub mod tokens;
 pub mod volunteers;
 pub mod workers;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 use crate::AppState;
 use crate::error::Error;
+use crate::limits::{Limits, VOLUNTEER_BODY_BYTES};
 
 /// Routes under `/api/v1`.
-pub fn v1() -> Router<AppState> {
-    Router::new()
-        .route("/jobs", post(jobs::submit).get(jobs::list))
+///
+/// Bodies: the master's router sets [`crate::limits::DEFAULT_BODY_BYTES`] (64 KiB) for every
+/// route; job submission takes `max_body_bytes`, `PUT /volunteers/me` 4 KiB, and module
+/// uploads count their bytes themselves (`max_module_bytes`).
+///
+/// Time: every route answers within `request_timeout` (503 `timeout` otherwise) except the
+/// streaming ones: results downloads, server-sent events and module uploads.
+pub fn v1(limits: &Limits) -> Router<AppState> {
+    let bounded = Router::new()
+        .route(
+            "/jobs",
+            post(jobs::submit.layer(DefaultBodyLimit::max(limits.max_body_bytes))).get(jobs::list),
+        )
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
-        .route("/jobs/{id}/results", get(jobs::results))
-        .route("/jobs/{id}/events", get(events::events))
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
-        .route("/modules", post(modules::upload))
         .route("/modules/{id}", get(modules::download))
         .route("/tokens", post(tokens::create))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(
             "/volunteers/me",
-            get(volunteers::me).put(volunteers::set_name),
+            get(volunteers::me)
+                .put(volunteers::set_name.layer(DefaultBodyLimit::max(VOLUNTEER_BODY_BYTES))),
         )
-        .route("/dashboard/events", get(dashboard::events))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi::document));
+    let bounded = with_timeout(bounded, limits.request_timeout);
+    let streaming = Router::new()
+        .route("/jobs/{id}/results", get(jobs::results))
+        .route("/jobs/{id}/events", get(events::events))
+        .route("/modules", post(modules::upload))
+        .route("/dashboard/events", get(dashboard::events));
+    bounded
+        .merge(streaming)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Give every route of `router` so far the request timeout: 503 `timeout` (the API's JSON
+/// error) when its handler takes longer than `limit` to produce a response. It bounds the time
+/// to the response's head, so only routes whose handlers do all their work before answering
+/// should get it (not streams).
+pub fn with_timeout<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limit: Duration,
+) -> Router<S> {
+    router.route_layer(from_fn_with_state(limit, request_timeout))
+}
+
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::Timeout(limit).into_response(),
+    }
 }
 
 async fn not_found() -> Error {
@@ -61,4 +101,37 @@ async fn not_found() -> Error {
 
 async fn method_not_allowed() -> Error {
     Error::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn slow_requests_answer_503_timeout_in_json() {
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        let app = super::with_timeout(
+            Router::new().route("/slow", get(slow)),
+            Duration::from_millis(50),
+        );
+        let response = app
+            .oneshot(Request::get("/slow").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(response.status().as_u16(), 503);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"]["code"], "timeout");
+    }
 }

@@ -75,7 +75,7 @@ pub enum Event {
         /// Concurrent chunks it runs.
         slots: u32,
         /// Where its messages go.
-        outbox: mpsc::UnboundedSender<Outbound>,
+        outbox: crate::session::Outbox,
     },
     /// A worker returned a result.
     Result {
@@ -174,7 +174,7 @@ struct Session {
     granted_slots: usize,
     leases: HashSet<LeaseId>,
     draining: bool,
-    outbox: mpsc::UnboundedSender<Outbound>,
+    outbox: crate::session::Outbox,
     /// Cache generation at which this worker last asked the database for chunks of its own.
     starved_generation: Option<u64>,
     /// Ringers sent to this session so far (new sessions get more spot-checks).
@@ -421,7 +421,7 @@ impl Scheduler {
                             text,
                         });
                     }
-                    Some(state) => state.send(MasterMessage::Rejected {
+                    Some(state) => state.outbox.refuse(MasterMessage::Rejected {
                         lease,
                         reason: "this session does not hold that lease".into(),
                     }),

@@ -236,9 +236,6 @@ impl InProcessServer {
     }
 
     pub async fn start_with_options(backend: Backend, options: ServeOptions) -> InProcessServer {
-        let limits = options.limits.clone();
-        let no_trust = options.no_trust;
-        let networks = options.networks.clone();
         if std::env::var_os("GRID_TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_env("GRID_TEST_LOG"))
@@ -252,10 +249,7 @@ impl InProcessServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServeOptions {
             admin_token: Some(ADMIN_TOKEN.into()),
-            limits,
-            no_trust,
-            networks,
-            ..ServeOptions::default()
+            ..options
         };
         let task = tokio::spawn({
             let store = store.shared();
@@ -342,10 +336,20 @@ impl Drop for Process {
 
 /// `grid-server` as a real process on a given address (port 0 picks one).
 pub fn spawn_server_process(home: &Home, listen: &str) -> (Process, SocketAddr) {
+    spawn_server_process_with(home, listen, &[])
+}
+
+/// `grid-server` as a real process on a given address, with extra flags.
+pub fn spawn_server_process_with(
+    home: &Home,
+    listen: &str,
+    flags: &[&str],
+) -> (Process, SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_grid-server"));
     home.configure(&mut command);
     let mut child = command
         .args(["--listen", listen])
+        .args(flags)
         .env("GRID_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
