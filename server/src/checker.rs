@@ -22,11 +22,12 @@ use crate::scheduler::{Event, SchedulerHandle};
 use crate::store::{MasterCheckCandidate, Store};
 
 /// Pause between two rounds of checks.
-const CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// Chunks loaded per round.
-const CANDIDATES_PER_ROUND: i64 = 128;
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Chunks loaded per round (cheap kernels such as echo check all of them: up to 2,048 a
+/// second, enough to follow a grid accepting thousands of chunks a second).
+const CANDIDATES_PER_ROUND: i64 = 512;
 /// CPU time one round may spend computing: at most a tenth of one core.
-const COMPUTE_BUDGET: Duration = Duration::from_millis(50);
+const COMPUTE_BUDGET: Duration = Duration::from_millis(25);
 
 /// Run the checker until `stop` flips to true.
 pub fn spawn(
