@@ -8,8 +8,11 @@
 # the attackers' share of the declared slots, wrong results accepted (an echo output differing
 # from its input, read from the final results), chunks failed, replicas issued per chunk
 # (ringers included), honest identities blacklisted, honest throughput (chunks per second from
-# the job's own timestamps) relative to the run without attackers, the master's resident memory
-# after the job, and the slowest of the /healthz probes made once a second during the job.
+# the job's own timestamps, up to its first "done") relative to the run without attackers, the
+# master's resident memory after the job, and the slowest of the /healthz probes made once a
+# second during the job. "wrong" is read once the master has checked every accepted chunk
+# (its own recomputation of the echo kernel) and re-verified what it refuted; "revised" counts
+# the chunks that were reopened on the way (accepted, then found wrong or their voter caught).
 #
 #   bench/adversaries.sh                  # every attack, 10,000 chunks
 #   CHUNKS=2000 ATTACKS="sybil release" bench/adversaries.sh
@@ -24,8 +27,8 @@ build_binaries
 raise_fd_limit
 
 honest_bind=$(seq -s, -f '127.0.%g.1' 1 "$HONEST")
-# Attackers holding a fifth of the slots: HONEST*4 honest slots, so HONEST attacking workers
-# of one slot each... expressed as workers of 2 slots on networks of their own.
+# Attackers holding a fifth of the slots: HONEST*4 honest slots against HONEST/2 attacking
+# workers of 2 slots (attacks that declare more slots say so in the table).
 attackers=$(( HONEST / 2 ))
 [ "$attackers" -ge 2 ] || attackers=2
 distinct_bind=$(seq -s, -f '127.0.%g.1' 101 $(( 100 + attackers )))
@@ -61,9 +64,15 @@ run_cell() {
   esac
   create_database
   GRID_TRUSTED_NETWORKS=none start_server postgres
-  jq -nc --argjson n "$CHUNKS" --arg p "$policy" \
-    '{kernel: "echo", redundancy: 2, verification: $p, inputs: [range(0; $n) | {i: .}]}' \
-    >"$BENCH_TMP/job.json"
+  # The honest grid runs first, and a warm-up job of 500 chunks gives the master answers of
+  # its own to spot-check with (a grid that has run before has them).
+  "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$HONEST" --slots 4 --bind "$honest_bind" \
+    --seed "$SEED" --duration-s 3600 >"$BENCH_TMP/loadgen.out" 2>"$BENCH_TMP/loadgen.err" &
+  LOADGEN_PID=$!
+  jq -nc '{kernel: "echo", redundancy: 2, inputs: [range(0; 500) | {warm: .}]}' >"$BENCH_TMP/job.json"
+  submit_job
+  wait_job "$JOB_ID" 300 1 || echo "bench: the warm-up job did not finish" >&2
+  sleep 1
   local attacker_pid=""
   if [ "$attack" != none ]; then
     "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$attackers" --saboteurs "$attackers" \
@@ -73,37 +82,45 @@ run_cell() {
     attacker_pid=$!
     sleep 1
   fi
+  jq -nc --argjson n "$CHUNKS" --arg p "$policy" \
+    '{kernel: "echo", redundancy: 2, verification: $p, inputs: [range(0; $n) | {i: .}]}' \
+    >"$BENCH_TMP/job.json"
   submit_job
   : >"$BENCH_TMP/health.max"
   watch_health & HEALTH_PID=$!
-  "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$HONEST" --slots 4 --bind "$honest_bind" \
-    --seed "$SEED" --duration-s 3600 >"$BENCH_TMP/loadgen.out" 2>"$BENCH_TMP/loadgen.err" &
-  LOADGEN_PID=$!
   wait_job "$JOB_ID" 900 1 || echo "bench: job $JOB_ID did not finish" >&2
-  # Backtracking and the master's checks may still reopen chunks right after "done".
-  sleep 3
+  local first_done
+  first_done="$(job_view "$JOB_ID")"
+  # The master's own checks and backtracking may still reopen chunks after "done": wait until
+  # it has checked every accepted chunk (at most 120 s), and the job is done again.
+  for _ in $(seq 240); do
+    [ "$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM chunks WHERE job_id = $JOB_ID
+         AND (state = 'open' OR (state = 'done' AND master_checked IS NULL))")" = 0 ] && break
+    sleep 0.5
+  done
   wait_job "$JOB_ID" 300 1 || true
   kill "$HEALTH_PID" 2>/dev/null; wait "$HEALTH_PID" 2>/dev/null || true; HEALTH_PID=""
   kill -INT "$LOADGEN_PID" 2>/dev/null; wait "$LOADGEN_PID" 2>/dev/null || true; LOADGEN_PID=""
   if [ -n "$attacker_pid" ]; then kill -INT "$attacker_pid" 2>/dev/null; wait "$attacker_pid" 2>/dev/null || true; fi
 
-  local view wrong failed replicas blacklisted rate relative rss health
+  local view wrong wrong_at_done failed replicas blacklisted rate relative rss health
   view="$(job_view "$JOB_ID")"
+  wrong_at_done=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM chunks WHERE job_id = $JOB_ID AND revised > 0")
   wrong=$(curl -sS -H "Authorization: Bearer $BENCH_TOKEN" "$SERVER_URL/api/v1/jobs/$JOB_ID/results" \
     | jq -s '[.[] | select(.output != null and .output != {i: .index})] | length')
   failed=$(echo "$view" | jq .chunks.failed)
   replicas=$(psql -qtA "$DB_URL" -c "SELECT count(*) FROM replicas WHERE job_id = $JOB_ID")
   blacklisted=$(psql -qtA "$DB_URL" -c \
     "SELECT count(*) FROM workers WHERE id LIKE 'loadgen-$SEED-%' AND blacklisted_at IS NOT NULL")
-  rate=$(calc "$CHUNKS / $(seconds_between "$(echo "$view" | jq -r .started_at)" "$(echo "$view" | jq -r .finished_at)")")
+  rate=$(calc "$CHUNKS / $(seconds_between "$(echo "$first_done" | jq -r .started_at)" "$(echo "$first_done" | jq -r .finished_at)")")
   [ -n "$BASE_RATE" ] || BASE_RATE="$rate"
   relative=$(calc "100 * $rate / $BASE_RATE")
   rss=$(( $(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status") / 1024 ))
   health=$(cat "$BENCH_TMP/health.max" 2>/dev/null || echo "?")
   declared=$(calc "100 * $attackers * $slots / ($attackers * $slots + $HONEST * 4)")
   [ "$attack" = none ] && declared=0
-  printf "| %-18s | %-8s | %5s %% | %5s | %6s | %14s | %17s | %7s %% | %8s | %9s |\n" \
-    "$attack" "$policy" "$(fmt "$declared" 0)" "$wrong" "$failed" \
+  printf "| %-18s | %-8s | %5s %% | %5s | %7s | %6s | %14s | %17s | %7s %% | %8s | %9s |\n" \
+    "$attack" "$policy" "$(fmt "$declared" 0)" "$wrong" "$wrong_at_done" "$failed" \
     "$(fmt "$(calc "$replicas / $CHUNKS")" 2)" "$blacklisted" "$(fmt "$relative" 0)" \
     "$rss MiB" "$(fmt "$(calc "$health * 1000")" 0) ms"
   stop_server
@@ -114,8 +131,8 @@ run_cell() {
 echo "honest: $HONEST workers x 4 slots on $HONEST networks; attackers: $attackers workers;" \
   "chunks per job: $CHUNKS (echo, redundancy 2); master on PostgreSQL trusting no network"
 echo
-echo "| attack             | policy   | attacker slots | wrong | failed | replicas/chunk | honest blacklisted | honest rate | master RSS | /healthz max |"
-echo "|--------------------|----------|----------------|-------|--------|----------------|--------------------|-------------|------------|--------------|"
+echo "| attack             | policy   | attacker slots | wrong | revised | failed | replicas/chunk | honest blacklisted | honest rate | master RSS | /healthz max |"
+echo "|--------------------|----------|----------------|-------|---------|--------|----------------|--------------------|-------------|------------|--------------|"
 run_cell none
 echo "(honest rate without attackers: $(fmt "$BASE_RATE" 0) chunks/s)" >&2
 for attack in $ATTACKS; do
