@@ -123,6 +123,22 @@ async fn run_job(master: &Master, job: i64, config: LoadConfig) -> Report {
     report.expect("the run failed")
 }
 
+/// A run of `config` that stops once `job` is finished or after `limit`, whichever is first:
+/// for attacks the master may take a while to undo (forgeries it refutes, then re-verifies),
+/// where these tests check what the attackers did, not what the master decided.
+async fn run_for(master: &Master, job: i64, config: LoadConfig, limit: Duration) -> Report {
+    let run = grid_loadgen::run(config, async {
+        tokio::select! {
+            _ = master.finished(job) => {}
+            () = tokio::time::sleep(limit) => {}
+        }
+    });
+    let Ok(report) = tokio::time::timeout(RUN_LIMIT, run).await else {
+        panic!("the run did not end in time: {}", master.job(job).await);
+    };
+    report.expect("the run failed")
+}
+
 /// A run in the background, until [`Background::stop`].
 struct Background {
     stop: oneshot::Sender<()>,
@@ -233,7 +249,7 @@ async fn sybils_send_the_one_forgery() {
     let mut config = LoadConfig::new(worker_endpoint(&master.url()).unwrap(), 4);
     config.saboteurs = 2;
     config.attack = Some(Attack::Sybil);
-    let report = run_job(&master, job, config).await;
+    let report = run_for(&master, job, config, Duration::from_secs(10)).await;
 
     assert_eq!(report.attack, Some("sybil"));
     assert!(report.attackers.connections >= 2, "{report}");
@@ -274,7 +290,7 @@ async fn rotating_attackers_use_a_new_identity_per_connection() {
     let mut config = LoadConfig::new(worker_endpoint(&master.url()).unwrap(), 4);
     config.saboteurs = 2;
     config.attack = Some(Attack::Rotate { after: 2 });
-    let report = run_job(&master, job, config).await;
+    let report = run_for(&master, job, config, Duration::from_secs(10)).await;
 
     assert!(report.attackers.connections > 2, "{report}");
     assert_eq!(

@@ -19,6 +19,7 @@ use grid_protocol::{Outcome, outcome_digest};
 use tokio::sync::watch;
 
 use crate::scheduler::{Event, SchedulerHandle};
+use crate::store::review::MasterCheck;
 use crate::store::{MasterCheckCandidate, Store};
 
 /// Pause between two rounds of checks.
@@ -55,7 +56,7 @@ pub fn spawn(
             if checks.is_empty() {
                 continue;
             }
-            let refuted = checks.iter().filter(|(_, agreed)| !agreed).count();
+            let refuted = checks.iter().filter(|check| !check.agreed).count();
             metrics::counter!("grid_master_checks_total").increment(checks.len() as u64);
             if refuted > 0 {
                 tracing::warn!(refuted, "the master computed accepted chunks differently");
@@ -67,8 +68,8 @@ pub fn spawn(
     })
 }
 
-/// Compute candidates until the budget is spent: `(chunk, accepted output is right)`.
-pub fn check(candidates: Vec<MasterCheckCandidate>) -> Vec<((i64, i32), bool)> {
+/// Compute candidates until the budget is spent.
+pub fn check(candidates: Vec<MasterCheckCandidate>) -> Vec<MasterCheck> {
     let started = Instant::now();
     let mut checks = Vec::new();
     for candidate in candidates {
@@ -82,10 +83,12 @@ pub fn check(candidates: Vec<MasterCheckCandidate>) -> Vec<((i64, i32), bool)> {
             Ok(output) => Outcome::Ok(output),
             Err(error) => Outcome::Err(error.to_string()),
         };
-        checks.push((
-            candidate.chunk,
-            outcome_digest(&outcome) == candidate.output_digest,
-        ));
+        let digest = outcome_digest(&outcome);
+        checks.push(MasterCheck {
+            chunk: candidate.chunk,
+            digest,
+            agreed: digest == candidate.output_digest,
+        });
     }
     checks
 }
@@ -114,6 +117,12 @@ mod tests {
             candidate(0, json!({"n": 1}), json!({"n": 1})),
             candidate(1, json!({"n": 2}), json!({"pwned": true})),
         ]);
-        assert_eq!(checks, vec![((1, 0), true), ((1, 1), false)]);
+        let verdicts: Vec<_> = checks.iter().map(|c| (c.chunk, c.agreed)).collect();
+        assert_eq!(verdicts, vec![((1, 0), true), ((1, 1), false)]);
+        assert_eq!(
+            checks[1].digest,
+            outcome_digest(&Outcome::Ok(json!({"n": 2}))),
+            "the master's own answer comes with the verdict"
+        );
     }
 }

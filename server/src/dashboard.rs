@@ -202,9 +202,19 @@ impl Feed {
         Ok(credits)
     }
 
-    /// Forget the cached credit (a display name changed).
-    pub async fn invalidate_credits(&self) {
-        *self.inner.credits.lock().await = None;
+    /// A volunteer changed its display name: update its entry in the cached credit, if it has
+    /// one. Recomputing all credit instead would let anyone make the master do its most
+    /// expensive query at will (review H6).
+    pub async fn rename(&self, worker_id: &str, display_name: Option<&str>) {
+        let mut cached = self.inner.credits.lock().await;
+        let Some(cache) = cached.as_mut() else {
+            return;
+        };
+        if let Some(place) = cache.credits.iter().position(|c| c.worker_id == worker_id) {
+            let mut credits = (*cache.credits).clone();
+            credits[place].display_name = display_name.map(str::to_owned);
+            cache.credits = Arc::new(credits);
+        }
     }
 }
 

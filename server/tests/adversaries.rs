@@ -36,6 +36,9 @@ on_both_backends!(
     sleepers_on_distinct_networks_are_caught_and_backtracked,
     an_engine_split_module_blames_nobody,
     backtracking_never_revives_a_cancelled_job,
+    a_huge_slot_count_buys_a_hoarder_nothing,
+    colluders_cannot_poison_the_spot_checks,
+    rotating_liars_are_caught_on_their_first_assignments,
 );
 
 /// How an adversarial or honest peer answers (echo kernel jobs).
@@ -190,6 +193,47 @@ fn forged_and_check(results: &[Value], expected: &[Value]) -> usize {
         }
     }
     forged
+}
+
+/// Wait for a job to finish; on timeout, panic with what is stuck.
+async fn finish_or_explain(
+    server: &InProcessServer,
+    api: &Api,
+    job: i64,
+    within: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (_, view) = api.get(&format!("/api/v1/jobs/{job}")).await;
+        if matches!(
+            view["state"].as_str(),
+            Some("done" | "failed" | "cancelled")
+        ) {
+            return view;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let open = server
+                .store
+                .text(&format!(
+                    "SELECT COALESCE(string_agg(c.idx || ' ' || c.state || ' wanted=' || c.wanted
+                       || ' [' || COALESCE((SELECT string_agg(r.worker_id || '/' || r.state || '/'
+                       || COALESCE(r.verdict, '-') || '/' || COALESCE(r.origin, '-'), ', ')
+                       FROM replicas r WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx), '')
+                       || ']', ' | '), 'none')
+                     FROM chunks c WHERE c.job_id = {job} AND c.state = 'open'"
+                ))
+                .await;
+            let workers = server
+                .store
+                .text(
+                    "SELECT string_agg(id || ' blacklisted=' || (blacklisted_at IS NOT NULL)
+                       || ' invalid=' || invalid_count, ', ') FROM workers",
+                )
+                .await;
+            panic!("job {job} did not finish: {view}\nopen chunks: {open}\nworkers: {workers}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn blacklisted_ids(server: &InProcessServer, like: &str) -> i64 {
@@ -397,7 +441,7 @@ async fn nul_in_error_outcomes_loses_no_honest_result(backend: Backend) {
     peers.iter().for_each(JoinHandle::abort);
 }
 
-/// Sleepers on two networks of their own (a fifth of the slots) behave until trusted, then
+/// Sleepers on two networks of their own (a quarter of the slots) behave until trusted, then
 /// all tell one lie, against adaptive verification: the master's own checks and spot-checks
 /// catch them, backtracking re-verifies what their word accepted, and the results are right.
 async fn sleepers_on_distinct_networks_are_caught_and_backtracked(backend: Backend) {
@@ -405,8 +449,15 @@ async fn sleepers_on_distinct_networks_are_caught_and_backtracked(backend: Backe
     let api = Api::new(&server.http(), ADMIN_TOKEN);
     let mut peers = honest_peers(
         &server,
-        &["127.0.1.1", "127.0.2.1", "127.0.3.1", "127.0.4.1"],
-        2,
+        &[
+            "127.0.1.1",
+            "127.0.2.1",
+            "127.0.3.1",
+            "127.0.4.1",
+            "127.0.5.1",
+            "127.0.6.1",
+        ],
+        1,
     );
     // A warm-up job gives the master answers of its own to spot-check with.
     let warm = inputs(40, "warm-up");
@@ -575,6 +626,170 @@ async fn backtracking_never_revives_a_cancelled_job(backend: Backend) {
         0,
         "a chunk of the cancelled job was reopened (the sleeper helped accept {helped})"
     );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// A session declaring the protocol's largest slot count from an untrusted network and sitting
+/// on every lease: it starts with 8 outstanding assignments, earns no more without results,
+/// and the honest workers finish the job.
+async fn a_huge_slot_count_buys_a_hoarder_nothing(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let most_held = Arc::new(AtomicU32::new(0));
+    let hoarder = tokio::spawn({
+        let ws = server.ws();
+        let tracker = most_held.clone();
+        async move {
+            let mut peer =
+                Peer::join_from(&ws, ip("127.0.9.1"), "hoarder", grid_protocol::MAX_SLOTS).await;
+            // Outstanding leases (assigned, not yet revoked), and the most ever held at once.
+            let (mut held, mut most) = (0usize, 0usize);
+            while let Ok(Some(Ok(frame))) =
+                tokio::time::timeout(Duration::from_secs(30), peer.socket.next()).await
+            {
+                let Message::Text(text) = frame else { continue };
+                match MasterMessage::from_json(&text) {
+                    Ok(MasterMessage::Assign { .. }) => held += 1,
+                    Ok(MasterMessage::Revoke { leases }) => {
+                        held = held.saturating_sub(leases.len())
+                    }
+                    _ => {}
+                }
+                most = most.max(held);
+                tracker.store(most as u32, Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peers = honest_peers(&server, &["127.0.1.1", "127.0.2.1", "127.0.3.1"], 2);
+    let expected = inputs(300, "hoard");
+    // Short leases: what the hoarder sits on comes back after 5 s (to others: it never gets a
+    // chunk twice).
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2, "lease_seconds": 5}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    let most = most_held.load(Ordering::Relaxed);
+    assert!(
+        (1..=8).contains(&most),
+        "the hoarder held {most} leases at once (8 expected at most)"
+    );
+    server.stop().await;
+    hoarder.abort();
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// Review H1: chunks won by colluders used to become spot-checks that honest newcomers then
+/// "failed", getting them blacklisted. Colluders on two networks of their own (a quarter of the
+/// slots) win what they can; a fresh honest worker joining afterwards is never blamed, because
+/// a spot-check's answer is one the master computed itself.
+async fn colluders_cannot_poison_the_spot_checks(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let mut peers: Vec<JoinHandle<()>> = (0..2)
+        .map(|i| {
+            spawn_peer(
+                server.ws(),
+                &format!("127.0.{}.1", 60 + i),
+                &format!("colluder-{i}"),
+                1,
+                Behaviour::Forge,
+                Arc::new(AtomicU32::new(0)),
+            )
+        })
+        .collect();
+    peers.extend(honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.3.1", "127.0.4.1"],
+        2,
+    ));
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": inputs(200, "poison"), "redundancy": 2}))
+        .await;
+    let finished = finish_or_explain(&server, &api, job, Duration::from_secs(60)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    // Fresh honest identities join and get spot-checks first.
+    peers.push(spawn_peer(
+        server.ws(),
+        "127.0.2.1",
+        "newcomer",
+        2,
+        Behaviour::Honest,
+        Arc::new(AtomicU32::new(0)),
+    ));
+    let expected = inputs(200, "after-poison");
+    let second = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = finish_or_explain(&server, &api, second, Duration::from_secs(60)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(blacklisted_ids(&server, "newcomer").await, 0);
+    assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
+    // Every spot-check's chunk is one whose output the master computed and found right.
+    assert_eq!(
+        server
+            .store
+            .count(
+                "SELECT count(*) FROM replicas r JOIN chunks c
+                   ON c.job_id = r.job_id AND c.idx = r.chunk_idx
+                 WHERE r.ringer AND (c.master_checked IS NULL OR c.master_checked <> 'agreed')"
+            )
+            .await,
+        0
+    );
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// Liars with a fresh identity per connection, on one network, each telling the same lie: once
+/// the master has answers of its own, a new identity's first assignments are spot-checks, so
+/// each one is caught before its word counts and the job's results are right.
+async fn rotating_liars_are_caught_on_their_first_assignments(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let mut peers = honest_peers(&server, &["127.0.1.1", "127.0.2.1", "127.0.3.1"], 2);
+    let warm = api
+        .submit(json!({"kernel": "echo", "inputs": inputs(60, "warm-up"), "redundancy": 2}))
+        .await;
+    api.wait_finished(warm, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peers.push(tokio::spawn({
+        let ws = server.ws();
+        async move {
+            for round in 0u32.. {
+                let id = format!("rotor-{round}-{}", rand_suffix());
+                let mut peer = Peer::join_from(&ws, ip("127.0.9.1"), &id, 4).await;
+                for _ in 0..4 {
+                    match peer.recv().await {
+                        Some(MasterMessage::Assign { lease, .. }) => {
+                            peer.send(&WorkerMessage::Result {
+                                lease,
+                                outcome: Outcome::Ok(json!({"pwned": true})),
+                            })
+                            .await;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+        }
+    }));
+    let expected = inputs(300, "rotation");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    assert!(
+        blacklisted_ids(&server, "rotor-%").await > 0,
+        "no rotating liar was caught"
+    );
+    assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
     server.stop().await;
     peers.iter().for_each(JoinHandle::abort);
 }

@@ -286,7 +286,7 @@ pub async fn set_name(
         .insights
         .set_display_name(&volunteer.0, name.as_deref())
         .await?;
-    state.dashboard.invalidate_credits().await;
+    state.dashboard.rename(&volunteer.0, name.as_deref()).await;
     Ok(Json(view(&state, &volunteer.0).await?))
 }
 

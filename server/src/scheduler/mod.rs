@@ -31,6 +31,10 @@ pub type SessionId = u64;
 
 /// Most events taken from the inbox per round.
 const MAX_EVENTS_PER_ROUND: usize = 8192;
+/// Revoked leases remembered per session (forgotten all at once beyond this).
+const MAX_REMEMBERED_REVOCATIONS: usize = 4096;
+/// Sessions per round that may ask the database for chunks of their own.
+const MAX_STARVED_QUERIES_PER_ROUND: usize = 4;
 /// Ready chunks loaded into the dispatch cache at once.
 const CACHE_LOAD_LIMIT: usize = 4096;
 /// How often overdue leases are swept.
@@ -117,8 +121,8 @@ pub enum Event {
     /// The master computed accepted chunks itself (see [`crate::checker`]): whether each
     /// accepted output is right.
     MasterChecked {
-        /// `(chunk, agreed)`.
-        checks: Vec<(crate::store::review::ChunkKey, bool)>,
+        /// What it computed.
+        checks: Vec<crate::store::review::MasterCheck>,
     },
     /// Graceful shutdown: assign nothing more; `drained` fires once no lease is outstanding.
     Drain {
@@ -179,6 +183,10 @@ struct Session {
     starved_generation: Option<u64>,
     /// Ringers sent to this session so far (new sessions get more spot-checks).
     ringers_sent: u32,
+    /// Leases revoked from it recently: a result for one of them crossed the revocation on
+    /// the wire and does not count as a refusal (the refusal cap closes sessions that send
+    /// results for leases they never held).
+    revoked: HashSet<LeaseId>,
 }
 
 impl Session {
@@ -394,6 +402,7 @@ impl Scheduler {
                         outbox,
                         starved_generation: None,
                         ringers_sent: 0,
+                        revoked: HashSet::new(),
                     },
                 );
             }
@@ -419,6 +428,14 @@ impl Scheduler {
                             digest,
                             is_error,
                             text,
+                        });
+                    }
+                    // A result racing its lease's revocation is honest: refused, not counted.
+                    Some(state) if state.revoked.contains(&lease) => {
+                        state.revoked.remove(&lease);
+                        state.send(MasterMessage::Rejected {
+                            lease,
+                            reason: "the lease was revoked".into(),
                         });
                     }
                     Some(state) => state.outbox.refuse(MasterMessage::Rejected {
@@ -468,7 +485,12 @@ impl Scheduler {
                     }
                     for lease in state.leases {
                         self.holders.remove(&lease);
-                        self.batch.ended.push((lease, LeaseEnd::WorkerGone));
+                        let end = if self.draining_all {
+                            LeaseEnd::MasterLeft
+                        } else {
+                            LeaseEnd::WorkerGone
+                        };
+                        self.batch.ended.push((lease, end));
                     }
                 }
             }
@@ -491,8 +513,12 @@ impl Scheduler {
         }
         for (session, leases) in per_session {
             if let Some(state) = self.sessions.get_mut(&session) {
+                if state.revoked.len() + leases.len() > MAX_REMEMBERED_REVOCATIONS {
+                    state.revoked.clear();
+                }
                 for lease in &leases {
                     state.leases.remove(lease);
+                    state.revoked.insert(*lease);
                 }
                 state.send(MasterMessage::Revoke { leases });
             }
@@ -521,6 +547,10 @@ impl Scheduler {
                 .await?;
             self.cache.load(chunks, CACHE_LOAD_LIMIT);
         }
+        // Sessions the cache cannot serve ask the database for chunks of their own, but only a
+        // few per round: one query each for thousands of starved sessions would stall the
+        // scheduler (review H5); the others get their turn in later rounds.
+        let mut starved_queries = MAX_STARVED_QUERIES_PER_ROUND;
         for session_id in hungry {
             let Some(session) = self.sessions.get_mut(&session_id) else {
                 continue;
@@ -528,6 +558,7 @@ impl Scheduler {
             let want = session.free_credit();
             let worker_id = session.worker_id.clone();
             let origin = session.origin.clone();
+            let network = session.network.clone();
             let taker = Taker {
                 worker_id: &worker_id,
                 origin: &origin,
@@ -535,8 +566,10 @@ impl Scheduler {
             let mut proposals = self.cache.take_for(taker, want);
             if proposals.len() < want
                 && self.cache.is_truncated()
+                && starved_queries > 0
                 && session.starved_generation != Some(self.cache.generation())
             {
+                starved_queries -= 1;
                 // Everything cached may be held by this worker already while the database has
                 // more further down: ask for chunks this worker may take.
                 session.starved_generation = Some(self.cache.generation());
@@ -582,7 +615,7 @@ impl Scheduler {
                     job_id: proposal.job_id,
                     idx: proposal.idx,
                     worker_id: worker_id.clone(),
-                    origin: origin.clone(),
+                    origin: network.clone(),
                     lease_seconds: proposal.lease_seconds,
                     ringer,
                 });
@@ -780,6 +813,9 @@ impl Scheduler {
         }
         for worker in outcome.blacklisted.iter().filter(|_| !batch.trust_off) {
             self.blacklist.insert(Arc::from(worker.as_str()));
+        }
+        for worker in &outcome.unblacklisted {
+            self.blacklist.remove(worker.as_str());
         }
         // Blacklisted sessions stay hungry for ever: they must not keep the scheduler busy.
         progress

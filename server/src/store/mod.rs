@@ -264,6 +264,9 @@ pub enum LeaseEnd {
     WorkerGone,
     /// The worker gave it back unstarted.
     Released,
+    /// The session ended because this master is shutting down: not the worker's doing, so it
+    /// may take the chunk again (stored as `revoked`).
+    MasterLeft,
 }
 
 /// A lease the scheduler wants to create.
@@ -275,8 +278,9 @@ pub struct LeaseRequest {
     pub idx: i32,
     /// The worker it goes to.
     pub worker_id: Arc<str>,
-    /// The worker's origin: its network, or its identity on a trusted network.
-    pub origin: Arc<str>,
+    /// The worker's network; `None` on a trusted network (the host's own machines, which may
+    /// take a chunk again after losing a lease, like before networks were kept).
+    pub origin: Option<Arc<str>>,
     /// Lease length.
     pub lease_seconds: i32,
     /// A spot-check of an accepted chunk (not part of its quorum).
@@ -322,7 +326,7 @@ pub struct Batch {
     /// Accepted chunks the master computed itself: whether its output equals the accepted
     /// one. A refuted chunk blacklists the workers that returned the accepted output (see
     /// [`review::reconcile`]).
-    pub master_checks: Vec<(review::ChunkKey, bool)>,
+    pub master_checks: Vec<review::MasterCheck>,
 }
 
 impl Batch {
@@ -380,6 +384,9 @@ pub struct BatchOutcome {
     pub ringers_judged: u64,
     /// Workers blacklisted in this batch.
     pub blacklisted: Vec<String>,
+    /// Workers whose blacklist was lifted in this batch (the invalid results that caused it
+    /// were withdrawn).
+    pub unblacklisted: Vec<String>,
     /// Chunks reopened by backtracking.
     pub backtracked: u64,
     /// Chunks failed in this batch.
@@ -404,6 +411,7 @@ impl BatchOutcome {
         self.accepted_alone += other.accepted_alone;
         self.ringers_judged += other.ringers_judged;
         self.blacklisted.extend(other.blacklisted);
+        self.unblacklisted.extend(other.unblacklisted);
         self.backtracked += other.backtracked;
         self.failed += other.failed;
         self.valid_replicas += other.valid_replicas;

@@ -334,13 +334,16 @@ impl Store for PgStore {
                     ARRAY(SELECT h.holder FROM replicas r,
                                 LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
                           WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND r.state <> 'revoked' AND h.holder IS NOT NULL) AS holders
+                            AND (r.state IN ('leased', 'returned')
+                                 OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
+                            AND h.holder IS NOT NULL) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND ($2::text IS NULL OR NOT EXISTS (
                     SELECT 1 FROM replicas r
                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                      AND (r.worker_id = $2 OR r.origin = $3) AND r.state <> 'revoked'))
+                      AND ((r.worker_id = $2 AND r.state IN ('leased', 'returned'))
+                           OR (r.origin = $3 AND r.state <> 'revoked'))))
              ORDER BY c.priority DESC, c.job_id, c.idx
              LIMIT $1",
         )
@@ -358,7 +361,9 @@ impl Store for PgStore {
                     ARRAY(SELECT h.holder FROM replicas r,
                                 LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
                           WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND r.state <> 'revoked' AND h.holder IS NOT NULL) AS holders
+                            AND (r.state IN ('leased', 'returned')
+                                 OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
+                            AND h.holder IS NOT NULL) AS holders
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'done' AND c.master_checked = 'agreed'
                AND c.output_digest IS NOT NULL
@@ -603,6 +608,7 @@ async fn end_leases(tx: &mut Tx, batch: &Batch, touched: &mut BTreeSet<(i64, i32
         .map(|(_, end)| match end {
             LeaseEnd::WorkerGone => "expired",
             LeaseEnd::Released => "released",
+            LeaseEnd::MasterLeft => "revoked",
         })
         .collect();
     let rows = sqlx::query(
@@ -639,8 +645,12 @@ async fn sweep_expired(
     .await?;
     // Overdue leases, and leases of masters that stopped heartbeating (killed, or cut off):
     // their workers have failed over or are gone, so the chunks are reissued.
+    // Leases past their deadline are the worker's doing ('expired': that worker and its network
+    // never get the chunk again); those of dead masters are not ('revoked': they free their
+    // origin, so a master's restart strands no chunk).
     let rows = sqlx::query(
-        "UPDATE replicas r SET state = 'expired'
+        "UPDATE replicas r
+         SET state = CASE WHEN r.deadline < now() THEN 'expired' ELSE 'revoked' END
          WHERE r.state = 'leased'
            AND (r.deadline < now()
                 OR r.master_id IS NULL
@@ -668,7 +678,7 @@ struct PgReview<'t> {
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
-    master_checks: &[(ChunkKey, bool)],
+    master_checks: &[review::MasterCheck],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
@@ -928,14 +938,15 @@ impl ReviewDb for PgReview<'_> {
         let valid: Vec<i32> = deltas.values().map(|d| d.valid).collect();
         let invalid: Vec<i32> = deltas.values().map(|d| d.invalid).collect();
         let vouched: Vec<i32> = deltas.values().map(|d| d.vouched).collect();
+        let forgiven: Vec<i32> = deltas.values().map(|d| d.forgiven).collect();
         let rows = sqlx::query(
             "UPDATE workers w
              SET valid_count = w.valid_count + t.valid,
-                 invalid_count = w.invalid_count + t.invalid,
+                 invalid_count = GREATEST(w.invalid_count + t.invalid - t.forgiven, 0),
                  consecutive_valid = CASE WHEN t.invalid > 0 THEN 0
                                           ELSE w.consecutive_valid + t.vouched END
-             FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[])
-                  AS t(id, valid, invalid, vouched)
+             FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $6::int[])
+                  AS t(id, valid, invalid, vouched, forgiven)
              WHERE w.id = t.id
              RETURNING w.id, w.invalid_count - w.valid_count / $5 AS invalid_count",
         )
@@ -944,6 +955,7 @@ impl ReviewDb for PgReview<'_> {
         .bind(&invalid)
         .bind(&vouched)
         .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
+        .bind(&forgiven)
         .fetch_all(&mut **self.tx)
         .await?;
         let mut totals = HashMap::with_capacity(rows.len());
@@ -967,6 +979,51 @@ impl ReviewDb for PgReview<'_> {
         .execute(&mut **self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn unblacklist(&mut self, workers: &[String]) -> Result<Vec<String>> {
+        let mut lifted = Vec::new();
+        for worker in workers {
+            let changed = sqlx::query(
+                "UPDATE workers SET blacklisted_at = NULL, blacklist_reason = NULL
+                 WHERE id = $1 AND blacklisted_at IS NOT NULL
+                   AND blacklist_reason NOT LIKE $2 || '%'",
+            )
+            .bind(worker)
+            .bind(review::PROVEN_LIE)
+            .execute(&mut **self.tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                lifted.push(worker.clone());
+            }
+        }
+        Ok(lifted)
+    }
+
+    async fn withdraw_invalid(
+        &mut self,
+        chunks: &[ChunkKey],
+        except: &str,
+    ) -> Result<BTreeMap<String, i32>> {
+        let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
+        for &(job_id, idx) in chunks {
+            let workers: Vec<String> = sqlx::query_scalar(
+                "UPDATE replicas SET verdict = NULL
+                 WHERE job_id = $1 AND chunk_idx = $2 AND verdict = 'invalid' AND NOT ringer
+                   AND worker_id <> $3
+                 RETURNING worker_id",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(except)
+            .fetch_all(&mut **self.tx)
+            .await?;
+            for worker in workers {
+                *withdrawn.entry(worker).or_default() += 1;
+            }
+        }
+        Ok(withdrawn)
     }
 
     async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
@@ -1095,7 +1152,10 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         return Ok(());
     }
     let ringers: Vec<bool> = granted.iter().map(|&i| batch.leases[i].ringer).collect();
-    let origins: Vec<&str> = granted.iter().map(|&i| &*batch.leases[i].origin).collect();
+    let origins: Vec<Option<&str>> = granted
+        .iter()
+        .map(|&i| batch.leases[i].origin.as_deref())
+        .collect();
     let job_ids: Vec<i64> = granted.iter().map(|&i| batch.leases[i].job_id).collect();
     let indexes: Vec<i32> = granted.iter().map(|&i| batch.leases[i].idx).collect();
     let workers: Vec<&str> = granted

@@ -22,12 +22,27 @@ use crate::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus, 
 /// Invalid results (failed ringers included) after which a worker is blacklisted.
 pub const BLACKLIST_AFTER_INVALID: i64 = 2;
 
+/// How the blacklist reason of a proven liar starts (its blacklist is never lifted by a
+/// withdrawn verdict).
+pub const PROVEN_LIE: &str = "returned an output";
+
 /// Invalid results decay: each this many valid results forgive one, so an honest volunteer
 /// who met a bad chunk years ago is not blacklisted by a second one today.
 pub const VALID_RESULTS_PER_FORGIVEN_INVALID: i32 = 100;
 
 /// Chunk key: `(job_id, idx)`.
 pub type ChunkKey = (i64, i32);
+
+/// The master's own computation of an accepted chunk (see [`crate::checker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasterCheck {
+    /// The chunk.
+    pub chunk: ChunkKey,
+    /// Digest of the outcome the master computed.
+    pub digest: [u8; 32],
+    /// Whether it equals the accepted outcome.
+    pub agreed: bool,
+}
 
 /// A chunk row as the reviewer needs it.
 #[derive(Debug, Clone)]
@@ -106,6 +121,9 @@ pub struct ReputationDelta {
     pub vouched: i32,
     /// New invalid results.
     pub invalid: i32,
+    /// Invalid verdicts withdrawn: the result disagreed with an accepted outcome the master
+    /// later proved wrong, and agreed with the master.
+    pub forgiven: i32,
 }
 
 /// The backend operations [`reconcile`] needs, over one open transaction.
@@ -153,6 +171,17 @@ pub trait ReviewDb: Send {
     ) -> Result<(Vec<(ChunkKey, bool)>, Vec<(i64, ChunkKey)>)>;
     /// Record the master's own checks of accepted chunks (`true`: its output agreed).
     async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()>;
+    /// Lift the blacklist of these workers, unless it was for a proven lie (an output the
+    /// master refuted): they were blacklisted for invalid results that were withdrawn. Returns
+    /// those whose blacklist was lifted.
+    async fn unblacklist(&mut self, workers: &[String]) -> Result<Vec<String>>;
+    /// Withdraw the invalid verdicts of the given chunks' non-ringer replicas from workers
+    /// other than `except` (their chunk's decision was undone): returns how many per worker.
+    async fn withdraw_invalid(
+        &mut self,
+        chunks: &[ChunkKey],
+        except: &str,
+    ) -> Result<BTreeMap<String, i32>>;
 }
 
 /// Changes to one job's counters.
@@ -173,17 +202,19 @@ pub struct JobDelta {
 pub async fn reconcile<D: ReviewDb>(
     db: &mut D,
     touched: &BTreeSet<ChunkKey>,
-    master_checks: &[(ChunkKey, bool)],
+    master_checks: &[MasterCheck],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
     let mut pending: BTreeSet<ChunkKey> = touched.clone();
     if !master_checks.is_empty() {
-        db.set_master_checked(master_checks).await?;
-        let refuted: BTreeSet<ChunkKey> = master_checks
+        let verdicts: Vec<(ChunkKey, bool)> =
+            master_checks.iter().map(|c| (c.chunk, c.agreed)).collect();
+        db.set_master_checked(&verdicts).await?;
+        let refuted: BTreeMap<ChunkKey, [u8; 32]> = master_checks
             .iter()
-            .filter(|(_, agreed)| !agreed)
-            .map(|(key, _)| *key)
+            .filter(|check| !check.agreed)
+            .map(|check| (check.chunk, check.digest))
             .collect();
         if !refuted.is_empty() && !trust_off {
             pending.extend(refute(db, &refuted, outcome).await?);
@@ -200,16 +231,21 @@ pub async fn reconcile<D: ReviewDb>(
     Ok(())
 }
 
-/// Blacklist the workers behind accepted outputs the master found wrong; returns the chunks
-/// backtracking reopened.
+/// Blacklist the workers behind accepted outputs the master found wrong, and withdraw the
+/// invalid verdicts of those who disagreed with them and agreed with the master (lifting their
+/// blacklist when that was its cause: colluders must not get honest volunteers blacklisted by
+/// outvoting them); returns the chunks backtracking reopened.
 async fn refute<D: ReviewDb>(
     db: &mut D,
-    refuted: &BTreeSet<ChunkKey>,
+    refuted: &BTreeMap<ChunkKey, [u8; 32]>,
     outcome: &mut BatchOutcome,
 ) -> Result<BTreeSet<ChunkKey>> {
-    let chunks = db.load_chunks(refuted).await?;
-    let replicas = db.load_replicas(refuted).await?;
+    let keys: BTreeSet<ChunkKey> = refuted.keys().copied().collect();
+    let chunks = db.load_chunks(&keys).await?;
+    let replicas = db.load_replicas(&keys).await?;
     let mut caught: BTreeMap<String, String> = BTreeMap::new();
+    let mut withdrawn: Vec<(i64, bool)> = Vec::new();
+    let mut forgiven: BTreeMap<String, ReputationDelta> = BTreeMap::new();
     for row in replicas
         .iter()
         .filter(|r| !r.ringer && r.state == "returned")
@@ -218,16 +254,41 @@ async fn refute<D: ReviewDb>(
         if accepted.is_some() && row.digest == accepted {
             caught.entry(row.worker_id.clone()).or_insert_with(|| {
                 format!(
-                    "returned an output of job {} chunk {} that the master computed differently",
+                    "{PROVEN_LIE} of job {} chunk {} that the master computed differently",
                     row.chunk.0, row.chunk.1
                 )
             });
+        } else if row.digest == refuted.get(&row.chunk).copied()
+            && row.verdict.as_deref() == Some("invalid")
+        {
+            withdrawn.push((row.lease, true));
+            let delta = forgiven.entry(row.worker_id.clone()).or_default();
+            delta.valid += 1;
+            delta.forgiven += 1;
         }
     }
-    let workers: BTreeSet<String> = caught.keys().cloned().collect();
+    let workers: BTreeSet<String> = caught.keys().chain(forgiven.keys()).cloned().collect();
     let standings = db.load_standings(&workers).await?;
     caught.retain(|worker, _| !standings.get(worker).is_some_and(|s| s.1));
     metrics::counter!("grid_master_checks_refuted_total").increment(refuted.len() as u64);
+    if !withdrawn.is_empty() {
+        db.set_verdicts(&withdrawn).await?;
+        let totals = db.update_reputation(&forgiven).await?;
+        let cleared: Vec<String> = totals
+            .into_iter()
+            .filter(|(worker, total)| {
+                *total < BLACKLIST_AFTER_INVALID
+                    && standings.get(worker).is_some_and(|s| s.1)
+                    && !caught.contains_key(worker)
+            })
+            .map(|(worker, _)| worker)
+            .collect();
+        if !cleared.is_empty() {
+            outcome
+                .unblacklisted
+                .extend(db.unblacklist(&cleared).await?);
+        }
+    }
     let mut per_job = BTreeMap::new();
     let reopened = punish(db, &caught, outcome, &mut per_job).await?;
     if !per_job.is_empty() {
@@ -257,6 +318,7 @@ async fn punish<D: ReviewDb>(
             outcome.revoked.push(lease);
             reopened.insert(chunk);
         }
+        let mut decisions_undone = Vec::with_capacity(chunks_reopened.len());
         for (key, was_failed) in chunks_reopened {
             let delta = per_job.entry(key.0).or_default();
             if was_failed {
@@ -267,8 +329,43 @@ async fn punish<D: ReviewDb>(
             delta.revised += 1;
             outcome.backtracked += 1;
             reopened.insert(key);
+            decisions_undone.push(key);
         }
         outcome.blacklisted.push(worker.clone());
+        // A reopened chunk's decision is undone, and with it the blame it laid on the workers
+        // that disagreed with the liar's side: their invalid verdicts are withdrawn (the chunk
+        // judges them anew once re-verified). Otherwise colluders who outvote an honest
+        // volunteer twice before they are caught get it blacklisted for good.
+        if !decisions_undone.is_empty() {
+            let withdrawn = db.withdraw_invalid(&decisions_undone, worker).await?;
+            if !withdrawn.is_empty() {
+                let deltas: BTreeMap<String, ReputationDelta> = withdrawn
+                    .into_iter()
+                    .map(|(w, n)| {
+                        (
+                            w,
+                            ReputationDelta {
+                                forgiven: n,
+                                ..ReputationDelta::default()
+                            },
+                        )
+                    })
+                    .collect();
+                let totals = db.update_reputation(&deltas).await?;
+                let cleared: Vec<String> = totals
+                    .into_iter()
+                    .filter(|(w, total)| {
+                        *total < BLACKLIST_AFTER_INVALID && !caught.contains_key(w)
+                    })
+                    .map(|(w, _)| w)
+                    .collect();
+                if !cleared.is_empty() {
+                    outcome
+                        .unblacklisted
+                        .extend(db.unblacklist(&cleared).await?);
+                }
+            }
+        }
     }
     outcome.reopened = true;
     Ok(reopened)

@@ -302,7 +302,8 @@ impl Store for SqliteStore {
                     (SELECT json_group_array(h.holder) FROM (
                         SELECT r.worker_id AS holder FROM replicas r
                         WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND r.state <> 'revoked'
+                          AND (r.state IN ('leased', 'returned')
+                               OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
                         UNION
                         SELECT r.origin FROM replicas r
                         WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
@@ -312,7 +313,8 @@ impl Store for SqliteStore {
                AND (?2 IS NULL OR NOT EXISTS (
                     SELECT 1 FROM replicas r
                     WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                      AND (r.worker_id = ?2 OR r.origin = ?3) AND r.state <> 'revoked'))
+                      AND ((r.worker_id = ?2 AND r.state IN ('leased', 'returned'))
+                           OR (r.origin = ?3 AND r.state <> 'revoked'))))
              ORDER BY c.priority DESC, c.job_id, c.idx
              LIMIT ?1",
         )
@@ -330,7 +332,8 @@ impl Store for SqliteStore {
                     (SELECT json_group_array(h.holder) FROM (
                         SELECT r.worker_id AS holder FROM replicas r
                         WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND r.state <> 'revoked'
+                          AND (r.state IN ('leased', 'returned')
+                               OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
                         UNION
                         SELECT r.origin FROM replicas r
                         WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
@@ -427,6 +430,7 @@ impl Store for SqliteStore {
             let state = match end {
                 LeaseEnd::WorkerGone => "expired",
                 LeaseEnd::Released => "released",
+                LeaseEnd::MasterLeft => "revoked",
             };
             let row = sqlx::query(
                 "UPDATE replicas SET state = ?2 WHERE id = ?1 AND state = 'leased'
@@ -446,12 +450,17 @@ impl Store for SqliteStore {
             ExpirySweep::Startup => Some(i64::MAX),
         };
         if let Some(before) = deadline_before {
+            // Leases past their deadline are the worker's doing ('expired': that worker and
+            // its network never get the chunk again); the previous process's leases at start-up
+            // are the master's ('revoked': they free their origin).
             let rows = sqlx::query(
-                "UPDATE replicas SET state = 'expired'
+                "UPDATE replicas
+                 SET state = CASE WHEN deadline_ms < ?2 THEN 'expired' ELSE 'revoked' END
                  WHERE state = 'leased' AND deadline_ms < ?1
                  RETURNING id, job_id, chunk_idx",
             )
             .bind(before)
+            .bind(now_ms())
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
@@ -576,7 +585,7 @@ struct SqliteReview<'t> {
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
-    master_checks: &[(ChunkKey, bool)],
+    master_checks: &[review::MasterCheck],
     outcome: &mut BatchOutcome,
     trust_off: bool,
 ) -> Result<()> {
@@ -826,7 +835,7 @@ impl ReviewDb for SqliteReview<'_> {
             let total: Option<i64> = sqlx::query_scalar(
                 "UPDATE workers
                  SET valid_count = valid_count + ?2,
-                     invalid_count = invalid_count + ?3,
+                     invalid_count = MAX(invalid_count + ?3 - ?6, 0),
                      consecutive_valid = CASE WHEN ?3 > 0 THEN 0
                                               ELSE consecutive_valid + ?4 END
                  WHERE id = ?1
@@ -837,6 +846,7 @@ impl ReviewDb for SqliteReview<'_> {
             .bind(delta.invalid)
             .bind(delta.vouched)
             .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
+            .bind(delta.forgiven)
             .fetch_optional(&mut **self.tx)
             .await?;
             if let Some(total) = total {
@@ -860,6 +870,51 @@ impl ReviewDb for SqliteReview<'_> {
             .await?;
         }
         Ok(())
+    }
+
+    async fn unblacklist(&mut self, workers: &[String]) -> Result<Vec<String>> {
+        let mut lifted = Vec::new();
+        for worker in workers {
+            let changed = sqlx::query(
+                "UPDATE workers SET blacklisted_at = NULL, blacklist_reason = NULL
+                 WHERE id = $1 AND blacklisted_at IS NOT NULL
+                   AND blacklist_reason NOT LIKE $2 || '%'",
+            )
+            .bind(worker)
+            .bind(review::PROVEN_LIE)
+            .execute(&mut **self.tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                lifted.push(worker.clone());
+            }
+        }
+        Ok(lifted)
+    }
+
+    async fn withdraw_invalid(
+        &mut self,
+        chunks: &[ChunkKey],
+        except: &str,
+    ) -> Result<BTreeMap<String, i32>> {
+        let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
+        for &(job_id, idx) in chunks {
+            let workers: Vec<String> = sqlx::query_scalar(
+                "UPDATE replicas SET verdict = NULL
+                 WHERE job_id = $1 AND chunk_idx = $2 AND verdict = 'invalid' AND NOT ringer
+                   AND worker_id <> $3
+                 RETURNING worker_id",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(except)
+            .fetch_all(&mut **self.tx)
+            .await?;
+            for worker in workers {
+                *withdrawn.entry(worker).or_default() += 1;
+            }
+        }
+        Ok(withdrawn)
     }
 
     async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
@@ -989,7 +1044,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         .bind(now_ms + i64::from(request.lease_seconds) * 1000)
         .bind(&*batch.master_id)
         .bind(request.ringer)
-        .bind(&*request.origin)
+        .bind(request.origin.as_deref())
         .fetch_optional(&mut **tx)
         .await?;
         match lease {
