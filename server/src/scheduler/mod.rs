@@ -162,9 +162,6 @@ impl SchedulerHandle {
 #[derive(Debug)]
 struct Session {
     worker_id: Arc<str>,
-    /// Its origin: the network it connects from, or its identity on a trusted network (see
-    /// [`crate::network`]); no chunk goes to one origin twice.
-    origin: Arc<str>,
     kind: &'static str,
     /// The network it connects from; `None` on the host's trusted networks.
     network: Option<Arc<str>>,
@@ -190,6 +187,12 @@ struct Session {
 }
 
 impl Session {
+    /// Its origin: the network it connects from, or its identity on a trusted network (see
+    /// [`crate::network`]); no chunk goes to one origin twice.
+    fn origin(&self) -> &Arc<str> {
+        self.network.as_ref().unwrap_or(&self.worker_id)
+    }
+
     fn free_credit(&self) -> usize {
         if self.draining {
             0
@@ -390,7 +393,6 @@ impl Scheduler {
                 self.sessions.insert(
                     session,
                     Session {
-                        origin: network.clone().unwrap_or_else(|| worker_id.clone()),
                         network,
                         worker_id,
                         kind,
@@ -557,7 +559,7 @@ impl Scheduler {
             };
             let want = session.free_credit();
             let worker_id = session.worker_id.clone();
-            let origin = session.origin.clone();
+            let origin = session.origin().clone();
             let network = session.network.clone();
             let taker = Taker {
                 worker_id: &worker_id,

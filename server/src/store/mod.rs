@@ -432,6 +432,29 @@ pub struct MasterCheckCandidate {
     pub output_digest: [u8; 32],
 }
 
+/// A row of [`MASTER_CHECK_CANDIDATES_SQL`], on either backend (`None` without a digest).
+pub(crate) fn master_check_candidate<R>(
+    row: &R,
+) -> std::result::Result<Option<MasterCheckCandidate>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let Some(output_digest) = review::digest_of(row.try_get("output_digest")?) else {
+        return Ok(None);
+    };
+    Ok(Some(MasterCheckCandidate {
+        chunk: (row.try_get("job_id")?, row.try_get("idx")?),
+        kernel: row.try_get("kernel")?,
+        input: row.try_get("input")?,
+        output_digest,
+    }))
+}
+
 /// The query behind [`Store::master_check_candidates`]; portable (`$N` placeholders work on
 /// SQLite too). Newest first: a lie is best caught before its job's results are read.
 pub(crate) const MASTER_CHECK_CANDIDATES_SQL: &str = "

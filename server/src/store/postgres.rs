@@ -25,6 +25,20 @@ use crate::verifier::QuorumPolicy;
 const CHUNK_INSERT_BATCH: usize = 20_000;
 
 /// PostgreSQL-backed [`Store`].
+/// The `holders` column of a ready chunk `c`: identities with a live or returned replica, and
+/// every identity and origin with a replica an untrusted network did not get revoked (see the
+/// `independence` migration).
+macro_rules! holders_column {
+    () => {
+        "ARRAY(SELECT h.holder FROM replicas r,
+                    LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
+              WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                AND (r.state IN ('leased', 'returned')
+                     OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
+                AND h.holder IS NOT NULL) AS holders"
+    };
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -330,13 +344,10 @@ impl Store for PgStore {
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted,
-                    ARRAY(SELECT h.holder FROM replicas r,
-                                LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
-                          WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND (r.state IN ('leased', 'returned')
-                                 OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
-                            AND h.holder IS NOT NULL) AS holders
+            concat!(
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted, ",
+                holders_column!(),
+                "
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND ($2::text IS NULL OR NOT EXISTS (
@@ -345,7 +356,8 @@ impl Store for PgStore {
                       AND ((r.worker_id = $2 AND r.state IN ('leased', 'returned'))
                            OR (r.origin = $3 AND r.state <> 'revoked'))))
              ORDER BY c.priority DESC, c.job_id, c.idx
-             LIMIT $1",
+             LIMIT $1"
+            ),
         )
         .bind(limit)
         .bind(for_worker.map(|w| w.0))
@@ -357,17 +369,15 @@ impl Store for PgStore {
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted,
-                    ARRAY(SELECT h.holder FROM replicas r,
-                                LATERAL (VALUES (r.worker_id), (r.origin)) AS h(holder)
-                          WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                            AND (r.state IN ('leased', 'returned')
-                                 OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
-                            AND h.holder IS NOT NULL) AS holders
+            concat!(
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
+                holders_column!(),
+                "
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'done' AND c.master_checked = 'agreed'
                AND c.output_digest IS NOT NULL
-             ORDER BY random() LIMIT $1",
+             ORDER BY random() LIMIT $1"
+            ),
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -396,18 +406,10 @@ impl Store for PgStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        let mut candidates = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(output_digest) = digest_of(row.try_get("output_digest")?) else {
-                continue;
-            };
-            candidates.push(MasterCheckCandidate {
-                chunk: (row.try_get("job_id")?, row.try_get("idx")?),
-                kernel: row.try_get("kernel")?,
-                input: row.try_get("input")?,
-                output_digest,
-            });
-        }
+        let candidates = rows
+            .iter()
+            .filter_map(|row| super::master_check_candidate(row).transpose())
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(candidates)
     }
 
@@ -982,22 +984,16 @@ impl ReviewDb for PgReview<'_> {
     }
 
     async fn unblacklist(&mut self, workers: &[String]) -> Result<Vec<String>> {
-        let mut lifted = Vec::new();
-        for worker in workers {
-            let changed = sqlx::query(
-                "UPDATE workers SET blacklisted_at = NULL, blacklist_reason = NULL
-                 WHERE id = $1 AND blacklisted_at IS NOT NULL
-                   AND blacklist_reason NOT LIKE $2 || '%'",
-            )
-            .bind(worker)
-            .bind(review::PROVEN_LIE)
-            .execute(&mut **self.tx)
-            .await?
-            .rows_affected();
-            if changed > 0 {
-                lifted.push(worker.clone());
-            }
-        }
+        let lifted = sqlx::query_scalar(
+            "UPDATE workers SET blacklisted_at = NULL, blacklist_reason = NULL
+             WHERE id = ANY($1) AND blacklisted_at IS NOT NULL
+               AND blacklist_reason NOT LIKE $2 || '%'
+             RETURNING id",
+        )
+        .bind(workers)
+        .bind(review::PROVEN_LIE)
+        .fetch_all(&mut **self.tx)
+        .await?;
         Ok(lifted)
     }
 
@@ -1006,22 +1002,22 @@ impl ReviewDb for PgReview<'_> {
         chunks: &[ChunkKey],
         except: &str,
     ) -> Result<BTreeMap<String, i32>> {
+        let (job_ids, indexes) = key_columns(chunks.iter());
+        let workers: Vec<String> = sqlx::query_scalar(
+            "UPDATE replicas r SET verdict = NULL
+             FROM UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
+             WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.verdict = 'invalid'
+               AND NOT r.ringer AND r.worker_id <> $3
+             RETURNING r.worker_id",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(except)
+        .fetch_all(&mut **self.tx)
+        .await?;
         let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
-        for &(job_id, idx) in chunks {
-            let workers: Vec<String> = sqlx::query_scalar(
-                "UPDATE replicas SET verdict = NULL
-                 WHERE job_id = $1 AND chunk_idx = $2 AND verdict = 'invalid' AND NOT ringer
-                   AND worker_id <> $3
-                 RETURNING worker_id",
-            )
-            .bind(job_id)
-            .bind(idx)
-            .bind(except)
-            .fetch_all(&mut **self.tx)
-            .await?;
-            for worker in workers {
-                *withdrawn.entry(worker).or_default() += 1;
-            }
+        for worker in workers {
+            *withdrawn.entry(worker).or_default() += 1;
         }
         Ok(withdrawn)
     }

@@ -31,6 +31,21 @@ use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
 
 /// SQLite-backed [`Store`].
+/// The `holders` column of a ready chunk `c`, as a JSON array (see the PostgreSQL store).
+macro_rules! holders_column {
+    () => {
+        "(SELECT json_group_array(h.holder) FROM (
+            SELECT r.worker_id AS holder FROM replicas r
+            WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+              AND (r.state IN ('leased', 'returned')
+                   OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
+            UNION
+            SELECT r.origin FROM replicas r
+            WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+              AND r.state <> 'revoked' AND r.origin IS NOT NULL) AS h) AS holders"
+    };
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -298,16 +313,10 @@ impl Store for SqliteStore {
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted,
-                    (SELECT json_group_array(h.holder) FROM (
-                        SELECT r.worker_id AS holder FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND (r.state IN ('leased', 'returned')
-                               OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
-                        UNION
-                        SELECT r.origin FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND r.state <> 'revoked' AND r.origin IS NOT NULL) AS h) AS holders
+            concat!(
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted, ",
+                holders_column!(),
+                "
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND (?2 IS NULL OR NOT EXISTS (
@@ -316,7 +325,8 @@ impl Store for SqliteStore {
                       AND ((r.worker_id = ?2 AND r.state IN ('leased', 'returned'))
                            OR (r.origin = ?3 AND r.state <> 'revoked'))))
              ORDER BY c.priority DESC, c.job_id, c.idx
-             LIMIT ?1",
+             LIMIT ?1"
+            ),
         )
         .bind(limit)
         .bind(for_worker.map(|w| w.0))
@@ -328,20 +338,15 @@ impl Store for SqliteStore {
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted,
-                    (SELECT json_group_array(h.holder) FROM (
-                        SELECT r.worker_id AS holder FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND (r.state IN ('leased', 'returned')
-                               OR (r.origin IS NOT NULL AND r.state <> 'revoked'))
-                        UNION
-                        SELECT r.origin FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                          AND r.state <> 'revoked' AND r.origin IS NOT NULL) AS h) AS holders
+            concat!(
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
+                holders_column!(),
+                "
              FROM chunks c JOIN jobs j ON j.id = c.job_id
              WHERE c.state = 'done' AND c.master_checked = 'agreed'
                AND c.output_digest IS NOT NULL
-             ORDER BY random() LIMIT ?1",
+             ORDER BY random() LIMIT ?1"
+            ),
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -370,18 +375,10 @@ impl Store for SqliteStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        let mut candidates = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(output_digest) = digest_of(row.try_get("output_digest")?) else {
-                continue;
-            };
-            candidates.push(MasterCheckCandidate {
-                chunk: (row.try_get("job_id")?, row.try_get("idx")?),
-                kernel: row.try_get("kernel")?,
-                input: row.try_get("input")?,
-                output_digest,
-            });
-        }
+        let candidates = rows
+            .iter()
+            .filter_map(|row| super::master_check_candidate(row).transpose())
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(candidates)
     }
 
