@@ -97,14 +97,31 @@ async fn blacklisted(server: &InProcessServer, id: &str) -> bool {
         == 1
 }
 
-/// An honest warm-up job so there are accepted answers to use as spot-checks.
-async fn warm_up(server: &InProcessServer, api: &Api) {
+/// An honest warm-up job so there are accepted answers to use as spot-checks (with trust on,
+/// once the master has computed them itself).
+async fn warm_up(server: &InProcessServer, api: &Api, trust: bool) {
     let job = api
         .submit(json!({"kernel": "echo", "inputs": inputs(30, "warm-up"), "redundancy": 2}))
         .await;
     let finished = api.wait_finished(job, Duration::from_secs(60)).await;
     assert_eq!(finished["state"], "done");
-    let _ = server;
+    // Spot-checks are chunks whose output the master computed itself: wait until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while trust
+        && server
+            .store
+            .count(&format!(
+                "SELECT count(*) FROM chunks WHERE job_id = {job} AND master_checked = 'agreed'"
+            ))
+            .await
+            < 30
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the master did not check the warm-up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn colluders_are_caught_and_cannot_get_a_wrong_result_accepted(backend: Backend) {
@@ -114,7 +131,7 @@ async fn colluders_are_caught_and_cannot_get_a_wrong_result_accepted(backend: Ba
         .into_iter()
         .map(|id| spawn_peer(server.ws(), id, 2, Behaviour::Honest))
         .collect();
-    warm_up(&server, &api).await;
+    warm_up(&server, &api, true).await;
 
     // A colluding pair joins: their first assignments are known answers, so they are caught
     // before their word counts for anything.
@@ -165,7 +182,7 @@ async fn a_sleeper_caught_later_is_backtracked_and_results_are_right(backend: Ba
         .into_iter()
         .map(|id| spawn_peer(server.ws(), id, 1, Behaviour::Honest))
         .collect();
-    warm_up(&server, &api).await;
+    warm_up(&server, &api, true).await;
     // The sleeper is honest long enough to be trusted (4 spot-checks + 10 validated results
     // and more), then lies on everything.
     let sleeper = spawn_peer(server.ws(), "sleeper", 1, Behaviour::Sleeper(40));
@@ -216,7 +233,7 @@ async fn plain_voting_has_no_spot_checks_and_blacklists_nobody(backend: Backend)
     .into_iter()
     .map(|(id, behaviour)| spawn_peer(server.ws(), id, 2, behaviour))
     .collect();
-    warm_up(&server, &api).await;
+    warm_up(&server, &api, false).await;
     let expected = inputs(40, "plain");
     let job = api
         .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))

@@ -497,7 +497,14 @@ impl Scheduler {
                 }
             }
             Event::WorkAvailable => self.cache.invalidate(),
-            Event::MasterChecked { checks } => self.batch.master_checks.extend(checks),
+            Event::MasterChecked { checks } => {
+                // The first answers the master knows: spot-checks can use them at once (a new
+                // grid would otherwise run a whole job before anyone could earn trust).
+                if self.ringers.is_empty() && checks.iter().any(|check| check.agreed) {
+                    self.trust_loaded_at = None;
+                }
+                self.batch.master_checks.extend(checks);
+            }
             Event::Revoked { leases } => {
                 self.revoke(&leases);
                 self.cache.invalidate();
