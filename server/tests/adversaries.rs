@@ -724,6 +724,19 @@ async fn colluders_cannot_poison_the_spot_checks(backend: Backend) {
     let second = api
         .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
         .await;
+    finish_or_explain(&server, &api, second, Duration::from_secs(60)).await;
+    // Read the verdict once the master has checked every accepted chunk (its refutations
+    // withdraw the blame colluders laid on honest workers before they were caught).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server
+        .store
+        .count("SELECT count(*) FROM chunks WHERE state = 'open' OR (state = 'done' AND master_checked IS NULL)")
+        .await
+        > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let finished = finish_or_explain(&server, &api, second, Duration::from_secs(60)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     assert_eq!(blacklisted_ids(&server, "newcomer").await, 0);
