@@ -9,9 +9,13 @@
 //! - `cargo xtask modules`: the example task modules (`examples/`), built and checked against
 //!   the task ABI into `<target>/task-modules/` (see `modules.rs`); `test` and `build` do it too.
 //!
+//! - Python packages the tests drive: one virtual environment (`python.rs`), passed to the
+//!   tests as `GRID_PYTHON`.
+//!
 //! Everything a fresh machine lacks is installed here, with a message saying what and why.
 
 mod modules;
+mod python;
 mod web;
 
 use std::net::TcpStream;
@@ -133,6 +137,7 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
     // The module tests upload the examples from `<target>/task-modules/`.
     modules::build_example_modules(root)?;
     web::ensure_browser_tools(root)?;
+    let python = python::ensure_venv(root)?;
     step("building every binary (end-to-end tests start them as processes)");
     status(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
     step("running every test");
@@ -140,6 +145,7 @@ fn test(root: &Path, filter: &[String]) -> Result<()> {
         Command::new("cargo")
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(filter)
-            .env("DATABASE_URL", database_url()),
+            .env("DATABASE_URL", database_url())
+            .env("GRID_PYTHON", python),
     )
 }

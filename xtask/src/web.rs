@@ -328,7 +328,7 @@ fn npm_ci(frontend: &Path) -> Result<()> {
 }
 
 /// `apt-get install -y <packages>` when running as root on Debian, else a clear error.
-fn apt_install(packages: &[&str], what: &str) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str], what: &str) -> Result<()> {
     let is_root = output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0");
     let has_apt = Path::new("/usr/bin/apt-get").exists();
     if !(is_root && has_apt) {
