@@ -14,14 +14,25 @@
 # (its own recomputation of the echo kernel) and re-verified what it refuted; "revised" counts
 # the chunks that were reopened on the way (accepted, then found wrong or their voter caught).
 #
+# A second table (issue 19) runs the review's resource attacks (bench/attacks.py, in the
+# project's Python environment) beside the same honest grid, one per job: honest throughput
+# relative to the run without attackers, results lost, the master's resident memory before and
+# after the job, the slowest /healthz answer, and what the attacker saw (connections made,
+# connections the master closed).
+#
 #   bench/adversaries.sh                  # every attack, 10,000 chunks
-#   CHUNKS=2000 ATTACKS="sybil release" bench/adversaries.sh
+#   CHUNKS=2000 ATTACKS="sybil release" RESOURCE_ATTACKS="slowloris" bench/adversaries.sh
 source "$(dirname "$0")/common.sh"
 
 CHUNKS="${CHUNKS:-10000}"
 HONEST="${HONEST:-8}"
 SEED="${SEED:-7}"
 ATTACKS="${ATTACKS:-sybil colluding-fixed colluding-adaptive sleeper rotate release drop slots}"
+RESOURCE_ATTACKS="${RESOURCE_ATTACKS:-slowloris outbox hungry nul pings volunteers tokens}"
+PYTHON="${GRID_PYTHON:-}"
+if [ -n "$RESOURCE_ATTACKS" ] && [ -z "$PYTHON" ]; then
+  PYTHON="$(cd "$BENCH_ROOT" && cargo xtask python 2>/dev/null)"
+fi
 
 build_binaries
 raise_fd_limit
@@ -48,6 +59,64 @@ watch_health() {
   done
 }
 
+# Start the honest grid on a fresh master and run the warm-up job (see run_cell).
+start_honest_grid() {
+  create_database
+  GRID_TRUSTED_NETWORKS=none start_server postgres
+  "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$HONEST" --slots 4 --bind "$honest_bind" \
+    --seed "$SEED" --duration-s 3600 >"$BENCH_TMP/loadgen.out" 2>"$BENCH_TMP/loadgen.err" &
+  LOADGEN_PID=$!
+  jq -nc '{kernel: "echo", redundancy: 2, inputs: [range(0; 500) | {warm: .}]}' >"$BENCH_TMP/job.json"
+  submit_job
+  wait_job "$JOB_ID" 300 1 || echo "bench: the warm-up job did not finish" >&2
+  sleep 1
+}
+
+# One resource attack beside the honest grid (second table).
+run_resource_cell() {
+  local attack="$1" n=1
+  case "$attack" in
+    slowloris) n=3000 ;;
+    outbox) n=64 ;;
+    hungry) n=64 ;;
+    nul) n=4 ;;
+    pings) n=16 ;;
+    volunteers) n=8 ;;
+    tokens) n=8 ;;
+    *) echo "bench: unknown resource attack $attack" >&2; exit 1 ;;
+  esac
+  start_honest_grid
+  local rss_before attack_pid
+  rss_before=$(( $(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status") / 1024 ))
+  "$PYTHON" "$BENCH_ROOT/bench/attacks.py" "$SERVER_URL" "$attack" --n "$n" \
+    >"$BENCH_TMP/attack.out" 2>"$BENCH_TMP/attack.err" &
+  attack_pid=$!
+  sleep 3
+  write_echo_job "$CHUNKS" 2
+  submit_job
+  : >"$BENCH_TMP/health.max"
+  watch_health & HEALTH_PID=$!
+  wait_job "$JOB_ID" 900 1 || echo "bench: job $JOB_ID did not finish under $attack" >&2
+  local view rss_after rate relative health lost seen
+  view="$(job_view "$JOB_ID")"
+  rss_after=$(( $(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status") / 1024 ))
+  kill "$HEALTH_PID" 2>/dev/null; wait "$HEALTH_PID" 2>/dev/null || true; HEALTH_PID=""
+  kill -TERM "$attack_pid" 2>/dev/null; wait "$attack_pid" 2>/dev/null || true
+  kill -INT "$LOADGEN_PID" 2>/dev/null; wait "$LOADGEN_PID" 2>/dev/null || true; LOADGEN_PID=""
+  lost=$(curl -sS -H "Authorization: Bearer $BENCH_TOKEN" "$SERVER_URL/api/v1/jobs/$JOB_ID/results" \
+    | jq -s --argjson n "$CHUNKS" '$n - ([.[] | select(.output == {i: .index})] | length)')
+  rate=$(calc "$CHUNKS / $(seconds_between "$(echo "$view" | jq -r .started_at)" "$(echo "$view" | jq -r .finished_at)")")
+  relative=$(calc "100 * $rate / $BASE_RATE")
+  health=$(cat "$BENCH_TMP/health.max" 2>/dev/null || echo "?")
+  seen=$(jq -r '"\(.connections) / \(.closed_by_master)"' "$BENCH_TMP/attack.out" 2>/dev/null || echo "?")
+  printf "| %-10s | %5s | %7s %% | %4s | %8s | %8s MiB | %9s | %17s |\n" \
+    "$attack" "$n" "$(fmt "$relative" 0)" "$lost" "$(echo "$view" | jq -r .state)" \
+    "$rss_before → $rss_after" "$(fmt "$(calc "$health * 1000")" 0) ms" "$seen"
+  stop_server
+  psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
+  BENCH_DB=""
+}
+
 run_cell() {
   local attack="$1" policy="fixed" lie_args=() bind="" slots=2 declared
   case "$attack" in
@@ -62,17 +131,9 @@ run_cell() {
     slots) lie_args=(--attack slots --attack-slots 256); bind="$one_network"; slots=256 ;;
     *) echo "bench: unknown attack $attack" >&2; exit 1 ;;
   esac
-  create_database
-  GRID_TRUSTED_NETWORKS=none start_server postgres
   # The honest grid runs first, and a warm-up job of 500 chunks gives the master answers of
   # its own to spot-check with (a grid that has run before has them).
-  "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$HONEST" --slots 4 --bind "$honest_bind" \
-    --seed "$SEED" --duration-s 3600 >"$BENCH_TMP/loadgen.out" 2>"$BENCH_TMP/loadgen.err" &
-  LOADGEN_PID=$!
-  jq -nc '{kernel: "echo", redundancy: 2, inputs: [range(0; 500) | {warm: .}]}' >"$BENCH_TMP/job.json"
-  submit_job
-  wait_job "$JOB_ID" 300 1 || echo "bench: the warm-up job did not finish" >&2
-  sleep 1
+  start_honest_grid
   local attacker_pid=""
   if [ "$attack" != none ]; then
     "$LOADGEN_BIN" --server "$SERVER_URL" --workers "$attackers" --saboteurs "$attackers" \
@@ -142,3 +203,14 @@ echo "(honest rate without attackers: $(fmt "$BASE_RATE" 0) chunks/s)" >&2
 for attack in $ATTACKS; do
   run_cell "$attack"
 done
+
+if [ -n "$RESOURCE_ATTACKS" ]; then
+  echo
+  echo "Resource attacks (issue 19), each beside the same honest grid; attacker: connections made / closed by the master"
+  echo
+  echo "| attack     | conns | honest rate | lost | job      | master RSS before → after | /healthz max | attacker conns / closed |"
+  echo "|------------|-------|-------------|------|----------|---------------------------|--------------|-------------------------|"
+  for attack in $RESOURCE_ATTACKS; do
+    run_resource_cell "$attack"
+  done
+fi

@@ -307,9 +307,11 @@ impl SimulatedWorker {
             worker_id: self.worker_id.clone(),
             slots: self.slots,
             kind: WorkerKind::Native,
+            work: None,
         };
         let hello_at = Instant::now();
         socket.send(Message::text(to_json(&hello))).await.ok()?;
+        let mut challenged = false;
         loop {
             let text = match socket.next().await? {
                 Ok(Message::Text(text)) => text,
@@ -324,6 +326,28 @@ impl SimulatedWorker {
                     hello_at,
                     Duration::from_secs(u64::from(heartbeat_seconds.max(1))),
                 ))),
+                Ok(MasterMessage::Challenge { seed, bits })
+                    if !challenged && bits <= grid_protocol::work::MAX_BITS =>
+                {
+                    // The master asks each session for a proof of work: simulated workers pay
+                    // it like real ones (so an attack's cost is what it would be).
+                    challenged = true;
+                    let worker_id = self.worker_id.clone();
+                    let work = tokio::task::spawn_blocking(move || {
+                        grid_protocol::work::solve(&seed, &worker_id, bits)
+                    })
+                    .await
+                    .ok()?;
+                    let hello = WorkerMessage::Hello {
+                        protocol: PROTOCOL_VERSION,
+                        worker_id: self.worker_id.clone(),
+                        slots: self.slots,
+                        kind: WorkerKind::Native,
+                        work: Some(work),
+                    };
+                    socket.send(Message::text(to_json(&hello))).await.ok()?;
+                    continue;
+                }
                 Ok(MasterMessage::Error { code, message })
                     if code == grid_protocol::ERROR_UNSUPPORTED_PROTOCOL =>
                 {
@@ -614,7 +638,7 @@ impl Active<'_> {
                 warn!(worker = %self.worker.worker_id, %code, %message, "error from the master");
                 return Some(Ended::Lost);
             }
-            MasterMessage::Welcome { .. } => {}
+            MasterMessage::Welcome { .. } | MasterMessage::Challenge { .. } => {}
         }
         None
     }

@@ -91,6 +91,10 @@ pub enum WorkerMessage {
         slots: u32,
         /// Native or browser.
         kind: WorkerKind,
+        /// The answer to the master's [`MasterMessage::Challenge`], when it asked for one: a
+        /// counter such that [`work::is_solution`] holds (see [`work`]). Absent in a first hello.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        work: Option<u64>,
     },
     /// The outcome of an assignment this session holds.
     Result {
@@ -134,6 +138,15 @@ pub enum MasterMessage {
         heartbeat_seconds: u32,
         /// Largest result frame the master accepts, in bytes.
         max_message_bytes: u32,
+    },
+    /// Answer to a hello on a master that asks new sessions for a proof of work
+    /// (`--hello-work-bits`): the worker sends its hello again with `work` set to a solution of
+    /// this challenge (see [`work`]); the master answers that with the welcome.
+    Challenge {
+        /// Random, fresh for this connection, hex.
+        seed: String,
+        /// Leading zero bits the solution's hash must have.
+        bits: u32,
     },
     /// Compute one chunk.
     Assign {
@@ -206,6 +219,54 @@ pub fn result_frame(
             (to_json(&WorkerMessage::Result { lease, outcome }), true)
         }
         _ => (text, false),
+    }
+}
+
+/// The proof of work a master may ask of every new session before it welcomes it
+/// ([`MasterMessage::Challenge`]): find a counter `n` such that
+/// `SHA-256("grid-hello-work\0" || seed || "\0" || worker_id || "\0" || n as 8 little-endian bytes)`
+/// starts with `bits` zero bits. Finding one takes about `2^bits` hashes; checking it, one.
+/// The seed is fresh per connection, so work cannot be saved up or shared between sessions,
+/// and the identity is hashed in, so one solution serves one identity.
+pub mod work {
+    use sha2::{Digest, Sha256};
+
+    /// The most bits a master may ask for (2^32 hashes is minutes of a core's time).
+    pub const MAX_BITS: u32 = 32;
+
+    fn hash(seed: &str, worker_id: &str, counter: u64) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"grid-hello-work\0");
+        hasher.update(seed.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(worker_id.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(counter.to_le_bytes());
+        hasher.finalize().into()
+    }
+
+    fn leading_zero_bits(digest: &[u8; 32]) -> u32 {
+        let mut bits = 0;
+        for byte in digest {
+            if *byte == 0 {
+                bits += 8;
+            } else {
+                return bits + byte.leading_zeros();
+            }
+        }
+        bits
+    }
+
+    /// Whether `counter` solves the challenge `(seed, bits)` for `worker_id`.
+    pub fn is_solution(seed: &str, worker_id: &str, bits: u32, counter: u64) -> bool {
+        leading_zero_bits(&hash(seed, worker_id, counter)) >= bits.min(MAX_BITS)
+    }
+
+    /// The first counter that solves the challenge (about `2^bits` hashes).
+    pub fn solve(seed: &str, worker_id: &str, bits: u32) -> u64 {
+        (0..=u64::MAX)
+            .find(|counter| is_solution(seed, worker_id, bits, *counter))
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -296,14 +357,51 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn hello_work_is_found_checked_and_bound_to_seed_and_identity() {
+        let seed = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let counter = work::solve(seed, "w-1", 12);
+        assert!(work::is_solution(seed, "w-1", 12, counter));
+        // The inputs are fixed, so this is deterministic: the counter that solves 16 bits for
+        // w-1 under this seed does not for another identity or another seed.
+        let strong = work::solve(seed, "w-1", 16);
+        assert!(work::is_solution(seed, "w-1", 16, strong));
+        assert!(!work::is_solution(seed, "w-2", 16, strong));
+        assert!(!work::is_solution("00", "w-1", 16, strong));
+        // Zero bits: anything goes; the maximum is clamped.
+        assert!(work::is_solution(seed, "w-1", 0, 0));
+        let hello = WorkerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            worker_id: "w-1".into(),
+            slots: 1,
+            kind: WorkerKind::Browser,
+            work: Some(counter),
+        };
+        let text = to_json(&hello);
+        assert!(text.contains(&format!(r#""work":{counter}"#)), "{text}");
+        assert_eq!(WorkerMessage::from_json(&text).ok(), Some(hello));
+        let challenge = MasterMessage::Challenge {
+            seed: seed.into(),
+            bits: 12,
+        };
+        let text = to_json(&challenge);
+        assert!(text.contains(r#""type":"challenge""#), "{text}");
+        assert_eq!(MasterMessage::from_json(&text).ok(), Some(challenge));
+    }
+
+    #[test]
     fn messages_round_trip_with_type_tags() {
         let hello = WorkerMessage::Hello {
             protocol: PROTOCOL_VERSION,
             worker_id: "w-1".into(),
             slots: 4,
             kind: WorkerKind::Native,
+            work: None,
         };
         let text = to_json(&hello);
+        assert!(
+            !text.contains(r#""work""#),
+            "a first hello carries no work: {text}"
+        );
         assert!(text.contains(r#""type":"hello""#), "{text}");
         assert_eq!(WorkerMessage::from_json(&text).ok(), Some(hello));
 

@@ -91,6 +91,13 @@ pub struct Config {
     #[arg(long, env = "GRID_MAX_SESSIONS_PER_NETWORK", default_value_t = 32)]
     pub max_sessions_per_network: usize,
 
+    /// Proof of work asked of every new worker session outside the trusted networks, in
+    /// leading zero bits of a SHA-256 (0 to 32; 0: none). Each session then costs its worker
+    /// about 2^bits hashes: 20 bits is about a second of one core natively.
+    #[arg(long, env = "GRID_HELLO_WORK_BITS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(grid_protocol::work::MAX_BITS)))]
+    pub hello_work_bits: u32,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -123,6 +130,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_network", &self.max_sessions_per_network)
+            .field("hello_work_bits", &self.hello_work_bits)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -143,6 +151,7 @@ impl Config {
             max_connections_per_ip: self.max_connections_per_ip,
             max_ws_sessions: self.max_sessions,
             max_ws_sessions_per_network: self.max_sessions_per_network,
+            hello_work_bits: self.hello_work_bits,
             ..Default::default()
         }
     }

@@ -57,6 +57,10 @@ pub struct Limits {
     /// `rejected` answers (results for leases the session does not hold) one session may earn
     /// before it is closed (`too_many_refusals`).
     pub ws_max_refusals: u32,
+    /// Leading zero bits of the proof of work asked of each new worker session outside the
+    /// trusted networks before its welcome (`--hello-work-bits`; 0: none). See
+    /// [`grid_protocol::work`].
+    pub hello_work_bits: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +85,7 @@ impl Default for Limits {
             ws_outbox_messages: 1_024,
             ws_write_timeout: Duration::from_secs(10),
             ws_max_refusals: 64,
+            hello_work_bits: 0,
         }
     }
 }

@@ -20,16 +20,21 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{
-    MAX_SLOTS, MasterMessage, Outcome, PROTOCOL_VERSION, WorkerMessage, is_valid_worker_id,
-    outcome_digest,
+    MAX_SLOTS, MasterMessage, Outcome, PROTOCOL_VERSION, WorkerKind, WorkerMessage,
+    is_valid_worker_id, outcome_digest,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::AppState;
+use crate::limits::Limits;
 use crate::scheduler::{Event, Outbound, SessionId};
 
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker may take to answer the hello's proof-of-work challenge. At the largest
+/// setting (32 bits) an honest worker needs minutes; the README advises 16 to 22 bits
+/// (a fraction of a second to a few seconds).
+const WORK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an ending session waits for the peer's answer to its close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -350,6 +355,74 @@ enum ReadEnd {
     Refused(Refusal),
 }
 
+/// A validated hello.
+struct Hello {
+    worker_id: Arc<str>,
+    kind: WorkerKind,
+    slots: u32,
+    work: Option<u64>,
+}
+
+/// One text frame of the handshake, within `timeout`.
+async fn read_handshake_frame(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    rate: &mut RateLimit,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<String, ReadEnd> {
+    match tokio::time::timeout(timeout, next_text(stream, rate, limits)).await {
+        Err(_) => Err(ReadEnd::BeforeHello(Refusal::new(
+            "hello_timeout",
+            format!("no hello within {} seconds", timeout.as_secs()),
+            close_code::POLICY,
+        ))),
+        Ok(Next::Closed) => Err(ReadEnd::PeerClosed),
+        Ok(Next::Refused(refusal)) => Err(ReadEnd::BeforeHello(refusal)),
+        Ok(Next::Text(text)) => Ok(text),
+    }
+}
+
+/// Parse and check a hello frame.
+fn parse_hello(text: &str) -> Result<Hello, Refusal> {
+    match WorkerMessage::from_json(text) {
+        Ok(WorkerMessage::Hello {
+            protocol,
+            worker_id,
+            slots,
+            kind,
+            work,
+        }) => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(Refusal::new(
+                    grid_protocol::ERROR_UNSUPPORTED_PROTOCOL,
+                    format!(
+                        "this master speaks protocol {PROTOCOL_VERSION}, not {protocol}: upgrade the worker"
+                    ),
+                    close_code::PROTOCOL,
+                ));
+            }
+            if !is_valid_worker_id(&worker_id) {
+                return Err(Refusal::protocol(
+                    "worker_id must be 1 to 128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+            if slots == 0 || slots > MAX_SLOTS {
+                return Err(Refusal::protocol(format!(
+                    "slots must be between 1 and {MAX_SLOTS}"
+                )));
+            }
+            Ok(Hello {
+                worker_id: Arc::from(worker_id),
+                kind,
+                slots,
+                work,
+            })
+        }
+        Ok(_) => Err(Refusal::protocol("the first message must be hello")),
+        Err(error) => Err(Refusal::protocol(format!("malformed hello: {error}"))),
+    }
+}
+
 async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     state: &AppState,
@@ -362,52 +435,49 @@ async fn read_loop(
     let mut rate = RateLimit::new(limits.ws_messages_per_second, limits.ws_message_burst);
 
     // Hello first.
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, next_text(stream, &mut rate, limits)).await {
-            Err(_) => {
-                return ReadEnd::BeforeHello(Refusal::new(
-                    "hello_timeout",
-                    "no hello within 10 seconds",
-                    close_code::POLICY,
-                ));
-            }
-            Ok(Next::Closed) => return ReadEnd::PeerClosed,
-            Ok(Next::Refused(refusal)) => return ReadEnd::BeforeHello(refusal),
-            Ok(Next::Text(text)) => text,
-        };
-    let (worker_id, kind, slots) = match WorkerMessage::from_json(&hello) {
-        Ok(WorkerMessage::Hello {
-            protocol,
-            worker_id,
-            slots,
-            kind,
-        }) => {
-            if protocol != PROTOCOL_VERSION {
-                return ReadEnd::BeforeHello(Refusal::new(
-                    grid_protocol::ERROR_UNSUPPORTED_PROTOCOL,
-                    format!(
-                        "this master speaks protocol {PROTOCOL_VERSION}, not {protocol}: upgrade the worker"
-                    ),
-                    close_code::PROTOCOL,
-                ));
-            }
-            if !is_valid_worker_id(&worker_id) {
-                return ReadEnd::BeforeHello(Refusal::protocol(
-                    "worker_id must be 1 to 128 characters of [A-Za-z0-9._:-]",
-                ));
-            }
-            if slots == 0 || slots > MAX_SLOTS {
-                return ReadEnd::BeforeHello(Refusal::protocol(format!(
-                    "slots must be between 1 and {MAX_SLOTS}"
-                )));
-            }
-            (Arc::<str>::from(worker_id), kind, slots)
-        }
-        Ok(_) => return ReadEnd::BeforeHello(Refusal::protocol("the first message must be hello")),
-        Err(error) => {
-            return ReadEnd::BeforeHello(Refusal::protocol(format!("malformed hello: {error}")));
-        }
+    let hello = match read_handshake_frame(stream, &mut rate, limits, HELLO_TIMEOUT).await {
+        Ok(text) => text,
+        Err(end) => return end,
     };
+    let mut hello = match parse_hello(&hello) {
+        Ok(hello) => hello,
+        Err(refusal) => return ReadEnd::BeforeHello(refusal),
+    };
+    // A proof of work, when the master asks for one, from sessions outside the trusted
+    // networks: a fresh seed per connection, answered by a second hello.
+    let bits = limits.hello_work_bits.min(grid_protocol::work::MAX_BITS);
+    if bits > 0 && peer.network.is_some() {
+        let seed = hex::encode(rand::random::<[u8; 16]>());
+        let _ = outbox.send(Outbound::Message(MasterMessage::Challenge {
+            seed: seed.clone(),
+            bits,
+        }));
+        let answer = match read_handshake_frame(stream, &mut rate, limits, WORK_TIMEOUT).await {
+            Ok(text) => text,
+            Err(end) => return end,
+        };
+        hello = match parse_hello(&answer) {
+            Ok(hello) => hello,
+            Err(refusal) => return ReadEnd::BeforeHello(refusal),
+        };
+        let solved = hello.work.is_some_and(|work| {
+            grid_protocol::work::is_solution(&seed, &hello.worker_id, bits, work)
+        });
+        if !solved {
+            metrics::counter!("grid_hello_work_refused_total").increment(1);
+            return ReadEnd::BeforeHello(Refusal::new(
+                "bad_work",
+                format!("the hello's work does not solve the challenge ({bits} bits)"),
+                close_code::POLICY,
+            ));
+        }
+    }
+    let Hello {
+        worker_id,
+        kind,
+        slots,
+        ..
+    } = hello;
     let _ = outbox.send(Outbound::Message(MasterMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         heartbeat_seconds: limits.heartbeat_seconds,
@@ -520,7 +590,7 @@ enum Next {
 async fn next_text(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     rate: &mut RateLimit,
-    limits: &crate::limits::Limits,
+    limits: &Limits,
 ) -> Next {
     loop {
         let frame = stream.next().await;

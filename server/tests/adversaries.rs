@@ -10,6 +10,8 @@
 //! - C3: error outcomes carrying NUL, which PostgreSQL refuses in text.
 //! - Sleepers on distinct networks that behave until trusted and then all tell one lie,
 //!   against adaptive verification.
+//! - M10: a colluding pair that holds both replicas of chunks and answers (correctly) only
+//!   after a long delay, to be credited the time it held them.
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, Peer, modules};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use grid_protocol::{MasterMessage, Outcome, WorkerKind, WorkerMessage};
 use grid_server::ServeOptions;
 use grid_server::network::NetworkPolicy;
@@ -39,6 +41,7 @@ on_both_backends!(
     a_huge_slot_count_buys_a_hoarder_nothing,
     colluders_cannot_poison_the_spot_checks,
     rotating_liars_are_caught_on_their_first_assignments,
+    holding_leases_to_the_deadline_inflates_no_credit,
 );
 
 /// How an adversarial or honest peer answers (echo kernel jobs).
@@ -138,6 +141,58 @@ fn spawn_peer_as(
             };
             peer.send(&reply).await;
             sent.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// A peer that answers every assignment correctly but only `delay` after it came (all held
+/// leases at once, as a colluder milking credit would).
+fn spawn_lazy_peer(
+    ws: String,
+    source: &str,
+    id: &str,
+    slots: u32,
+    delay: Duration,
+) -> JoinHandle<()> {
+    let source = ip(source);
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let peer = Peer::join_from(&ws, source, &id, slots).await;
+        let (mut sink, mut stream) = peer.socket.split();
+        let (answers, mut due) = tokio::sync::mpsc::unbounded_channel::<WorkerMessage>();
+        loop {
+            tokio::select! {
+                frame = tokio::time::timeout(Duration::from_secs(5), stream.next()) => {
+                    let text = match frame {
+                        Err(_) => {
+                            let beat = grid_protocol::to_json(&WorkerMessage::Heartbeat);
+                            let _ = sink.send(Message::Text(beat.into())).await;
+                            continue;
+                        }
+                        Ok(Some(Ok(Message::Text(text)))) => text,
+                        Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) => return,
+                        Ok(Some(Ok(_))) => continue,
+                    };
+                    if let Ok(MasterMessage::Assign { lease, input, .. }) =
+                        MasterMessage::from_json(&text)
+                    {
+                        let answers = answers.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = answers.send(WorkerMessage::Result {
+                                lease,
+                                outcome: Outcome::Ok(input),
+                            });
+                        });
+                    }
+                }
+                Some(answer) = due.recv() => {
+                    let text = grid_protocol::to_json(&answer);
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     })
 }
@@ -803,6 +858,67 @@ async fn rotating_liars_are_caught_on_their_first_assignments(backend: Backend) 
         "no rotating liar was caught"
     );
     assert_eq!(blacklisted_ids(&server, "honest-%").await, 0);
+    server.stop().await;
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// M10: credit was the shortest lease-to-result time among a chunk's valid replicas, so a pair
+/// holding both replicas and answering late was credited the whole hold. Here the pair
+/// connects first and takes the first chunks of a job together (it is all there is), holds
+/// them 3 s and answers correctly; honest workers join and compute the rest in milliseconds.
+/// Each chunk's credit is capped at a few times the job's median chunk time.
+async fn holding_leases_to_the_deadline_inflates_no_credit(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let hold = Duration::from_secs(3);
+    let mut peers = vec![
+        spawn_lazy_peer(server.ws(), "127.0.9.1", "lazy-a", 8, hold),
+        spawn_lazy_peer(server.ws(), "127.0.10.1", "lazy-b", 8, hold),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = inputs(300, "lazy");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    // The pair holds its first leases before anyone honest is there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peers.extend(honest_peers(
+        &server,
+        &["127.0.1.1", "127.0.2.1", "127.0.3.1"],
+        4,
+    ));
+    let finished = finish_or_explain(&server, &api, job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    // Chunks both replicas of which the pair held: the attack happened.
+    let held = server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM (SELECT chunk_idx FROM replicas
+             WHERE job_id = {job} AND verdict = 'valid' AND worker_id LIKE 'lazy-%'
+             GROUP BY chunk_idx HAVING count(*) = 2) AS both_lazy"
+        ))
+        .await;
+    assert!(held > 0, "the pair never held both replicas of a chunk");
+    let credits = server.store.shared().credits().await.unwrap();
+    let per_result = |prefix: &str| {
+        let (ms, results) = credits
+            .iter()
+            .filter(|c| c.worker_id.starts_with(prefix))
+            .fold((0.0, 0), |(ms, n), c| (ms + c.credit_ms, n + c.results));
+        assert!(results > 0, "no valid result from {prefix}*");
+        ms / results as f64
+    };
+    let honest = per_result("honest-");
+    for id in ["lazy-a", "lazy-b"] {
+        let lazy = per_result(id);
+        // Uncapped, every held chunk would earn the 3,000 ms it was held. Capped, a chunk earns
+        // at most 4x the job's median chunk time, and the median is at most the mean.
+        assert!(
+            lazy < 1_500.0 && lazy <= 4.0 * honest * 1.05,
+            "{id} held {held} chunks for 3 s: credited {lazy:.0} ms per result, honest workers {honest:.0} ms"
+        );
+    }
     server.stop().await;
     peers.iter().for_each(JoinHandle::abort);
 }

@@ -274,6 +274,7 @@ async fn deaf_peer(server: &InProcessServer, worker_id: &str) -> Peer {
         worker_id: worker_id.into(),
         slots: 1,
         kind: WorkerKind::Native,
+        work: None,
     })
     .await;
     assert!(matches!(

@@ -59,6 +59,7 @@ async fn hostile_messages_get_an_error_and_a_clean_close(backend: Backend) {
         worker_id: "w".into(),
         slots: 1,
         kind: WorkerKind::Native,
+        work: None,
     })
     .await;
     expect_error_and_close(&mut peer, "unsupported_protocol").await;
@@ -70,6 +71,7 @@ async fn hostile_messages_get_an_error_and_a_clean_close(backend: Backend) {
         worker_id: "old".into(),
         slots: 1,
         kind: WorkerKind::Native,
+        work: None,
     })
     .await;
     expect_error_and_close(&mut peer, "unsupported_protocol").await;

@@ -100,27 +100,58 @@ async fn blacklisted(server: &InProcessServer, id: &str) -> bool {
 /// An honest warm-up job so there are accepted answers to use as spot-checks (with trust on,
 /// once the master has computed them itself).
 async fn warm_up(server: &InProcessServer, api: &Api, trust: bool) {
+    // At redundancy 1, so each chunk is computed by one of the honest workers and can be a
+    // spot-check for the others (nobody is sent a chunk it computed itself).
     let job = api
-        .submit(json!({"kernel": "echo", "inputs": inputs(30, "warm-up"), "redundancy": 2}))
+        .submit(json!({"kernel": "echo", "inputs": inputs(60, "warm-up"), "redundancy": 1}))
         .await;
     let finished = api.wait_finished(job, Duration::from_secs(60)).await;
     assert_eq!(finished["state"], "done");
+    if !trust {
+        return;
+    }
     // Spot-checks are chunks whose output the master computed itself: wait until it has.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while trust
-        && server
-            .store
-            .count(&format!(
-                "SELECT count(*) FROM chunks WHERE job_id = {job} AND master_checked = 'agreed'"
-            ))
-            .await
-            < 30
+    while server
+        .store
+        .count(&format!(
+            "SELECT count(*) FROM chunks WHERE job_id = {job} AND master_checked = 'agreed'"
+        ))
+        .await
+        < 60
     {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the master did not check the warm-up"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then the honest workers earn their trust on those spot-checks (their first assignments
+    // are ringers), so the job under test starts from a grid that has run before, however
+    // slowly this machine runs today.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while server
+        .store
+        .count(
+            "SELECT count(*) FROM workers
+             WHERE id LIKE 'honest%' AND consecutive_valid < 10 AND blacklisted_at IS NULL",
+        )
+        .await
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the honest workers did not earn trust on the spot-checks"
+        );
+        round += 1;
+        let job = api
+            .submit(
+                json!({"kernel": "echo", "inputs": inputs(20, &format!("trust-{round}")),
+                           "redundancy": 1}),
+            )
+            .await;
+        api.wait_finished(job, Duration::from_secs(60)).await;
     }
 }
 

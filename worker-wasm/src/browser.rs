@@ -470,6 +470,11 @@ impl Worker {
                 self.post_status();
             }
             Ok(Reaction::WorkQueued) => self.schedule_pump(),
+            Ok(Reaction::Reply(frame)) => {
+                if let Some(link) = self.link.as_ref() {
+                    link.send(&frame);
+                }
+            }
             Ok(Reaction::RunningRevoked) => {
                 self.abandon_chunk();
                 self.schedule_pump();

@@ -56,6 +56,8 @@ pub enum Reaction {
     /// The master took back the lease of the running chunk: stop computing it (its result
     /// would be refused) and free the slot.
     RunningRevoked,
+    /// Send this frame to the master (the hello again, with the proof of work it asked for).
+    Reply(String),
 }
 
 /// Why a session must end. The browser worker closes the socket and, unless
@@ -115,6 +117,11 @@ pub struct Session {
     queue: VecDeque<Assignment>,
     /// The lease of the chunk being computed, if any (and not revoked meanwhile).
     running: Option<LeaseId>,
+    /// The identity and slots of the hello, to say it again with a proof of work.
+    worker_id: String,
+    slots: u32,
+    /// Whether the master already asked for a proof of work (it asks at most once).
+    challenged: bool,
 }
 
 impl Session {
@@ -126,11 +133,15 @@ impl Session {
             worker_id: worker_id.to_owned(),
             slots,
             kind: WorkerKind::Browser,
+            work: None,
         };
         let session = Session {
             phase: Phase::AwaitingWelcome,
             queue: VecDeque::new(),
             running: None,
+            worker_id: worker_id.to_owned(),
+            slots,
+            challenged: false,
         };
         (session, to_json(&hello))
     }
@@ -187,6 +198,26 @@ impl Session {
                     Err(SessionError::Refused { code, message })
                 }
             }
+            (Phase::AwaitingWelcome, MasterMessage::Challenge { seed, bits })
+                if !self.challenged =>
+            {
+                // The master asks for a proof of work (`--hello-work-bits`). This runs in a Web
+                // Worker, so a second or two of hashing blocks nothing the volunteer sees.
+                self.challenged = true;
+                if bits > grid_protocol::work::MAX_BITS {
+                    return Err(SessionError::Malformed(format!(
+                        "a challenge of {bits} bits"
+                    )));
+                }
+                let work = grid_protocol::work::solve(&seed, &self.worker_id, bits);
+                Ok(Reaction::Reply(to_json(&WorkerMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    worker_id: self.worker_id.clone(),
+                    slots: self.slots,
+                    kind: WorkerKind::Browser,
+                    work: Some(work),
+                })))
+            }
             (Phase::AwaitingWelcome, other) => Err(SessionError::Malformed(format!(
                 "expected a welcome, got {}",
                 kind_of(&other)
@@ -194,6 +225,9 @@ impl Session {
             (Phase::Active(_), MasterMessage::Welcome { .. }) => {
                 Err(SessionError::Malformed("a second welcome".into()))
             }
+            (Phase::Active(_), MasterMessage::Challenge { .. }) => Err(SessionError::Malformed(
+                "a challenge after the welcome".into(),
+            )),
             (
                 Phase::Active(_),
                 MasterMessage::Assign {
@@ -286,6 +320,7 @@ fn kind_of(message: &MasterMessage) -> &'static str {
         MasterMessage::Assign { .. } => "assign",
         MasterMessage::Revoke { .. } => "revoke",
         MasterMessage::Rejected { .. } => "rejected",
+        MasterMessage::Challenge { .. } => "challenge",
         MasterMessage::Error { .. } => "error",
     }
 }
@@ -296,6 +331,41 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_challenge_is_answered_once_with_a_hello_that_solves_it() {
+        let (mut session, hello) = Session::start("browser-1", 1);
+        assert!(!hello.contains(r#""work""#), "{hello}");
+        let challenge = to_json(&MasterMessage::Challenge {
+            seed: "ab".repeat(16),
+            bits: 10,
+        });
+        let Ok(Reaction::Reply(answer)) = session.on_text(&challenge) else {
+            panic!("a challenge before the welcome is answered");
+        };
+        let Ok(WorkerMessage::Hello {
+            worker_id,
+            work,
+            slots,
+            ..
+        }) = WorkerMessage::from_json(&answer)
+        else {
+            panic!("the answer is a hello: {answer}");
+        };
+        assert_eq!((worker_id.as_str(), slots), ("browser-1", 1));
+        let work = work.unwrap();
+        assert!(grid_protocol::work::is_solution(
+            &"ab".repeat(16),
+            "browser-1",
+            10,
+            work
+        ));
+        // A second challenge is a protocol error, not an endless loop of work.
+        assert!(matches!(
+            session.on_text(&challenge),
+            Err(SessionError::Malformed(_))
+        ));
+    }
 
     fn welcomed() -> Session {
         let (mut session, _) = Session::start("browser-1", 1);
@@ -333,6 +403,7 @@ mod tests {
                 worker_id: "browser-00ff".into(),
                 slots: 1,
                 kind: WorkerKind::Browser,
+                work: None,
             }
         );
         assert_eq!(session.welcome(), None);

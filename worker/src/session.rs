@@ -223,10 +223,12 @@ async fn handshake<F: Future<Output = ()>>(
         worker_id: config.worker_id.clone(),
         slots: config.threads,
         kind: WorkerKind::Native,
+        work: None,
     };
     socket.send(Message::text(to_json(&hello))).await?;
 
-    let deadline = Instant::now() + config.welcome_timeout;
+    let mut deadline = Instant::now() + config.welcome_timeout;
+    let mut challenged = false;
     loop {
         let frame = tokio::select! {
             () = shutdown.wait() => {
@@ -278,6 +280,35 @@ async fn handshake<F: Future<Output = ()>>(
                     ours: PROTOCOL_VERSION,
                     message: format!("{code}: {message}"),
                 })
+            }
+            MasterMessage::Challenge { seed, bits } if !challenged => {
+                // The master asks for a proof of work (`--hello-work-bits`): solve it off the
+                // runtime's threads, then say hello again with the answer.
+                challenged = true;
+                if bits > grid_protocol::work::MAX_BITS {
+                    return Err(WorkerError::Malformed(format!(
+                        "a challenge of {bits} bits (at most {} are allowed)",
+                        grid_protocol::work::MAX_BITS
+                    )));
+                }
+                let worker_id = config.worker_id.clone();
+                let started = Instant::now();
+                let work = tokio::task::spawn_blocking(move || {
+                    grid_protocol::work::solve(&seed, &worker_id, bits)
+                })
+                .await
+                .map_err(|error| WorkerError::Malformed(format!("proof of work: {error}")))?;
+                debug!(bits, elapsed = ?started.elapsed(), "solved the master's challenge");
+                let hello = WorkerMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    worker_id: config.worker_id.clone(),
+                    slots: config.threads,
+                    kind: WorkerKind::Native,
+                    work: Some(work),
+                };
+                socket.send(Message::text(to_json(&hello))).await?;
+                deadline = Instant::now() + config.welcome_timeout;
+                continue;
             }
             MasterMessage::Error { code, message } => Err(WorkerError::Refused { code, message }),
             other => Err(WorkerError::Malformed(format!(
@@ -513,6 +544,7 @@ impl Active<'_> {
                 return Err(WorkerError::MasterError { code, message });
             }
             MasterMessage::Welcome { .. } => warn!("ignoring a second welcome"),
+            MasterMessage::Challenge { .. } => warn!("ignoring a challenge after the welcome"),
         }
         Ok(())
     }
@@ -813,6 +845,7 @@ fn kind_of(message: &MasterMessage) -> &'static str {
         MasterMessage::Welcome { .. } => "welcome",
         MasterMessage::Assign { .. } => "assign",
         MasterMessage::Revoke { .. } => "revoke",
+        MasterMessage::Challenge { .. } => "challenge",
         MasterMessage::Rejected { .. } => "rejected",
         MasterMessage::Error { .. } => "error",
     }

@@ -6,6 +6,8 @@
 //! - `cargo xtask test`: make sure PostgreSQL runs, build every binary, run every test.
 //!
 //! - `cargo xtask build`: the web assets, then release binaries (what the Dockerfile runs).
+//! - `cargo xtask python`: the Python virtual environment of the tests and benchmarks, set up;
+//!   prints its interpreter.
 //! - `cargo xtask modules`: the example task modules (`examples/`), built and checked against
 //!   the task ABI into `<target>/task-modules/` (see `modules.rs`); `test` and `build` do it too.
 //!
@@ -35,6 +37,10 @@ fn main() -> Result<()> {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root, &args[1..]),
         Some("build") => build_release(&root),
+        Some("python") => {
+            println!("{}", python::ensure_venv(&root)?.display());
+            Ok(())
+        }
         Some("modules") => {
             let dir = modules::build_example_modules(&root)?;
             println!("{}", dir.display());
@@ -43,7 +49,7 @@ fn main() -> Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask run [grid-server flags...] | cargo xtask test [test filter] \
-                 | cargo xtask build | cargo xtask modules"
+                 | cargo xtask build | cargo xtask modules | cargo xtask python"
             );
             std::process::exit(2);
         }

@@ -31,6 +31,11 @@ pub type SessionId = u64;
 
 /// Most events taken from the inbox per round.
 const MAX_EVENTS_PER_ROUND: usize = 8192;
+/// Most bytes of result outcomes taken into one round (review M12): 8192 results of up to
+/// 1 MiB each would be one 8 GiB bind, which PostgreSQL refuses (values over 1 GB, messages
+/// over about 1 GB) and which no master should hold at once. A round stops taking events once
+/// it holds this much; the rest wait in the inbox for the next round.
+const MAX_RESULT_BYTES_PER_ROUND: usize = 64 << 20;
 /// Revoked leases remembered per session (forgotten all at once beyond this).
 const MAX_REMEMBERED_REVOCATIONS: usize = 4096;
 /// Sessions per round that may ask the database for chunks of their own.
@@ -259,6 +264,7 @@ pub fn spawn(
         drain_waiters: Vec::new(),
         ringers: DispatchCache::new(),
         blacklist: HashSet::new(),
+        unchecked_identities: HashSet::new(),
         trust_loaded_at: None,
     };
     let task = tokio::spawn(scheduler.run());
@@ -286,10 +292,23 @@ struct Scheduler {
     ringers: DispatchCache,
     /// Identities that get no more work.
     blacklist: HashSet<Arc<str>>,
+    /// Identities connected since the blacklist was last asked about them: they get no work
+    /// until it was (the next round asks; see `refresh_trust`).
+    unchecked_identities: HashSet<Arc<str>>,
     /// When the ringer pool and the blacklist were last loaded.
     trust_loaded_at: Option<std::time::Instant>,
     /// Told once no lease is outstanding during a graceful shutdown.
     drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Event {
+    /// Bytes of outcome text this event brings into a batch.
+    fn result_bytes(&self) -> usize {
+        match self {
+            Event::Result { text, .. } => text.len(),
+            _ => 0,
+        }
+    }
 }
 
 impl Scheduler {
@@ -302,22 +321,25 @@ impl Scheduler {
         // this one for dead and expire all its leases.
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
         loop {
-            if busy {
-                // Work is known to be waiting: take what has queued up, do not block.
-                while events.len() < MAX_EVENTS_PER_ROUND {
-                    match self.events.try_recv() {
-                        Ok(event) => events.push(event),
-                        Err(_) => break,
-                    }
-                }
-            } else {
+            if !busy {
+                // Nothing known to be waiting: sleep until an event or the sweep is due.
                 tokio::select! {
-                    received = self.events.recv_many(&mut events, MAX_EVENTS_PER_ROUND) => {
-                        if received == 0 {
-                            break;
-                        }
+                    event = self.events.recv() => {
+                        let Some(event) = event else { break };
+                        events.push(event);
                     }
                     _ = tokio::time::sleep_until(next_sweep) => {}
+                }
+            }
+            // Take what has queued up, without blocking, within the round's bounds.
+            let mut result_bytes: usize = events.iter().map(Event::result_bytes).sum();
+            while events.len() < MAX_EVENTS_PER_ROUND && result_bytes < MAX_RESULT_BYTES_PER_ROUND {
+                match self.events.try_recv() {
+                    Ok(event) => {
+                        result_bytes += event.result_bytes();
+                        events.push(event);
+                    }
+                    Err(_) => break,
                 }
             }
             let now = tokio::time::Instant::now();
@@ -390,6 +412,9 @@ impl Scheduler {
                         (capacity, Some(NEW_SESSION_CREDIT), granted)
                     }
                 };
+                if !self.batch.trust_off {
+                    self.unchecked_identities.insert(worker_id.clone());
+                }
                 self.sessions.insert(
                     session,
                     Session {
@@ -536,6 +561,7 @@ impl Scheduler {
 
     /// Propose assignments for every session with free credit.
     async fn plan(&mut self) -> Result<(), Error> {
+        self.check_new_identities().await?;
         let mut hungry: Vec<SessionId> = self
             .sessions
             .iter()
@@ -653,13 +679,35 @@ impl Scheduler {
         let pool = self.store.ringer_pool(RINGER_POOL_SIZE).await?;
         let size = pool.len();
         self.ringers.load(pool, size.max(1));
+        // The blacklist of the identities connected here (other masters blacklist too): as
+        // many as the sessions, however many identities have been burned.
+        let connected: HashSet<&Arc<str>> = self.sessions.values().map(|s| &s.worker_id).collect();
+        let connected: Vec<String> = connected.into_iter().map(|id| id.to_string()).collect();
         self.blacklist = self
             .store
-            .blacklisted()
+            .blacklisted_among(&connected)
             .await?
             .into_iter()
             .map(Arc::from)
             .collect();
+        self.unchecked_identities.clear();
+        Ok(())
+    }
+
+    /// Ask the database whether identities that connected since the last round are
+    /// blacklisted, before any of them gets work: one query per round, however many connected.
+    async fn check_new_identities(&mut self) -> Result<(), Error> {
+        if self.unchecked_identities.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<String> = self
+            .unchecked_identities
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        let burned = self.store.blacklisted_among(&new).await?;
+        self.blacklist.extend(burned.into_iter().map(Arc::from));
+        self.unchecked_identities.clear();
         Ok(())
     }
 

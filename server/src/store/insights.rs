@@ -223,8 +223,15 @@ const MS_POSTGRES: &str =
 const MS_SQLITE: &str = "MAX((julianday(returned_at) - julianday(issued_at)) * 86400000.0, 0.0)";
 
 /// Per worker, valid results and credit of the replicas `filter` selects: each valid replica
-/// earns the shortest lease-to-result time among its chunk's valid replicas. Spot-check
+/// earns the shortest lease-to-result time among its chunk's valid replicas, capped at
+/// [`CREDIT_CAP_FACTOR`] times the median of those times over the job's chunks. Spot-check
 /// replicas (ringers) are left out: they feed reputation, not credit.
+///
+/// The cap is what keeps credit from being inflated by holding leases (review M10): a pair of
+/// colluders who hold both replicas of a chunk and answer just before the deadline would
+/// otherwise be credited the whole lease. A job's median is set by the majority of its chunks,
+/// so it moves only if colluders hold both replicas of half the job's chunks, which the
+/// distinct-network rule makes as hard as capturing half the quorums.
 fn credit_per_worker(ms: &str, filter: &str) -> String {
     format!(
         "WITH valid AS (
@@ -233,12 +240,29 @@ fn credit_per_worker(ms: &str, filter: &str) -> String {
             WHERE verdict = 'valid' AND NOT ringer AND returned_at IS NOT NULL AND {filter}
         ), per_chunk AS (
             SELECT job_id, chunk_idx, min(ms) AS ms FROM valid GROUP BY job_id, chunk_idx
+        ), ranked AS (
+            SELECT job_id, ms,
+                   ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY ms) AS position,
+                   COUNT(*) OVER (PARTITION BY job_id) AS chunks
+            FROM per_chunk
+        ), job_median AS (
+            SELECT job_id, ms AS median_ms FROM ranked WHERE position = (chunks + 1) / 2
+        ), capped AS (
+            SELECT p.job_id, p.chunk_idx,
+                   CASE WHEN p.ms > {CREDIT_CAP_FACTOR} * m.median_ms
+                        THEN {CREDIT_CAP_FACTOR} * m.median_ms ELSE p.ms END AS ms
+            FROM per_chunk p JOIN job_median m ON m.job_id = p.job_id
         )
-        SELECT v.worker_id, count(*) AS results, sum(p.ms) AS credit_ms
-        FROM valid v JOIN per_chunk p ON p.job_id = v.job_id AND p.chunk_idx = v.chunk_idx
+        SELECT v.worker_id, count(*) AS results, sum(c.ms) AS credit_ms
+        FROM valid v JOIN capped c ON c.job_id = v.job_id AND c.chunk_idx = v.chunk_idx
         GROUP BY v.worker_id"
     )
 }
+
+/// A chunk earns at most this many times its job's median chunk time (see
+/// [`credit_per_worker`]). Generous, so honest chunks that really take longer than most
+/// (a job's ranges are rarely equal work) keep most of their credit.
+pub const CREDIT_CAP_FACTOR: f64 = 4.0;
 
 /// Add one job's credit to `volunteer_credit` (the caller has claimed the job).
 fn settle_sql(ms: &str, job_param: &str) -> String {

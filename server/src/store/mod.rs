@@ -532,8 +532,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// itself and found equal (`master_checked = 'agreed'`), so a ringer's answer is known
     /// independently of every worker and colluders cannot poison the pool.
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
-    /// Identities currently blacklisted.
-    async fn blacklisted(&self) -> Result<Vec<String>>;
+    /// Those of `worker_ids` that are blacklisted. The scheduler asks about the identities it
+    /// has sessions for, so the answer is bounded by its sessions, never by how many burned
+    /// identities the blacklist has collected (review M11).
+    async fn blacklisted_among(&self, worker_ids: &[String]) -> Result<Vec<String>>;
     /// Lift an identity's blacklist and reset its reputation; false when it is unknown.
     async fn lift_blacklist(&self, worker_id: &str) -> Result<bool>;
     /// Accepted chunks of built-in kernels the master has not checked yet, newest first.

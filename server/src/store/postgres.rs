@@ -368,27 +368,43 @@ impl Store for PgStore {
     }
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
-        let rows = sqlx::query(
-            concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
-                holders_column!(),
-                "
-             FROM chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE c.state = 'done' AND c.master_checked = 'agreed'
-               AND c.output_digest IS NOT NULL
-             ORDER BY random() LIMIT $1"
-            ),
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // From a random point of the sample index, wrapping around once (see the
+        // `ringer_sample` migration): an index range read, never a scan of every chunk.
+        let start: f64 = rand::random();
+        let mut rows = Vec::new();
+        for (from, to) in [(start, 1.0), (0.0, start)] {
+            let wanted = limit - rows.len() as i64;
+            if wanted <= 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query(concat!(
+                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
+                    holders_column!(),
+                    "
+                 FROM chunks c JOIN jobs j ON j.id = c.job_id
+                 WHERE c.state = 'done' AND c.master_checked = 'agreed'
+                   AND c.ringer_key >= $2 AND c.ringer_key < $3
+                   AND c.output_digest IS NOT NULL
+                 ORDER BY c.ringer_key LIMIT $1"
+                ))
+                .bind(wanted)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?,
+            );
+        }
         ready_rows(&rows)
     }
 
-    async fn blacklisted(&self) -> Result<Vec<String>> {
-        let ids = sqlx::query_scalar("SELECT id FROM workers WHERE blacklisted_at IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?;
+    async fn blacklisted_among(&self, worker_ids: &[String]) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM workers WHERE id = ANY($1) AND blacklisted_at IS NOT NULL",
+        )
+        .bind(worker_ids)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids)
     }
 
@@ -1027,7 +1043,8 @@ impl ReviewDb for PgReview<'_> {
         let agreed: Vec<bool> = checks.iter().map(|(_, agreed)| *agreed).collect();
         sqlx::query(
             "UPDATE chunks c
-             SET master_checked = CASE WHEN t.agreed THEN 'agreed' ELSE 'disagreed' END
+             SET master_checked = CASE WHEN t.agreed THEN 'agreed' ELSE 'disagreed' END,
+                 ringer_key = CASE WHEN t.agreed THEN random() END
              FROM UNNEST($1::bigint[], $2::int[], $3::bool[]) AS t(job_id, idx, agreed)
              WHERE c.job_id = t.job_id AND c.idx = t.idx AND c.state = 'done'",
         )

@@ -337,27 +337,44 @@ impl Store for SqliteStore {
     }
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
-        let rows = sqlx::query(
-            concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
-                holders_column!(),
-                "
-             FROM chunks c JOIN jobs j ON j.id = c.job_id
-             WHERE c.state = 'done' AND c.master_checked = 'agreed'
-               AND c.output_digest IS NOT NULL
-             ORDER BY random() LIMIT ?1"
-            ),
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // From a random point of the sample index, wrapping around once (see the
+        // `ringer_sample` migration): an index range read, never a scan of every chunk.
+        let start: f64 = rand::random();
+        let mut rows = Vec::new();
+        for (from, to) in [(start, 1.0), (0.0, start)] {
+            let wanted = limit - rows.len() as i64;
+            if wanted <= 0 {
+                break;
+            }
+            rows.extend(
+                sqlx::query(concat!(
+                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
+                    holders_column!(),
+                    "
+                 FROM chunks c JOIN jobs j ON j.id = c.job_id
+                 WHERE c.state = 'done' AND c.master_checked = 'agreed'
+                   AND c.ringer_key >= ?2 AND c.ringer_key < ?3
+                   AND c.output_digest IS NOT NULL
+                 ORDER BY c.ringer_key LIMIT ?1"
+                ))
+                .bind(wanted)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?,
+            );
+        }
         ready_rows(&rows)
     }
 
-    async fn blacklisted(&self) -> Result<Vec<String>> {
-        let ids = sqlx::query_scalar("SELECT id FROM workers WHERE blacklisted_at IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?;
+    async fn blacklisted_among(&self, worker_ids: &[String]) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM workers
+             WHERE id IN (SELECT value FROM json_each(?1)) AND blacklisted_at IS NOT NULL",
+        )
+        .bind(serde_json::to_string(worker_ids).unwrap_or_else(|_| "[]".into()))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids)
     }
 
@@ -917,7 +934,9 @@ impl ReviewDb for SqliteReview<'_> {
     async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
         for &((job_id, idx), agreed) in checks {
             sqlx::query(
-                "UPDATE chunks SET master_checked = $3
+                "UPDATE chunks SET master_checked = $3,
+                     ringer_key = CASE WHEN $3 = 'agreed'
+                                       THEN random() / 18446744073709551616.0 + 0.5 END
                  WHERE job_id = $1 AND idx = $2 AND state = 'done'",
             )
             .bind(job_id)

@@ -383,7 +383,18 @@ pub fn spawn_worker_failover(
     threads: u32,
     identity_file: &std::path::Path,
 ) -> Process {
+    spawn_worker_with(servers, threads, identity_file, &[])
+}
+
+/// A real `grid-worker` process with extra flags (`--bind 127.0.5.1`, ...).
+pub fn spawn_worker_with(
+    servers: &[&str],
+    threads: u32,
+    identity_file: &std::path::Path,
+    flags: &[&str],
+) -> Process {
     let child = Command::new(target_dir_binary("grid-worker"))
+        .args(flags)
         .args([
             "--server",
             &servers.join(","),
@@ -701,10 +712,26 @@ impl Peer {
             worker_id: worker_id.into(),
             slots,
             kind,
+            work: None,
         })
         .await;
         match peer.recv().await {
             Some(MasterMessage::Welcome { .. }) => peer,
+            // A master with --hello-work-bits: pay, as a real worker does.
+            Some(MasterMessage::Challenge { seed, bits }) => {
+                peer.send(&WorkerMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    worker_id: worker_id.into(),
+                    slots,
+                    kind,
+                    work: Some(grid_protocol::work::solve(&seed, worker_id, bits)),
+                })
+                .await;
+                match peer.recv().await {
+                    Some(MasterMessage::Welcome { .. }) => peer,
+                    other => panic!("expected welcome after the proof of work, got {other:?}"),
+                }
+            }
             other => panic!("expected welcome, got {other:?}"),
         }
     }

@@ -253,6 +253,7 @@ impl Connection {
                 worker_id,
                 slots,
                 kind,
+                ..
             } => {
                 assert_eq!(protocol, PROTOCOL_VERSION);
                 assert_eq!(kind, WorkerKind::Native);
