@@ -113,9 +113,9 @@ impl LoadConfig {
 
     /// Check what the master would refuse or what cannot work, before connecting anywhere.
     pub fn validate(&self) -> Result<(), LoadError> {
-        if self.server.scheme() != "ws" {
+        if !matches!(self.server.scheme(), "ws" | "wss") {
             return Err(LoadError::Config(format!(
-                "the server URL must be ws:// (load tests run on loopback, without TLS), not {}",
+                "the server URL must be ws:// or wss://, not {}",
                 self.server
             )));
         }
@@ -421,13 +421,14 @@ mod tests {
             ("http://127.0.0.1:8080/", "ws://127.0.0.1:8080/ws"),
             ("ws://127.0.0.1:8080/ws", "ws://127.0.0.1:8080/ws"),
             ("ws://h:1/custom", "ws://h:1/custom"),
+            ("https://grid.example", "wss://grid.example/ws"),
+            ("wss://grid.example:8443/ws", "wss://grid.example:8443/ws"),
         ];
         for (given, expected) in cases {
             let url = worker_endpoint(given).map(|url| url.to_string());
             assert_eq!(url.ok().as_deref(), Some(expected), "{given}");
         }
         assert!(worker_endpoint("ftp://h/").is_err());
-        assert!(worker_endpoint("https://h/").is_err());
         assert!(worker_endpoint("not a url").is_err());
     }
 

@@ -194,6 +194,27 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["x-frame-options"], "DENY");
 
+    // The CLI's token commands over https too.
+    let token = run_cli(&https, &certificates.ca(), &["token", "create", "--label", "ci runner"]).await;
+    assert!(token.trim().starts_with("grid_"), "{token}");
+    let listed = run_cli(&https, &certificates.ca(), &["token", "list"]).await;
+    let line = listed
+        .lines()
+        .find(|line| line.ends_with("ci runner"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(!listed.contains(token.trim()), "the list shows the token");
+    let id = line.split('\t').next().unwrap();
+    let revoked = run_cli(&https, &certificates.ca(), &["token", "revoke", id]).await;
+    assert_eq!(revoked.trim(), format!("token {id} revoked"));
+    let (status, _) = Api {
+        base: https.clone(),
+        token: token.trim().into(),
+        client: client.clone(),
+    }
+    .get("/api/v1/jobs")
+    .await;
+    assert_eq!(status, 401);
+
     // Without the CA, the certificate is not trusted.
     let untrusting = reqwest::Client::new().get(format!("{https}/healthz")).send().await;
     let error = untrusting.expect_err("a certificate of an unknown CA was accepted");
@@ -825,7 +846,40 @@ async fn a_master_process_serves_tls_from_pem_files(backend: Backend) {
     assert!(stderr.contains("cannot serve TLS"), "{stderr}");
 }
 
+/// `grid-loadgen` simulates workers against a master serving TLS (`wss://`, `--ca-cert`).
+async fn grid_loadgen_works_over_wss(backend: Backend) {
+    let certificates = Certificates::new();
+    let server = tls_master(backend, &certificates, Limits::default()).await;
+    let api = Api {
+        base: format!("https://localhost:{}", server.addr.port()),
+        token: ADMIN_TOKEN.into(),
+        client: certificates.client(),
+    };
+    let inputs: Vec<Value> = (0..200).map(|i| json!(i)).collect();
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": inputs, "redundancy": 2}))
+        .await;
+    let mut command = Command::new(binary("grid-loadgen"));
+    command
+        .args(["--server", &format!("wss://localhost:{}/ws", server.addr.port())])
+        .args(["--workers", "4", "--until-idle", "--idle-s", "1", "--ca-cert"])
+        .arg(certificates.ca())
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let outputs = api.outputs(job, 2).await;
+    assert_eq!(outputs, (0..200).map(|i| json!(i)).collect::<Vec<_>>());
+    server.stop().await;
+}
+
 on_both_backends!(
+    grid_loadgen_works_over_wss,
     a_worker_and_the_cli_work_over_tls,
     plain_and_silent_peers_are_closed,
     public_origins_stop_dns_rebinding,
