@@ -79,9 +79,8 @@ impl Client {
                 path: path.to_owned(),
                 source,
             })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-                Error::Usage(format!("--ca-cert {}: {error}", path.display()))
-            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| Error::Usage(format!("--ca-cert {}: {error}", path.display())))?;
             if certificates.is_empty() {
                 return Err(Error::Usage(format!(
                     "--ca-cert {}: no certificate in the file",

@@ -20,9 +20,9 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
     };
     if let Some(path) = extra_ca {
         for certificate in read_certificates(path)? {
-            roots
-                .add(certificate)
-                .map_err(|error| format!("{}: not a usable CA certificate: {error}", path.display()))?;
+            roots.add(certificate).map_err(|error| {
+                format!("{}: not a usable CA certificate: {error}", path.display())
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -413,7 +413,10 @@ mod tests {
             cache.remember(digest, None);
         }
         let (_, unknown) = cache.len();
-        assert!(unknown <= UNKNOWN_TOKENS_CACHED + UNKNOWN_TOKENS_CACHED / 10, "{unknown}");
+        assert!(
+            unknown <= UNKNOWN_TOKENS_CACHED + UNKNOWN_TOKENS_CACHED / 10,
+            "{unknown}"
+        );
     }
 
     #[test]

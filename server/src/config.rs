@@ -107,7 +107,12 @@ pub struct Config {
     /// https://grid.example. When set, only pages of these origins (and of
     /// --allowed-origins) may open worker sessions, whatever the request's Host says, so DNS
     /// rebinding cannot pass the check. Unset: a page whose origin matches the request's Host.
-    #[arg(long, env = "GRID_PUBLIC_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
+    #[arg(
+        long,
+        env = "GRID_PUBLIC_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     pub public_origin: Vec<String>,
 
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).

@@ -581,7 +581,11 @@ mod tests {
             &handshake(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")),
             &uri
         ));
-        for origin in ["https://grid.example", "https://grid.example:443", "http://lab.example:8000"] {
+        for origin in [
+            "https://grid.example",
+            "https://grid.example:443",
+            "http://lab.example:8000",
+        ] {
             assert!(
                 policy.allows(&handshake(Some(origin), Some("127.0.0.1:8080")), &uri),
                 "{origin}"

@@ -12,6 +12,8 @@
 //! - Shutdown: a request whose headers never finish does not hold it (over TLS too).
 //! - Headers: `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY` on API answers.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
@@ -118,7 +120,11 @@ async fn run_cli(url: &str, ca: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-async fn tls_master(backend: Backend, certificates: &Certificates, limits: Limits) -> InProcessServer {
+async fn tls_master(
+    backend: Backend,
+    certificates: &Certificates,
+    limits: Limits,
+) -> InProcessServer {
     InProcessServer::start_with_options(
         backend,
         ServeOptions {
@@ -147,7 +153,15 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
     let submitted = run_cli(
         &https,
         &certificates.ca(),
-        &["submit", "--kernel", "primes", "--inputs", &inputs_arg, "--redundancy", "1"],
+        &[
+            "submit",
+            "--kernel",
+            "primes",
+            "--inputs",
+            &inputs_arg,
+            "--redundancy",
+            "1",
+        ],
     )
     .await;
     let job: i64 = submitted.trim().parse().unwrap();
@@ -195,7 +209,12 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
     assert_eq!(headers["x-frame-options"], "DENY");
 
     // The CLI's token commands over https too.
-    let token = run_cli(&https, &certificates.ca(), &["token", "create", "--label", "ci runner"]).await;
+    let token = run_cli(
+        &https,
+        &certificates.ca(),
+        &["token", "create", "--label", "ci runner"],
+    )
+    .await;
     assert!(token.trim().starts_with("grid_"), "{token}");
     let listed = run_cli(&https, &certificates.ca(), &["token", "list"]).await;
     let line = listed
@@ -216,7 +235,10 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
     assert_eq!(status, 401);
 
     // Without the CA, the certificate is not trusted.
-    let untrusting = reqwest::Client::new().get(format!("{https}/healthz")).send().await;
+    let untrusting = reqwest::Client::new()
+        .get(format!("{https}/healthz"))
+        .send()
+        .await;
     let error = untrusting.expect_err("a certificate of an unknown CA was accepted");
     assert!(error.is_connect(), "{error:?}");
     server.stop().await;
@@ -271,7 +293,8 @@ async fn plain_and_silent_peers_are_closed(backend: Backend) {
     assert_eq!(health.status().as_u16(), 200);
     for stream in &mut silent {
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "a silent peer was still open after 5 s");
     }
     let closed = opened.elapsed();
@@ -285,9 +308,7 @@ async fn plain_and_silent_peers_are_closed(backend: Backend) {
 /// (101 when the session opened).
 async fn handshake_status(ws: &str, host: &str, origin: &str) -> u16 {
     let mut request = ws.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("host", host.parse().unwrap());
+    request.headers_mut().insert("host", host.parse().unwrap());
     request
         .headers_mut()
         .insert("origin", origin.parse().unwrap());
@@ -375,9 +396,17 @@ async fn tokens_are_listed_and_revoked(backend: Backend) {
     let digest = hex::encode(grid_server::auth::hash_token(&secret));
     assert!(!text.contains(&digest), "the list shows a digest");
     for token in tokens {
-        let mut keys: Vec<&str> = token.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = token
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["created_at", "id", "label", "last_used_at", "revoked_at"]);
+        assert_eq!(
+            keys,
+            ["created_at", "id", "label", "last_used_at", "revoked_at"]
+        );
     }
 
     let submitter = Api::new(&server.http(), &secret);
@@ -386,8 +415,13 @@ async fn tokens_are_listed_and_revoked(backend: Backend) {
     assert!(list["tokens"][0]["last_used_at"].is_string(), "{list}");
     // Submitters cannot list or revoke.
     let (status, body) = submitter.get("/api/v1/tokens").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
-    let (status, _) = submitter.delete(&format!("/api/v1/tokens/{other_id}")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = submitter
+        .delete(&format!("/api/v1/tokens/{other_id}"))
+        .await;
     assert_eq!(status, 403);
 
     let (status, body) = admin.delete(&format!("/api/v1/tokens/{id}")).await;
@@ -395,21 +429,39 @@ async fn tokens_are_listed_and_revoked(backend: Backend) {
     assert_eq!(body, json!({"id": id, "revoked": true}));
     // At once on this master, though the token was cached a moment ago.
     let (status, body) = submitter.get("/api/v1/jobs").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let (_, list) = admin.get("/api/v1/tokens").await;
     assert!(list["tokens"][0]["revoked_at"].is_string(), "{list}");
     assert!(list["tokens"][1]["revoked_at"].is_null(), "{list}");
     // Twice: 409; unknown or malformed ids: 404.
     let (status, body) = admin.delete(&format!("/api/v1/tokens/{id}")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     for bad in ["999999", "abc", "-1", "1.5"] {
         let (status, body) = admin.delete(&format!("/api/v1/tokens/{bad}")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{bad}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{bad}"
+        );
     }
     // Labels are bounded and checked.
-    for bad in [json!({"label": "x".repeat(101)}), json!({"label": "a\u{0}b"}), json!({"nope": 1})] {
+    for bad in [
+        json!({"label": "x".repeat(101)}),
+        json!({"label": "a\u{0}b"}),
+        json!({"nope": 1}),
+    ] {
         let (status, body) = admin.post("/api/v1/tokens", &bad).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_field")), "{bad}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("invalid_field")),
+            "{bad}"
+        );
     }
     let response = admin
         .client
@@ -463,8 +515,15 @@ async fn a_revocation_reaches_other_masters_within_the_cache_lifetime() {
     let admin = Api::new(&first.http(), ADMIN_TOKEN);
     let (_, created) = admin.post("/api/v1/tokens", &json!({})).await;
     let id = created["id"].as_i64().unwrap();
-    let on_second = Api::new(&format!("http://{second_addr}"), created["token"].as_str().unwrap());
-    assert_eq!(on_second.get("/api/v1/jobs").await.0, 200, "cached on the second master");
+    let on_second = Api::new(
+        &format!("http://{second_addr}"),
+        created["token"].as_str().unwrap(),
+    );
+    assert_eq!(
+        on_second.get("/api/v1/jobs").await.0,
+        200,
+        "cached on the second master"
+    );
     let (status, _) = admin.delete(&format!("/api/v1/tokens/{id}")).await;
     assert_eq!(status, 200);
     let revoked = Instant::now();
@@ -481,7 +540,10 @@ async fn a_revocation_reaches_other_masters_within_the_cache_lifetime() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("revocation reached the second master after {:?}", revoked.elapsed());
+    println!(
+        "revocation reached the second master after {:?}",
+        revoked.elapsed()
+    );
     let _ = stop_second.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), second).await;
     first.stop().await;
@@ -495,7 +557,11 @@ fn client_from(source: &str) -> reqwest::Client {
         .unwrap()
 }
 
-async fn status_with(client: &reqwest::Client, base: &str, token: &str) -> (u16, Option<String>, Value) {
+async fn status_with(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> (u16, Option<String>, Value) {
     let response = client
         .get(format!("{base}/api/v1/jobs"))
         .bearer_auth(token)
@@ -534,7 +600,11 @@ async fn failed_authentication_is_rate_limited(backend: Backend) {
     let burst = grid_server::auth::AUTH_FAILURE_BURST;
     for i in 0..burst {
         let (status, _, body) = status_with(&attacker, &base, &format!("grid_guess{i}")).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "guess {i}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "guess {i}"
+        );
     }
     let (status, retry, body) = status_with(&attacker, &base, "grid_guess-over").await;
     assert_eq!(status, 429, "{body}");
@@ -552,7 +622,11 @@ async fn failed_authentication_is_rate_limited(backend: Backend) {
     assert_eq!(status_with(&neighbour, &base, ADMIN_TOKEN).await.0, 200);
 
     tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(200)).await;
-    assert_eq!(status_with(&attacker, &base, ADMIN_TOKEN).await.0, 200, "after Retry-After");
+    assert_eq!(
+        status_with(&attacker, &base, ADMIN_TOKEN).await.0,
+        200,
+        "after Retry-After"
+    );
     server.stop().await;
 }
 
@@ -570,7 +644,10 @@ fn start_master_process(
             command.env("DATABASE_URL", &db.url);
         }
         Home::Sqlite(dir) => {
-            command.env_remove("DATABASE_URL").arg("--data-dir").arg(dir.path());
+            command
+                .env_remove("DATABASE_URL")
+                .arg("--data-dir")
+                .arg(dir.path());
         }
     }
     match admin_token {
@@ -622,7 +699,10 @@ fn stderr_of(process: &mut Process) -> String {
 async fn admin_tokens_are_long_and_never_printed(backend: Backend) {
     let home = Home::new(backend).await;
     let (_, addr, mut short) = start_master_process(&home, &[], Some("short-token"), "warn");
-    assert!(addr.is_none(), "a master started with an 11-character admin token");
+    assert!(
+        addr.is_none(),
+        "a master started with an 11-character admin token"
+    );
     let status = short.child.wait().unwrap();
     assert!(!status.success());
     let stderr = stderr_of(&mut short);
@@ -644,7 +724,10 @@ async fn admin_tokens_are_long_and_never_printed(backend: Backend) {
         let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
         assert!(token.len() >= 64, "{token}");
         let printed = printed.join("\n");
-        assert!(!printed.contains(&token), "the admin token was printed: {printed}");
+        assert!(
+            !printed.contains(&token),
+            "the admin token was printed: {printed}"
+        );
         assert!(printed.contains(&file.display().to_string()), "{printed}");
         #[cfg(unix)]
         {
@@ -653,7 +736,11 @@ async fn admin_tokens_are_long_and_never_printed(backend: Backend) {
             assert_eq!(mode, 0o600, "run {run}");
         }
         let api = Api::new(&format!("http://{addr}"), &token);
-        assert_eq!(api.get("/api/v1/jobs").await.0, 200, "the stored token works");
+        assert_eq!(
+            api.get("/api/v1/jobs").await.0,
+            200,
+            "the stored token works"
+        );
         master.terminate();
         assert!(!stderr_of(&mut master).contains(&token));
         // Before the second run the file is world-readable, as an older master left it.
@@ -674,7 +761,9 @@ async fn secrets_never_reach_the_log(backend: Backend) {
     let addr = addr.expect("listening");
     let http = format!("http://{addr}");
     let admin = Api::new(&http, ADMIN_TOKEN);
-    let (_, created) = admin.post("/api/v1/tokens", &json!({"label": "logs"})).await;
+    let (_, created) = admin
+        .post("/api/v1/tokens", &json!({"label": "logs"}))
+        .await;
     let submitter_token = created["token"].as_str().unwrap().to_owned();
     let submitter = Api::new(&http, &submitter_token);
     let job = submitter
@@ -711,11 +800,17 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         kind: grid_protocol::WorkerKind::Native,
     })
     .await;
-    assert!(matches!(bad.recv().await, Some(MasterMessage::Error { .. })));
+    assert!(matches!(
+        bad.recv().await,
+        Some(MasterMessage::Error { .. })
+    ));
     drop(peer);
     master.terminate();
     let log = stderr_of(&mut master);
-    assert!(log.contains("worker connected"), "the log has no session at all:\n{log}");
+    assert!(
+        log.contains("worker connected"),
+        "the log has no session at all:\n{log}"
+    );
     for (what, secret) in [
         ("worker identity", identity),
         ("admin token", ADMIN_TOKEN),
@@ -725,7 +820,10 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         assert!(!log.contains(secret), "the {what} is in the log:\n{log}");
     }
     // What the log says instead: the identity's fingerprint.
-    assert!(log.contains(&grid_server::auth::fingerprint(identity)), "{log}");
+    assert!(
+        log.contains(&grid_server::auth::fingerprint(identity)),
+        "{log}"
+    );
 }
 
 /// L4: a reconnect storm and refused origins leave the default (info) log quiet.
@@ -737,7 +835,10 @@ async fn reconnects_do_not_flood_the_log(backend: Backend) {
     for i in 0..50 {
         let peer = Peer::join(&ws, &format!("native-storm-{i}"), 1).await;
         drop(peer);
-        assert_eq!(handshake_status(&ws, &addr.to_string(), "http://evil.example").await, 403);
+        assert_eq!(
+            handshake_status(&ws, &addr.to_string(), "http://evil.example").await,
+            403
+        );
     }
     master.terminate();
     let log = stderr_of(&mut master);
@@ -802,7 +903,10 @@ async fn shutdown_does_not_wait_for_slow_headers(backend: Backend) {
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
-    assert!(read.is_ok(), "the slow TLS request's connection is still open");
+    assert!(
+        read.is_ok(),
+        "the slow TLS request's connection is still open"
+    );
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the silent connection is still open");
 }
@@ -822,10 +926,22 @@ async fn a_master_process_serves_tls_from_pem_files(backend: Backend) {
     let home = Home::new(backend).await;
     let cert = certificates.cert();
     let key = certificates.key();
-    let flags = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
-    let (printed, addr, mut master) = start_master_process(&home, &flags, Some(ADMIN_TOKEN), "warn");
+    let flags = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let (printed, addr, mut master) =
+        start_master_process(&home, &flags, Some(ADMIN_TOKEN), "warn");
     let addr = addr.unwrap_or_else(|| panic!("{printed:?}"));
-    assert!(printed.last().unwrap().starts_with("grid-server listening on https://"), "{printed:?}");
+    assert!(
+        printed
+            .last()
+            .unwrap()
+            .starts_with("grid-server listening on https://"),
+        "{printed:?}"
+    );
     let health = certificates
         .client()
         .get(format!("https://localhost:{}/healthz", addr.port()))
@@ -833,12 +949,20 @@ async fn a_master_process_serves_tls_from_pem_files(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    assert_eq!(health.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(
+        health.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
     master.terminate();
 
     // The CA's certificate with the master's key: they do not go together.
     let ca = certificates.ca();
-    let wrong = ["--tls-cert", ca.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let wrong = [
+        "--tls-cert",
+        ca.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
     let (_, addr, mut refused) = start_master_process(&home, &wrong, Some(ADMIN_TOKEN), "warn");
     assert!(addr.is_none());
     assert!(!refused.child.wait().unwrap().success());
@@ -861,8 +985,18 @@ async fn grid_loadgen_works_over_wss(backend: Backend) {
         .await;
     let mut command = Command::new(binary("grid-loadgen"));
     command
-        .args(["--server", &format!("wss://localhost:{}/ws", server.addr.port())])
-        .args(["--workers", "4", "--until-idle", "--idle-s", "1", "--ca-cert"])
+        .args([
+            "--server",
+            &format!("wss://localhost:{}/ws", server.addr.port()),
+        ])
+        .args([
+            "--workers",
+            "4",
+            "--until-idle",
+            "--idle-s",
+            "1",
+            "--ca-cert",
+        ])
         .arg(certificates.ca())
         .env("RUST_LOG", "warn");
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())

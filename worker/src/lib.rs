@@ -72,7 +72,8 @@ where
     config.validate()?;
     // wss:// and https:// module downloads: the Mozilla roots and `--ca-cert`.
     let tls = std::sync::Arc::new(
-        grid_protocol::tls::client_config(config.ca_cert.as_deref()).map_err(WorkerError::Config)?,
+        grid_protocol::tls::client_config(config.ca_cert.as_deref())
+            .map_err(WorkerError::Config)?,
     );
     let signal = std::pin::pin!(shutdown);
     let mut shutdown = Shutdown::new(signal);

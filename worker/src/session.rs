@@ -200,14 +200,13 @@ async fn connect(
             )
         })
     })?;
-    let (socket, _response) =
-        tokio_tungstenite::client_async_tls_with_config(
-            url.as_str(),
-            tcp,
-            None,
-            Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
-        )
-        .await?;
+    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+        url.as_str(),
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+    )
+    .await?;
     Ok(socket)
 }
 
