@@ -244,7 +244,8 @@ pub(crate) async fn worker_socket(
 /// Connections are served by hyper's HTTP/1 server with a timer: a client must send a
 /// request's headers within `header_read_timeout` of the connection opening or of its previous
 /// response (so idle keep-alive connections close after that long), and the connection caps
-/// of [`admission`] apply at accept time.
+/// of [`admission`] apply at accept time. With [`ServeOptions::tls`], each admitted connection
+/// first completes its TLS handshake within that same timeout ([`tls`]), in its own task.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Database>,
