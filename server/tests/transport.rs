@@ -486,6 +486,45 @@ async fn tokens_are_listed_and_revoked(backend: Backend) {
     server.stop().await;
 }
 
+/// L2: the master remembers that a token is unknown, for the cache lifetime: a token written
+/// into the database behind its back (as another master would) is refused until that
+/// answer expires, so repeating a wrong token costs no query.
+async fn unknown_tokens_are_cached_for_the_cache_lifetime(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
+    let token = grid_server::auth::new_token();
+    let api = Api::new(&server.http(), &token);
+    assert_eq!(api.get("/api/v1/jobs").await.0, 401);
+    let asked = Instant::now();
+    server
+        .store
+        .shared()
+        .create_token(&grid_server::auth::hash_token(&token), None)
+        .await
+        .unwrap();
+    // Polled slowly: each refusal counts against this address's failure budget.
+    let ttl = grid_server::auth::TOKEN_CACHE_TTL;
+    loop {
+        let (status, body) = api.get("/api/v1/jobs").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            asked.elapsed() < ttl + Duration::from_secs(2),
+            "still refused after {:?}",
+            asked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = asked.elapsed();
+    println!("a token created behind the master's back worked after {took:?}");
+    assert!(
+        took >= ttl - Duration::from_millis(600),
+        "not cached: {took:?}"
+    );
+    server.stop().await;
+}
+
 /// L1: a token revoked on one master stops working on another master sharing the database
 /// within the cache lifetime (PostgreSQL: the deployment with several masters).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1018,6 +1057,7 @@ on_both_backends!(
     plain_and_silent_peers_are_closed,
     public_origins_stop_dns_rebinding,
     tokens_are_listed_and_revoked,
+    unknown_tokens_are_cached_for_the_cache_lifetime,
     failed_authentication_is_rate_limited,
     admin_tokens_are_long_and_never_printed,
     secrets_never_reach_the_log,
