@@ -283,8 +283,8 @@ pub async fn serve(
     let admission = state.admission.clone();
     let networks = state.networks.clone();
     let mut app = router(state);
-    let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
-    if tls.is_some() {
+    let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    if acceptor.is_some() {
         app = app.layer(SetResponseHeaderLayer::overriding(
             axum::http::header::STRICT_TRANSPORT_SECURITY,
             axum::http::HeaderValue::from_static(tls::HSTS),
@@ -353,26 +353,18 @@ pub async fn serve(
                     },
                 );
                 let mut closing = close_rx.clone();
-                let (http, tls) = (http.clone(), tls.clone());
+                let (http, acceptor) = (http.clone(), acceptor.clone());
                 let handshake_timeout = limits.header_read_timeout;
                 connections.spawn(async move {
-                    let transport = match tls {
+                    let transport = match acceptor {
                         None => tls::Transport::Plain(admitted),
-                        // The handshake within the header-read timeout: a peer that never
-                        // sends its ClientHello (or speaks plain HTTP) is closed.
                         Some(acceptor) => tokio::select! {
-                            handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(admitted)) => match handshake {
-                                Ok(Ok(stream)) => tls::Transport::Tls(Box::new(stream)),
-                                Ok(Err(error)) => {
-                                    ::metrics::counter!("grid_tls_handshakes_failed_total", "reason" => "error").increment(1);
-                                    tracing::debug!(%error, "TLS handshake failed");
-                                    return;
+                            handshake = tls::handshake(&acceptor, admitted, handshake_timeout) => {
+                                match handshake {
+                                    Some(stream) => stream,
+                                    None => return,
                                 }
-                                Err(_) => {
-                                    ::metrics::counter!("grid_tls_handshakes_failed_total", "reason" => "timeout").increment(1);
-                                    return;
-                                }
-                            },
+                            }
                             _ = closing.changed() => return,
                         },
                     };

@@ -1,6 +1,7 @@
 //! HTTPS and WSS served by the master itself (`--tls-cert`, `--tls-key`), with rustls.
 //!
 //! - [`server_config`]: the certificate chain and private key from PEM files, HTTP/1.1 by ALPN.
+//! - [`handshake`]: the server side of one handshake, bounded in time.
 //! - [`Transport`]: an admitted connection's bytes, plain or TLS, as hyper reads them.
 //! - [`HSTS`]: the `Strict-Transport-Security` value every answer carries when serving TLS.
 //!
@@ -12,6 +13,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
@@ -44,6 +46,28 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     // The master speaks HTTP/1.1 only (WebSocket upgrades included).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The server side of a TLS handshake on `stream`, within `timeout`: a peer that never sends
+/// its ClientHello, or speaks plain HTTP, gets `None` (and the connection is dropped).
+pub async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: Admitted,
+    timeout: Duration,
+) -> Option<Transport> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
+        Ok(Err(error)) => {
+            metrics::counter!("grid_tls_handshakes_failed_total", "reason" => "error").increment(1);
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("grid_tls_handshakes_failed_total", "reason" => "timeout")
+                .increment(1);
+            None
+        }
+    }
 }
 
 /// An admitted connection, plain or TLS.
