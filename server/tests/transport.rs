@@ -196,6 +196,16 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
         .collect();
     assert_eq!(primes_total(&results, 8, Some(1)), expected);
 
+    // A task module: the worker downloads it over https, trusting the same CA.
+    let module = api.upload_module(common::modules::echo()).await;
+    let job = api
+        .submit(json!({"module": module, "inputs": [1, {"a": 2}, "three"], "redundancy": 1}))
+        .await;
+    assert_eq!(
+        api.outputs(job, 1).await,
+        [json!(1), json!({"a": 2}), json!("three")]
+    );
+
     // Every answer over TLS carries HSTS; API answers nosniff and DENY (L10).
     let response = client
         .get(format!("{https}/api/v1/jobs/{job}"))
