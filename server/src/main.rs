@@ -59,7 +59,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    // L1: a guessable admin token is refused before anything listens.
+    // Bearer tokens arrive trimmed, so a token configured with stray whitespace (a file's
+    // newline) must be trimmed too. L1: a guessable one is refused before anything listens.
+    let admin_token = admin_token.trim().to_owned();
     grid_server::auth::check_admin_token(&admin_token)
         .map_err(|error| anyhow::anyhow!("refusing to start: {error}"))?;
     let tls = match (&config.tls_cert, &config.tls_key) {
