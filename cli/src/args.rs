@@ -35,6 +35,11 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// PEM file of certificate authorities to trust for an https:// master besides the
+    /// Mozilla roots (a private CA, or the master's self-signed certificate).
+    #[arg(long, global = true, env = "GRID_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -181,7 +186,19 @@ pub struct UploadArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a submitter token and print it (it is shown only once).
-    Create,
+    Create {
+        /// Who or what the token is for (shown by `grid token list`).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List submitter tokens: id, label, created, last used, revoked (never the tokens).
+    List,
+    /// Revoke a submitter token by its id: it stops working at once (within 5 s on other
+    /// masters sharing the database).
+    Revoke {
+        /// The token's id (from `grid token list`).
+        id: i64,
+    },
 }
 
 #[cfg(test)]

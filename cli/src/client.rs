@@ -5,6 +5,7 @@
 //! that got no answer at all becomes [`Error::Connect`] naming the URL.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, Url};
@@ -53,6 +54,12 @@ impl Client {
     /// A client for the master at `url` (`http://` or `https://`). Fails without a token, or
     /// with an unusable URL; contacts nothing.
     pub fn new(url: &str, token: Option<&str>) -> Result<Client> {
+        Client::trusting(url, token, None)
+    }
+
+    /// [`Client::new`], also trusting the certificate authorities of the PEM file `ca_cert`
+    /// for an `https://` master (a private CA, or its self-signed certificate; `--ca-cert`).
+    pub fn trusting(url: &str, token: Option<&str>, ca_cert: Option<&Path>) -> Result<Client> {
         let parsed = Url::parse(url)
             .map_err(|error| Error::Usage(format!("invalid --url / GRID_URL `{url}`: {error}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
@@ -64,9 +71,27 @@ impl Client {
             Some(token) if !token.is_empty() => token.to_owned(),
             _ => return Err(Error::MissingToken),
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .user_agent(concat!("grid-cli/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|source| Error::File {
+                path: path.to_owned(),
+                source,
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| Error::Usage(format!("--ca-cert {}: {error}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--ca-cert {}: no certificate in the file",
+                    path.display()
+                )));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
             .build()
             .map_err(|error| Error::Usage(format!("cannot set up the HTTP client: {error}")))?;
         Ok(Client {

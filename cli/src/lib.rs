@@ -35,7 +35,7 @@ use args::Command;
 /// Run one command line. Everything the command prints goes to stdout; the caller prints the
 /// error, if any, and exits with [`Error::exit_code`].
 pub async fn run(cli: Cli) -> Result<()> {
-    let client = Client::new(&cli.url, cli.token.as_deref())?;
+    let client = Client::trusting(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?;
     match cli.command {
         Command::Submit(args) => commands::submit::run(&client, *args).await,
         Command::Status(args) => commands::status::run(&client, args).await,

@@ -29,7 +29,8 @@ pub enum StopWhen {
 /// Settings of one load-generator run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// The master's WebSocket endpoint (`ws://host:port/ws`; no TLS).
+    /// The master's WebSocket endpoint (`ws://host:port/ws`, or `wss://` for a master serving
+    /// TLS).
     pub server: Url,
     /// Simulated workers: one WebSocket session and one identity each.
     pub workers: u32,
@@ -63,6 +64,9 @@ pub struct LoadConfig {
     pub connect_concurrency: usize,
     /// Print a progress line on stderr this often (`None`: never).
     pub progress: Option<Duration>,
+    /// A PEM file of certificate authorities to trust for a `wss://` master besides the
+    /// Mozilla roots (`--ca-cert`).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl LoadConfig {
@@ -85,6 +89,7 @@ impl LoadConfig {
             attacker_bind: Vec::new(),
             connect_concurrency: 256,
             progress: None,
+            ca_cert: None,
         }
     }
 
@@ -108,9 +113,9 @@ impl LoadConfig {
 
     /// Check what the master would refuse or what cannot work, before connecting anywhere.
     pub fn validate(&self) -> Result<(), LoadError> {
-        if self.server.scheme() != "ws" {
+        if !matches!(self.server.scheme(), "ws" | "wss") {
             return Err(LoadError::Config(format!(
-                "the server URL must be ws:// (load tests run on loopback, without TLS), not {}",
+                "the server URL must be ws:// or wss://, not {}",
                 self.server
             )));
         }
@@ -179,16 +184,18 @@ impl LoadConfig {
     }
 }
 
-/// Accept what people paste: `http://host:port` (the master's page) or `ws://host:port/ws`.
-/// `http` becomes `ws`, and an empty path becomes `/ws`. No TLS: load tests run on loopback.
+/// Accept what people paste: `http://host:port` (the master's page) or `ws://host:port/ws`,
+/// and their TLS forms. `http` becomes `ws`, `https` becomes `wss`, and an empty path becomes
+/// `/ws`.
 pub fn worker_endpoint(url: &str) -> Result<Url, LoadError> {
     let mut parsed =
         Url::parse(url).map_err(|error| LoadError::Config(format!("--server {url}: {error}")))?;
     let scheme = match parsed.scheme() {
         "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
         other => {
             return Err(LoadError::Config(format!(
-                "--server: unsupported scheme {other}: (use ws:// or http://)"
+                "--server: unsupported scheme {other}: (use ws://, wss://, http:// or https://)"
             )));
         }
     };
@@ -241,7 +248,8 @@ pub enum AttackMode {
 #[derive(Debug, Parser)]
 #[command(name = "grid-loadgen", version, about)]
 pub struct Args {
-    /// The master: `ws://HOST:PORT/ws` or `http://HOST:PORT` (no TLS).
+    /// The master: `ws://HOST:PORT/ws` or `http://HOST:PORT` (`wss://`, `https://` for a
+    /// master serving TLS).
     #[arg(long, env = "GRID_SERVER")]
     pub server: String,
     /// Simulated workers, each its own WebSocket session and identity.
@@ -309,6 +317,10 @@ pub struct Args {
     /// Also write the summary as JSON to this file (`-` for stdout).
     #[arg(long)]
     pub json: Option<String>,
+    /// PEM file of certificate authorities to trust for a wss:// master besides the Mozilla
+    /// roots (a private CA, or the master's self-signed certificate).
+    #[arg(long, value_name = "PEM", env = "GRID_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -379,6 +391,7 @@ impl Args {
         config.bind.clone_from(&self.bind);
         config.attacker_bind.clone_from(&self.attacker_bind);
         config.connect_concurrency = self.connect_concurrency;
+        config.ca_cert.clone_from(&self.ca_cert);
         config.progress = if self.progress_s > 0.0 {
             Some(seconds("--progress-s", self.progress_s)?)
         } else {
@@ -408,13 +421,14 @@ mod tests {
             ("http://127.0.0.1:8080/", "ws://127.0.0.1:8080/ws"),
             ("ws://127.0.0.1:8080/ws", "ws://127.0.0.1:8080/ws"),
             ("ws://h:1/custom", "ws://h:1/custom"),
+            ("https://grid.example", "wss://grid.example/ws"),
+            ("wss://grid.example:8443/ws", "wss://grid.example:8443/ws"),
         ];
         for (given, expected) in cases {
             let url = worker_endpoint(given).map(|url| url.to_string());
             assert_eq!(url.ok().as_deref(), Some(expected), "{given}");
         }
         assert!(worker_endpoint("ftp://h/").is_err());
-        assert!(worker_endpoint("https://h/").is_err());
         assert!(worker_endpoint("not a url").is_err());
     }
 

@@ -68,7 +68,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report, LoadError> {
     config.validate()?;
+    let tls = Arc::new(
+        grid_protocol::tls::client_config(config.ca_cert.as_deref()).map_err(LoadError::Config)?,
+    );
     let shared = Arc::new(Shared {
+        tls,
         stats: Stats::new(!config.compute.is_zero()),
         gate: Semaphore::new(config.connect_concurrency),
         fatal: OnceLock::new(),

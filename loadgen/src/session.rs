@@ -32,9 +32,9 @@ use rand::{Rng, SeedableRng};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use url::{Host, Url};
 
@@ -43,7 +43,7 @@ use crate::adversary::{Attack, Handling, Turns, fresh_identity, source_address};
 use crate::sabotage::Liar;
 use crate::stats::Stats;
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a handshake (TCP, WebSocket upgrade, hello and welcome) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub fatal: OnceLock<String>,
     /// The connection order of a sybil run (`None`: everyone connects at once).
     pub turns: Option<Turns>,
+    /// The TLS settings of a `wss://` master.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// How one session ended.
@@ -294,7 +296,7 @@ impl SimulatedWorker {
             // Frames queue until the explicit flush after each wake-up.
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(4 << 20));
-        let connected = connect(&config.server, self.bind, socket_config).await;
+        let connected = connect(&config.server, self.bind, socket_config, &self.shared.tls).await;
         let mut socket = match connected {
             Ok(socket) => socket,
             Err(error) => {
@@ -367,13 +369,14 @@ impl SimulatedWorker {
     }
 }
 
-/// Open the WebSocket to `url` (`ws://` only) over a TCP connection from `bind` when given,
-/// trying each address the host resolves to (of `bind`'s family) in turn, as
-/// `tokio_tungstenite::connect_async` does.
+/// Open the WebSocket to `url` over a TCP connection from `bind` when given, trying each
+/// address the host resolves to (of `bind`'s family) in turn, as
+/// `tokio_tungstenite::connect_async` does; `wss://` with `tls`.
 async fn connect(
     url: &Url,
     bind: Option<IpAddr>,
     config: WebSocketConfig,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Socket, tungstenite::Error> {
     let host = match url.host() {
         Some(Host::Domain(domain)) => domain.to_owned(),
@@ -396,8 +399,13 @@ async fn connect(
         };
         // Frames are flushed explicitly, once per wake-up: no need for Nagle's delay.
         tcp.set_nodelay(true)?;
-        let (socket, _response) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config)).await?;
+        let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+            url.as_str(),
+            tcp,
+            Some(config),
+            Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+        )
+        .await?;
         return Ok(socket);
     }
     Err(failure

@@ -14,6 +14,12 @@
 //! Flow control is credit based: the hello says how many `slots` (concurrent chunks) the worker
 //! runs; the master keeps that many assignments plus a small prefetch outstanding. Each
 //! [`WorkerMessage::Result`] frees one credit.
+//!
+//! With the `tls` feature, [`tls`] holds the TLS client settings the native clients
+//! (`grid-worker`, `grid-loadgen`) share for `wss://` masters.
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -14,7 +14,8 @@
 //!
 //! A permit ([`ConnectionPermit`], [`SessionPermit`]) is held for as long as the connection or
 //! session lives and gives its place back when dropped. The accept loop never waits for a
-//! place: over a cap it refuses at once, so a flood cannot stall accepting.
+//! place: over a cap it refuses at once, so a flood cannot stall accepting. A master serving
+//! TLS admits first and handshakes after ([`crate::tls`]), so half-open handshakes count too.
 
 use std::collections::HashMap;
 use std::hash::Hash;

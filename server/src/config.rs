@@ -26,7 +26,9 @@ pub struct Config {
     #[arg(long, env = "GRID_DATA_DIR", default_value = "grid-data")]
     pub data_dir: std::path::PathBuf,
 
-    /// The admin bearer token. When unset a random one is generated and printed at start-up.
+    /// The admin bearer token, at least 16 characters. When unset a random one is generated,
+    /// saved in <data-dir>/admin-token (mode 0600) and kept across restarts; only the file's
+    /// path is printed.
     #[arg(long, env = "GRID_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -98,6 +100,28 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(0..=i64::from(grid_protocol::work::MAX_BITS)))]
     pub hello_work_bits: u32,
 
+    // Transport and origin (issue 19): TLS served directly, the master's public origins.
+    /// PEM certificate chain (the server's certificate first): serve HTTPS and WSS on
+    /// --listen instead of plain HTTP and WS. Needs --tls-key.
+    #[arg(long, env = "GRID_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GRID_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The master's own public origins (scheme://host[:port], comma separated), e.g.
+    /// https://grid.example. When set, only pages of these origins (and of
+    /// --allowed-origins) may open worker sessions, whatever the request's Host says, so DNS
+    /// rebinding cannot pass the check. Unset: a page whose origin matches the request's Host.
+    #[arg(
+        long,
+        env = "GRID_PUBLIC_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub public_origin: Vec<String>,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -131,6 +155,9 @@ impl std::fmt::Debug for Config {
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_network", &self.max_sessions_per_network)
             .field("hello_work_bits", &self.hello_work_bits)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("public_origin", &self.public_origin)
             .field("log_format", &self.log_format)
             .finish()
     }

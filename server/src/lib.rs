@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`network`]: which network a peer is on (quorum independence, per-network caps).
 //! - [`admission`]: caps on open connections and worker sessions, globally and per peer.
+//! - [`tls`]: HTTPS and WSS served directly (`--tls-cert`, `--tls-key`).
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
 //!
@@ -33,6 +34,7 @@ pub mod network;
 pub mod scheduler;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod verifier;
 pub mod web;
 
@@ -49,6 +51,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::TokenCache;
 use crate::limits::Limits;
@@ -71,8 +74,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// SHA-256 of the admin token, if one is configured.
     pub admin_token_hash: Option<[u8; 32]>,
-    /// Known submitter tokens.
+    /// Recent answers about submitter tokens.
     pub tokens: TokenCache,
+    /// Failed authentications per client network.
+    pub auth_failures: Arc<auth::AuthFailures>,
     /// Flips to true when the master begins shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Which web origins may open worker sessions at `/ws`.
@@ -103,6 +108,13 @@ pub struct ServeOptions {
     /// How peers are grouped into networks (distinct networks per quorum, trusted networks,
     /// proxies whose `X-Forwarded-For` counts).
     pub networks: network::NetworkPolicy,
+    /// The master's own public origins (`scheme://host[:port]`): when given, pages of these
+    /// origins (and of `allowed_origins`) may open worker sessions, and the request's `Host`
+    /// no longer counts (DNS rebinding cannot pass the check). See [`web::OriginPolicy`].
+    pub public_origins: Vec<String>,
+    /// Serve HTTPS and WSS with this configuration ([`tls::server_config`]) instead of plain
+    /// HTTP and WS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -133,6 +145,16 @@ fn routes_with(limits: &Limits) -> Router<AppState> {
         .nest("/api/v1", api::v1(limits))
         .route("/ws", get(worker_socket))
         .layer(DefaultBodyLimit::max(limits::DEFAULT_BODY_BYTES))
+        // L10: no answer is sniffed into another type or framed by another site (pages also
+        // carry their CSP, see web.rs).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_FRAME_OPTIONS,
+            axum::http::HeaderValue::from_static("DENY"),
+        ))
 }
 
 async fn api_not_found() -> error::Error {
@@ -161,8 +183,10 @@ pub(crate) async fn worker_socket(
 ) -> Response {
     // Browsers send Origin on every handshake: refuse pages of other sites (see web.rs).
     if !state.origins.allows(&headers, &uri) {
+        // Debug only: a page can make its visitors' browsers retry in a loop (L4).
         let origin = headers.get(axum::http::header::ORIGIN);
-        tracing::info!(?origin, "refused a worker session from another origin");
+        tracing::debug!(?origin, "refused a worker session from another origin");
+        ::metrics::counter!("grid_sessions_refused_total", "reason" => "origin").increment(1);
         return error::Error::Forbidden("this origin may not open worker sessions here")
             .into_response();
     }
@@ -220,7 +244,8 @@ pub(crate) async fn worker_socket(
 /// Connections are served by hyper's HTTP/1 server with a timer: a client must send a
 /// request's headers within `header_read_timeout` of the connection opening or of its previous
 /// response (so idle keep-alive connections close after that long), and the connection caps
-/// of [`admission`] apply at accept time.
+/// of [`admission`] apply at accept time. With [`ServeOptions::tls`], each admitted connection
+/// first completes its TLS handshake within that same timeout ([`tls`]), in its own task.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Database>,
@@ -245,15 +270,26 @@ pub async fn serve(
         limits: limits.clone(),
         admin_token_hash: options.admin_token.as_deref().map(auth::hash_token),
         tokens: TokenCache::default(),
+        auth_failures: Arc::new(auth::AuthFailures::default()),
         shutdown: stop_rx,
-        origins: Arc::new(web::OriginPolicy::new(&options.allowed_origins)),
+        origins: Arc::new(web::OriginPolicy::with_public(
+            &options.allowed_origins,
+            &options.public_origins,
+        )),
         module_cache: api::modules::ModuleCache::default(),
         networks: Arc::new(options.networks),
     };
     metrics::install();
     let admission = state.admission.clone();
     let networks = state.networks.clone();
-    let app = router(state);
+    let mut app = router(state);
+    let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    if acceptor.is_some() {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static(tls::HSTS),
+        ));
+    }
     let grace = options.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let signal = async move {
         shutdown.await;
@@ -307,7 +343,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let io = hyper_util::rt::TokioIo::new(admission::Admitted::new(stream, permit));
+                let admitted = admission::Admitted::new(stream, permit);
                 let router = app.clone();
                 let service = hyper::service::service_fn(
                     move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -316,9 +352,24 @@ pub async fn serve(
                         tower::ServiceExt::oneshot(router.clone(), request)
                     },
                 );
-                let connection = http.serve_connection(io, service).with_upgrades();
                 let mut closing = close_rx.clone();
+                let (http, acceptor) = (http.clone(), acceptor.clone());
+                let handshake_timeout = limits.header_read_timeout;
                 connections.spawn(async move {
+                    let transport = match acceptor {
+                        None => tls::Transport::Plain(admitted),
+                        Some(acceptor) => tokio::select! {
+                            handshake = tls::handshake(&acceptor, admitted, handshake_timeout) => {
+                                match handshake {
+                                    Some(stream) => stream,
+                                    None => return,
+                                }
+                            }
+                            _ = closing.changed() => return,
+                        },
+                    };
+                    let io = hyper_util::rt::TokioIo::new(transport);
+                    let connection = http.serve_connection(io, service).with_upgrades();
                     let mut connection = std::pin::pin!(connection);
                     tokio::select! {
                         result = connection.as_mut() => {

@@ -38,11 +38,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
             let token = match &config.admin_token {
                 Some(token) => token.clone(),
-                None => {
-                    let token = grid_server::auth::new_token();
-                    println!("No GRID_ADMIN_TOKEN set; this run's admin token is: {token}");
-                    token
-                }
+                None => stored_admin_token(&config.data_dir)?,
             };
             tracing::info!(database = %redact_url(url), "using PostgreSQL");
             (Arc::new(store), token)
@@ -56,18 +52,32 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let token = match &config.admin_token {
                 Some(token) => token.clone(),
-                None => embedded_admin_token(&config.data_dir)?,
+                None => stored_admin_token(&config.data_dir)?,
             };
             tracing::info!(data_dir = %config.data_dir.display(), "using the embedded database");
             (Arc::new(store), token)
         }
     };
 
+    // Bearer tokens arrive trimmed, so a token configured with stray whitespace (a file's
+    // newline) must be trimmed too. L1: a guessable one is refused before anything listens.
+    let admin_token = admin_token.trim().to_owned();
+    grid_server::auth::check_admin_token(&admin_token)
+        .map_err(|error| anyhow::anyhow!("refusing to start: {error}"))?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            grid_server::tls::server_config(cert, key)
+                .map_err(|error| anyhow::anyhow!("cannot serve TLS: {error}"))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
     let listener =
         listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the bound address.
-    println!("grid-server listening on http://{address}");
+    println!("grid-server listening on {scheme}://{address}");
 
     let options = ServeOptions {
         admin_token: Some(admin_token),
@@ -78,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
             .network_policy()
             .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
         limits: fit_open_files(config.limits()),
+        public_origins: config.public_origin.clone(),
+        tls,
     };
     serve(listener, store, options, shutdown_signal()).await
 }
@@ -129,13 +141,15 @@ fn fit_open_files(mut limits: grid_server::limits::Limits) -> grid_server::limit
     limits
 }
 
-/// The embedded deployment's admin token: generated on first start and kept (readable by the
-/// owner only) in `<data-dir>/admin-token`, so it survives restarts.
-fn embedded_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+/// The admin token when none is configured: generated on first start and kept (readable by
+/// the owner only) in `<data-dir>/admin-token`, so it survives restarts. The token itself is
+/// never printed (L1: stdout ends up in container logs), only where it is.
+fn stored_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("admin-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_owned();
         if !token.is_empty() {
+            owner_only(&path)?;
             println!(
                 "Admin token: in {} (GRID_ADMIN_TOKEN overrides it)",
                 path.display()
@@ -143,6 +157,8 @@ fn embedded_admin_token(data_dir: &Path) -> anyhow::Result<String> {
             return Ok(token);
         }
     }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let token = grid_server::auth::new_token();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -151,12 +167,28 @@ fn embedded_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let mut file = options
         .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a file this call creates (an empty one may exist).
+    owner_only(&path)?;
     std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
     println!(
         "Generated an admin token and saved it in {} (GRID_ADMIN_TOKEN overrides it)",
         path.display()
     );
     Ok(token)
+}
+
+/// Make `path` readable and writable by its owner only (an existing file keeps its mode
+/// otherwise).
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

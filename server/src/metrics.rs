@@ -93,7 +93,15 @@ fn describe() {
     );
     metrics::describe_counter!(
         "grid_sessions_refused_total",
-        "Worker sessions refused (429), over the global or per-network cap."
+        "Worker sessions refused: 429 over the global or per-network cap, 403 for another origin."
+    );
+    metrics::describe_counter!(
+        "grid_auth_failures_total",
+        "Requests with a bearer token the master does not know (401)."
+    );
+    metrics::describe_counter!(
+        "grid_tls_handshakes_failed_total",
+        "TLS handshakes that failed or did not finish within the header timeout."
     );
     metrics::describe_counter!(
         "grid_sessions_closed_total",

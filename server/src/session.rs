@@ -283,7 +283,7 @@ pub async fn run(
             flush: true,
         },
         ReadEnd::Refused(refusal) | ReadEnd::BeforeHello(refusal) => {
-            tracing::info!(session, code = refusal.code, message = %refusal.message, "closing session");
+            tracing::debug!(session, code = refusal.code, message = %refusal.message, "closing session");
             Goodbye {
                 flush: refusal.code != "slow_reader",
                 error: Some(MasterMessage::Error {
@@ -501,7 +501,15 @@ async fn read_loop(
             close_code::AWAY,
         ));
     }
-    tracing::info!(session, worker = %worker_id, ?kind, slots, "worker connected");
+    // Debug, and a fingerprint for the identity: it is a bearer secret (L3), and a reconnect
+    // storm must not fill the logs (L4).
+    tracing::debug!(
+        session,
+        worker = %crate::auth::fingerprint(&worker_id),
+        ?kind,
+        slots,
+        "worker connected"
+    );
 
     let idle_limit = Duration::from_secs(u64::from(limits.heartbeat_seconds) * 3);
     loop {

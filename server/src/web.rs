@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY as CSP, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH, ORIGIN,
-    REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -154,6 +154,8 @@ fn secure(headers: &mut HeaderMap) {
     headers.insert(CSP, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // For browsers older than CSP's `frame-ancestors`.
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -188,9 +190,16 @@ fn is_content_hashed(name: &str) -> bool {
 /// Which web origins may open worker sessions at `/ws`.
 ///
 /// Allowed: requests without an `Origin` header (native workers and other non-browser
-/// clients, which no web page can impersonate), the master's own origin (the `Origin`'s
-/// host and port equal the request's `Host`), and the configured origins. `*` allows every
-/// origin (for a page hosted elsewhere that anyone may embed; think twice).
+/// clients, which no web page can impersonate), the master's own origin, and the configured
+/// `--allowed-origins`. `*` allows every origin (for a page hosted elsewhere that anyone may
+/// embed; think twice).
+///
+/// The master's own origin is `--public-origin` when given (M8): only those origins, whatever
+/// the request's `Host` says. Without it, the default is the origin whose host and port equal
+/// the request's `Host`, which DNS rebinding defeats (the attacker's name resolves to the
+/// master, so `Origin: http://evil.example` arrives with `Host: evil.example`); set
+/// `--public-origin` on any master a browser can reach, above all one bound to loopback or an
+/// intranet.
 ///
 /// A browser always sends `Origin` on a WebSocket handshake, so this stops other web sites
 /// from making their visitors' browsers work for this master (or poisoning its quorum)
@@ -199,6 +208,8 @@ fn is_content_hashed(name: &str) -> bool {
 pub struct OriginPolicy {
     /// Configured origins, normalised (`scheme://host[:port]`, lowercase, no default port).
     allowed: Vec<String>,
+    /// The master's public origins, normalised; empty: the request's `Host` decides.
+    public: Vec<String>,
     /// `*` was configured.
     any: bool,
 }
@@ -207,7 +218,22 @@ impl OriginPolicy {
     /// A policy allowing `allowed` besides the master's own origin (entries that are not
     /// `scheme://host[:port]` are ignored, with a warning).
     pub fn new(allowed: &[String]) -> Self {
+        OriginPolicy::with_public(allowed, &[])
+    }
+
+    /// A policy allowing `allowed` and the master's `public` origins (none: the origin of the
+    /// request's `Host`); malformed entries are ignored with a warning.
+    pub fn with_public(allowed: &[String], public: &[String]) -> Self {
         let mut policy = OriginPolicy::default();
+        for entry in public.iter().map(|entry| entry.trim()) {
+            if entry.is_empty() {
+                continue;
+            }
+            match normalise_origin(entry) {
+                Some(origin) => policy.public.push(origin),
+                None => tracing::warn!(origin = entry, "ignoring a malformed public origin"),
+            }
+        }
         for entry in allowed {
             let entry = entry.trim();
             if entry.is_empty() {
@@ -238,6 +264,9 @@ impl OriginPolicy {
         };
         if self.allowed.contains(&origin) {
             return true;
+        }
+        if !self.public.is_empty() {
+            return self.public.contains(&origin);
         }
         let host = headers
             .get(HOST)
@@ -534,5 +563,39 @@ mod tests {
         let any = OriginPolicy::new(&["*".into()]);
         assert!(any.allows(&handshake(Some("http://anything.example"), host), &uri));
         assert!(any.allows(&handshake(Some("null"), host), &uri));
+    }
+
+    #[test]
+    fn public_origins_ignore_the_host() {
+        let policy = OriginPolicy::with_public(
+            &["http://lab.example:8000".into()],
+            &["https://Grid.Example".into(), "nonsense".into()],
+        );
+        let uri = Uri::from_static("/ws");
+        // DNS rebinding: the attacker's name resolves to the master, Host and Origin agree.
+        assert!(!policy.allows(
+            &handshake(Some("http://evil.example"), Some("evil.example")),
+            &uri
+        ));
+        assert!(!policy.allows(
+            &handshake(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")),
+            &uri
+        ));
+        for origin in [
+            "https://grid.example",
+            "https://grid.example:443",
+            "http://lab.example:8000",
+        ] {
+            assert!(
+                policy.allows(&handshake(Some(origin), Some("127.0.0.1:8080")), &uri),
+                "{origin}"
+            );
+        }
+        assert!(policy.allows(&handshake(None, Some("evil.example")), &uri));
+        // Unset: the Host decides, so the rebinding passes (the documented default).
+        assert!(OriginPolicy::default().allows(
+            &handshake(Some("http://evil.example"), Some("evil.example")),
+            &uri
+        ));
     }
 }

@@ -38,6 +38,10 @@ pub struct WorkerConfig {
     /// The memory budget of module chunks, in MiB (`--max-memory`): the `max_memory_mb` caps
     /// of the module chunks running at once add up to at most this.
     pub max_memory_mb: u64,
+    /// A PEM file of certificate authorities to trust for `wss://` masters (and their module
+    /// downloads) besides the Mozilla roots: a private CA, or a self-signed certificate
+    /// (`--ca-cert`).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl WorkerConfig {
@@ -57,6 +61,7 @@ impl WorkerConfig {
             close_timeout: Duration::from_secs(5),
             bind: None,
             max_memory_mb: default_max_memory_mb(),
+            ca_cert: None,
         }
     }
 

@@ -92,17 +92,25 @@ impl Identity {
             source,
         };
         // Open without truncating: the file may be someone else's until we hold the lock.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_error)?;
+        // The id is a bearer secret (it names the volunteer's credit and reputation): the
+        // file is the owner's only (L3).
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io_error)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(None),
             Err(TryLockError::Error(source)) => return Err(io_error(source)),
+        }
+
+        // A file made before (or by hand) keeps its mode otherwise.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io_error)?;
         }
 
         let mut text = String::new();
@@ -203,6 +211,24 @@ mod tests {
         ));
         drop(held);
         assert_eq!(Identity::from_file(&path).unwrap().worker_id(), id);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn identity_files_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let new = Identity::from_file(&dir.path().join("new.id")).unwrap();
+        assert_eq!(mode(new.path()), 0o600);
+        // One made before this release, world-readable, is made private when taken.
+        let old = dir.path().join("old.id");
+        fs::write(&old, "native-0123456789abcdef0123456789abcdef\n").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        let taken = Identity::from_file(&old).unwrap();
+        assert_eq!(mode(taken.path()), 0o600);
+        let from_dir = Identity::from_dir(dir.path()).unwrap();
+        assert_eq!(mode(from_dir.path()), 0o600);
     }
 
     #[test]

@@ -70,8 +70,11 @@ where
     F: Future<Output = ()>,
 {
     config.validate()?;
-    // wss:// needs a rustls crypto provider. Best effort: keep one the process already chose.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // wss:// and https:// module downloads: the Mozilla roots and `--ca-cert`.
+    let tls = std::sync::Arc::new(
+        grid_protocol::tls::client_config(config.ca_cert.as_deref())
+            .map_err(WorkerError::Config)?,
+    );
     let signal = std::pin::pin!(shutdown);
     let mut shutdown = Shutdown::new(signal);
     let slots = ComputeSlots::new(config.threads, config.max_memory_mb);
@@ -81,12 +84,12 @@ where
         "compute slots and the memory budget of module chunks"
     );
     // Kept across sessions and masters: module ids are content addresses.
-    let modules = ModuleCache::new(config.connect_timeout);
+    let modules = ModuleCache::new(config.connect_timeout).with_tls((*tls).clone());
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
 
     for url in config.servers.iter().cycle() {
         let span = info_span!("session", server = %url);
-        let end = session::run(url, &config, &slots, &modules, &mut shutdown)
+        let end = session::run(url, &config, &slots, &modules, &tls, &mut shutdown)
             .instrument(span)
             .await?;
         match end {

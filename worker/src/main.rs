@@ -55,6 +55,11 @@ struct Args {
         value_parser = grid_worker::config::parse_memory_size
     )]
     max_memory: Option<u64>,
+
+    /// PEM file of certificate authorities to trust for wss:// masters besides the Mozilla
+    /// roots: a private CA, or the master's self-signed certificate.
+    #[arg(long, value_name = "PEM", env = "GRID_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -69,17 +74,19 @@ async fn main() -> anyhow::Result<()> {
         config.threads = threads;
     }
     config.bind = args.bind;
+    config.ca_cert = args.ca_cert;
     if let Some(max_memory_mb) = args.max_memory {
         config.max_memory_mb = max_memory_mb;
     }
     let servers: Vec<&str> = config.servers.iter().map(Url::as_str).collect();
+    // The identity is a bearer secret (it names the volunteer's credit): print where it is,
+    // never the identity itself, so it does not end up in service logs.
     println!(
-        "grid-worker {} with {} threads → {}",
-        identity.worker_id(),
+        "grid-worker (identity in {}) with {} threads → {}",
+        identity.path().display(),
         config.threads,
         servers.join(", ")
     );
-    tracing::debug!(identity_file = %identity.path().display(), "identity");
 
     grid_worker::run(config, shutdown_signal())
         .await

@@ -68,6 +68,8 @@ struct Inner {
     tools: OnceCell<Tools>,
     /// How long connecting to the master may take.
     connect_timeout: Duration,
+    /// The TLS settings of https:// downloads (`None`: reqwest's own, the Mozilla roots).
+    tls: Option<rustls::ClientConfig>,
     /// Compiled modules by id.
     modules: quick_cache::sync::Cache<String, Arc<TaskModule>>,
     /// Longest a compilation may take.
@@ -103,12 +105,22 @@ impl ModuleCache {
             inner: Arc::new(Inner {
                 tools: OnceCell::new(),
                 connect_timeout,
+                tls: None,
                 modules: quick_cache::sync::Cache::new(MAX_CACHED_MODULES),
                 compile_timeout,
                 compiler: Arc::new(Semaphore::new(1)),
                 uncompilable: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The same cache, downloading over https with `tls` (the worker's `--ca-cert`). Call it
+    /// before the cache is shared.
+    pub fn with_tls(mut self, tls: rustls::ClientConfig) -> ModuleCache {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tls = Some(tls);
+        }
+        self
     }
 
     /// The module `id` if it is compiled already.
@@ -136,7 +148,9 @@ impl ModuleCache {
         let tools = self
             .inner
             .tools
-            .get_or_try_init(|| async { Tools::new(self.inner.connect_timeout) })
+            .get_or_try_init(|| async {
+                Tools::new(self.inner.connect_timeout, self.inner.tls.clone())
+            })
             .await?;
         let url = module_url(master, id)?;
         debug!(%url, "downloading a task module");
@@ -224,12 +238,18 @@ impl ModuleCache {
 }
 
 impl Tools {
-    fn new(connect_timeout: Duration) -> Result<Tools, ModuleError> {
-        let http = reqwest::Client::builder()
+    fn new(
+        connect_timeout: Duration,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Tools, ModuleError> {
+        let mut http = reqwest::Client::builder()
             .user_agent(concat!("grid-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(connect_timeout)
-            .read_timeout(READ_TIMEOUT)
-            .build()?;
+            .read_timeout(READ_TIMEOUT);
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(tls);
+        }
+        let http = http.build()?;
         let sandbox = Sandbox::new().map_err(ModuleError::Sandbox)?;
         Ok(Tools { http, sandbox })
     }

@@ -100,6 +100,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
     config: &WorkerConfig,
     slots: &ComputeSlots,
     modules: &ModuleCache,
+    tls: &Arc<rustls::ClientConfig>,
     shutdown: &mut Shutdown<'_, F>,
 ) -> Result<SessionEnd, WorkerError> {
     let lost = |welcomed, reason: WorkerError| {
@@ -110,7 +111,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
         }
     };
 
-    let connect = tokio::time::timeout(config.connect_timeout, connect(url, config.bind));
+    let connect = tokio::time::timeout(config.connect_timeout, connect(url, config.bind, tls));
     let mut socket = tokio::select! {
         () = shutdown.wait() => return Ok(SessionEnd::Shutdown),
         connected = connect => match connected {
@@ -158,8 +159,13 @@ pub(crate) async fn run<F: Future<Output = ()>>(
 
 /// Open the WebSocket to `url`, as `tokio_tungstenite::connect_async` does (TCP to each
 /// address the host resolves to in turn, TLS for `wss://`, the upgrade), except that the TCP
-/// connection comes from `bind` when given; addresses of the other family are skipped then.
-async fn connect(url: &Url, bind: Option<IpAddr>) -> Result<Socket, tungstenite::Error> {
+/// connection comes from `bind` when given (addresses of the other family are skipped then),
+/// and `wss://` trusts the certificate authorities of `tls` (see `--ca-cert`).
+async fn connect(
+    url: &Url,
+    bind: Option<IpAddr>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Socket, tungstenite::Error> {
     let host = match url.host() {
         Some(Host::Domain(domain)) => domain.to_owned(),
         Some(Host::Ipv4(address)) => address.to_string(),
@@ -194,8 +200,13 @@ async fn connect(url: &Url, bind: Option<IpAddr>) -> Result<Socket, tungstenite:
             )
         })
     })?;
-    let (socket, _response) =
-        tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, None, None).await?;
+    let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
+        url.as_str(),
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+    )
+    .await?;
     Ok(socket)
 }
 

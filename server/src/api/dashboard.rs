@@ -28,7 +28,7 @@ use super::volunteers::{Leaderboard, leaderboard};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dashboard::{SAMPLE_INTERVAL, Sample};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Owner;
 
 /// Jobs shown on the dashboard.
@@ -43,9 +43,12 @@ const LEADERBOARD_EVERY: u32 = 5;
 pub struct MaybeCaller(pub Option<Caller>);
 
 impl FromRequestParts<AppState> for MaybeCaller {
-    type Rejection = Error;
+    type Rejection = crate::auth::AuthRejection;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, crate::auth::AuthRejection> {
         if parts.headers.contains_key(AUTHORIZATION) {
             Ok(MaybeCaller(Some(
                 Caller::from_request_parts(parts, state).await?,

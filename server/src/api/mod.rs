@@ -2,7 +2,7 @@
 //!
 //! - [`jobs`]: submit, list, inspect, cancel jobs and stream their results.
 //! - [`modules`]: upload and download WebAssembly task modules.
-//! - [`tokens`]: the admin creates submitter tokens.
+//! - [`tokens`]: the admin creates, lists and revokes submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
 //! - [`events`]: a job's progress as server-sent events; [`chunks`]: its chunk map;
@@ -56,7 +56,8 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
         .route("/modules/{id}", get(modules::download))
-        .route("/tokens", post(tokens::create))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", delete(tokens::revoke))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(

@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 use super::{chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers, workers};
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
-use crate::store::{ChunkCounts, JobView, ReplicaCounts};
+use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
 
 /// The document's source.
 #[derive(Debug, OpenApi)]
@@ -46,6 +46,8 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
         modules::upload,
         modules::download,
         tokens::create,
+        tokens::list,
+        tokens::revoke,
         workers::lift_blacklist,
         volunteers::list,
         volunteers::me,
@@ -63,6 +65,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts};
     components(schemas(
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
         Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
+        TokenView, tokens::NewToken,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -210,6 +213,24 @@ pub struct TokenCreated {
     pub id: i64,
     /// The token (`grid_` and 64 hex digits); only its SHA-256 is stored.
     pub token: String,
+    /// The label given, if any.
+    pub label: Option<String>,
+}
+
+/// `GET /api/v1/tokens`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// Every submitter token, oldest first.
+    pub tokens: Vec<TokenView>,
+}
+
+/// `DELETE /api/v1/tokens/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenRevoked {
+    /// The token's id.
+    pub id: i64,
+    /// Always true.
+    pub revoked: bool,
 }
 
 /// `/healthz` and `/readyz`.

@@ -164,6 +164,22 @@ pub struct ReplicaCounts {
     pub expired: i64,
 }
 
+/// A submitter token as the admin's list shows it: never the token or its digest.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct TokenView {
+    /// The token's id (what `DELETE /api/v1/tokens/{id}` takes).
+    pub id: i64,
+    /// The label given at creation, if any.
+    pub label: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a master last looked it up in the database (at most a few seconds behind its
+    /// last use; absent if never used).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked (absent while it works).
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
@@ -505,10 +521,14 @@ pub(crate) const COUNT_JOBS_SQL_POSTGRES: &str = "
 /// Every operation the master performs on its database.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Store a new submitter token (its SHA-256), returning its id.
-    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64>;
-    /// Find a submitter token by its SHA-256.
+    /// Store a new submitter token (its SHA-256) with an optional label, returning its id.
+    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64>;
+    /// Find a submitter token that is not revoked by its SHA-256, and note that it was used.
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>>;
+    /// Every submitter token, revoked ones included, oldest first (never secrets or digests).
+    async fn tokens(&self) -> Result<Vec<TokenView>>;
+    /// Revoke a token. `None`: no such token; `Some(false)`: it was revoked already.
+    async fn revoke_token(&self, id: i64) -> Result<Option<bool>>;
 
     /// Store a job and its chunks.
     async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView>;

@@ -185,20 +185,49 @@ fn owner_filter(owner: Owner) -> (bool, i64) {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64> {
-        let id = sqlx::query_scalar("INSERT INTO tokens (token_hash) VALUES ($1) RETURNING id")
-            .bind(&token_hash[..])
-            .fetch_one(&self.pool)
-            .await?;
+    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO tokens (token_hash, label) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(&token_hash[..])
+        .bind(label)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(id)
     }
 
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>> {
-        let id = sqlx::query_scalar("SELECT id FROM tokens WHERE token_hash = $1")
-            .bind(&token_hash[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        // One statement finds the token and notes its use (masters cache the answer, so this
+        // runs at most once per token per cache lifetime).
+        let id = sqlx::query_scalar(
+            "UPDATE tokens SET last_used_at = now()
+             WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(id)
+    }
+
+    async fn tokens(&self) -> Result<Vec<super::TokenView>> {
+        let tokens = sqlx::query_as(
+            "SELECT id, label, created_at, last_used_at, revoked_at FROM tokens ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(tokens)
+    }
+
+    async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
+        let revoked: Option<bool> = sqlx::query_scalar(
+            "WITH before AS (SELECT id, revoked_at IS NULL AS live FROM tokens WHERE id = $1)
+             UPDATE tokens t SET revoked_at = COALESCE(t.revoked_at, now())
+             FROM before WHERE t.id = before.id RETURNING before.live",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(revoked)
     }
 
     async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {

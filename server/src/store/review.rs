@@ -311,7 +311,7 @@ async fn punish<D: ReviewDb>(
     }
     db.blacklist(caught).await?;
     for (worker, reason) in caught {
-        tracing::warn!(worker = %worker, %reason, "worker blacklisted; backtracking");
+        tracing::warn!(worker = %crate::auth::fingerprint(worker), %reason, "worker blacklisted; backtracking");
         let (chunks_reopened, leases) = db.backtrack(worker).await?;
         for (lease, chunk) in leases {
             // The chunk lost a live lease: it wants a replacement (reviewed next round).

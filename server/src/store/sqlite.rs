@@ -142,11 +142,12 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_token(&self, token_hash: &[u8; 32]) -> Result<i64> {
+    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64> {
         let id = sqlx::query_scalar(
-            "INSERT INTO tokens (token_hash, created_at) VALUES (?1, ?2) RETURNING id",
+            "INSERT INTO tokens (token_hash, label, created_at) VALUES (?1, ?2, ?3) RETURNING id",
         )
         .bind(&token_hash[..])
+        .bind(label)
         .bind(Utc::now())
         .fetch_one(&self.pool)
         .await?;
@@ -154,11 +155,44 @@ impl Store for SqliteStore {
     }
 
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>> {
-        let id = sqlx::query_scalar("SELECT id FROM tokens WHERE token_hash = ?1")
-            .bind(&token_hash[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        // One statement finds the token and notes its use (the master caches the answer, so
+        // this runs at most once per token per cache lifetime).
+        let id = sqlx::query_scalar(
+            "UPDATE tokens SET last_used_at = ?2
+             WHERE token_hash = ?1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(&token_hash[..])
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(id)
+    }
+
+    async fn tokens(&self) -> Result<Vec<super::TokenView>> {
+        let tokens = sqlx::query_as(
+            "SELECT id, label, created_at, last_used_at, revoked_at FROM tokens ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(tokens)
+    }
+
+    async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let live: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_at IS NULL FROM tokens WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if live == Some(true) {
+            sqlx::query("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(live)
     }
 
     async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {
