@@ -250,6 +250,7 @@ async fn module_jobs_are_validated_and_assigned_as_modules(backend: Backend) {
                     id: id.clone(),
                     timeout_ms: 30_000,
                     max_memory_mb: 256,
+                    output: grid_protocol::OutputMode::Json,
                 }
             ),
             other => panic!("expected a module assignment, got {other:?}"),
