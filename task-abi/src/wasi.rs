@@ -193,15 +193,16 @@ pub fn type_text(params: &[ValType], results: &[ValType]) -> String {
     text
 }
 
-/// The key of a chunk's random stream: SHA-256 of a fixed label, the module id and the
-/// chunk's input text. `random_get` hands out the ChaCha20 keystream of this key (RFC 8439
+/// The key of a chunk's random stream: SHA-256 of the label `grid-wasi-random-v1\0`, the
+/// module id's length in bytes (8 bytes, little-endian), the module id and the chunk's input
+/// text. `random_get` hands out the ChaCha20 keystream of this key (RFC 8439
 /// block function, nonce 0, block counter from 0) byte after byte, across calls: every
 /// replica of a chunk draws the same bytes, different chunks different ones.
 pub fn random_seed(module_id: &str, input_text: &str) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(b"grid-wasi-random-v1\0");
+    hash.update((module_id.len() as u64).to_le_bytes());
     hash.update(module_id.as_bytes());
-    hash.update(b"\0");
     hash.update(input_text.as_bytes());
     hash.finalize().into()
 }
