@@ -1,6 +1,6 @@
 // The raw task ABI from C, with no libc: grid_alloc hands out a static buffer, grid_run
 // parses the input (a JSON integer n) and returns the JSON text of 1² + 2² + ... + n², computed
-// in 128-bit arithmetic (n up to 3000000 overflows 64 bits). 128-bit multiplication is a call to
+// in 128-bit arithmetic (n(n+1)(2n+1) passes 2^64 well before n = 3,000,000). 128-bit multiplication is a call to
 // compiler-rt's __multi3, hence the builtins archive on the command line.
 //
 // Build (Debian: apt-get install clang lld libclang-rt-14-dev-wasm32):

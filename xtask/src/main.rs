@@ -16,6 +16,7 @@
 
 mod modules;
 mod python;
+mod toolchains;
 mod web;
 
 use std::net::TcpStream;

@@ -1,9 +1,9 @@
 // A WASI command module in plain C: reads its input, e.g. {"n":27}, from standard input and
-// prints the Collatz trajectory of n as JSON on standard output: {"n":27,"peak":9232,"steps":111}.
+// prints the Collatz (hailstone) trajectory of n as JSON on standard output: {"n":27,"peak":9232,"steps":111}.
 // A bad input is reported on standard error with exit code 2, which fails the chunk.
 //
 // Build (Debian: apt-get install clang lld wasi-libc):
-//   clang --target=wasm32-wasi -O2 -o collatz-c.wasm examples/c/collatz.c
+//   clang --target=wasm32-wasi -O2 -o hailstone.wasm examples/c/hailstone.c
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
