@@ -443,8 +443,11 @@ mod tests {
             "the module imports `wasi_snapshot_preview1`.`fd_write` as (param i32 i32) (result i32); \
              it is (param i32 i32 i32 i32) (result i32)"
         );
-        let memory = wasi_module(r#"(import "wasi_snapshot_preview1" "mem" (global i32))"#, "")
-            .unwrap_err();
+        let memory = wasi_module(
+            r#"(import "wasi_snapshot_preview1" "mem" (global i32))"#,
+            "",
+        )
+        .unwrap_err();
         assert!(matches!(memory, AbiError::WasiImport { .. }), "{memory}");
         let start = check_module(
             &wat::parse_str(

@@ -91,8 +91,7 @@ pub fn build_example_modules(root: &Path) -> Result<PathBuf> {
     let out = target.join("task-modules");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let scratch = target.join("task-module-builds");
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("creating {}", scratch.display()))?;
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     modules.extend(c_examples(&examples, &scratch)?);
     modules.extend(zig_examples(root, &examples, &scratch)?);
     modules.extend(assemblyscript_examples(&examples, &scratch)?);
@@ -134,7 +133,9 @@ fn c_examples(examples: &Path, scratch: &Path) -> Result<Vec<(String, Vec<u8>)>>
         let wasm = scratch.join(format!("{name}.wasm"));
         let mut clang = Command::new("clang");
         if name.ends_with("-raw") {
-            step(&format!("compiling the C example {name} (raw ABI, compiler-rt builtins)"));
+            step(&format!(
+                "compiling the C example {name} (raw ABI, compiler-rt builtins)"
+            ));
             // The README's command line for raw modules, builtins archive included.
             clang.args([
                 "--target=wasm32",
@@ -198,7 +199,9 @@ fn assemblyscript_examples(examples: &Path, scratch: &Path) -> Result<Vec<(Strin
     let mut built = Vec::new();
     for source in sources {
         let name = format!("{}-as", file_stem(&source)?.replace('_', "-"));
-        step(&format!("compiling the AssemblyScript example {name} (raw ABI)"));
+        step(&format!(
+            "compiling the AssemblyScript example {name} (raw ABI)"
+        ));
         let wasm = scratch.join(format!("{name}.wasm"));
         status(
             Command::new(&asc)

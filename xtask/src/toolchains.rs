@@ -20,7 +20,8 @@ use crate::{python, status, step, web};
 const C_PACKAGES: &[&str] = &["clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32"];
 
 /// compiler-rt's builtins archive for wasm32 (Debian's `libclang-rt-14-dev-wasm32`).
-pub const BUILTINS: &str = "/usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a";
+pub const BUILTINS: &str =
+    "/usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a";
 
 /// Where wasi-libc's headers live (Debian's `wasi-libc`).
 const WASI_LIBC_HEADERS: &str = "/usr/include/wasm32-wasi/stdio.h";

@@ -72,11 +72,10 @@ fn inputs(args: &RunLocalArgs) -> Result<Vec<Value>> {
             format: InputFormat::Auto,
         };
         inputs::append_array(&mut array, &source)?;
-        let parsed: Vec<Value> =
-            serde_json::from_slice(&array).map_err(|error| Error::Inputs {
-                source_name: path.display().to_string(),
-                message: error.to_string(),
-            })?;
+        let parsed: Vec<Value> = serde_json::from_slice(&array).map_err(|error| Error::Inputs {
+            source_name: path.display().to_string(),
+            message: error.to_string(),
+        })?;
         values.extend(parsed);
     }
     Ok(values)

@@ -81,9 +81,11 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<WasiState>> {
         })?;
     }
     // wasmtime-wasi's own refuses codes of 126 and more; the grid reports any code.
-    linker.func_wrap(wasi::MODULE, "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        Err(ProgramExit(code as u32).into())
-    })?;
+    linker.func_wrap(
+        wasi::MODULE,
+        "proc_exit",
+        |code: i32| -> wasmtime::Result<()> { Err(ProgramExit(code as u32).into()) },
+    )?;
     linker.func_wrap(
         wasi::MODULE,
         "random_get",
@@ -323,7 +325,9 @@ impl CappedPipe {
         match self.overflow {
             Overflow::Fail => false,
             Overflow::Drop => {
-                buffer.0.extend_from_slice(bytes.get(..room).unwrap_or_default());
+                buffer
+                    .0
+                    .extend_from_slice(bytes.get(..room).unwrap_or_default());
                 true
             }
         }
