@@ -47,8 +47,6 @@ pub const STDERR_KEPT_BYTES: usize = 2048;
 pub mod errno {
     /// `EBADF`: no such file descriptor (or not one for this).
     pub const BADF: i32 = 8;
-    /// `EINVAL`: an invalid argument (an unknown clock id).
-    pub const INVAL: i32 = 28;
     /// `ENOSYS`: the function is not provided.
     pub const NOSYS: i32 = 52;
     /// `ENOTCAPABLE`: no capability for this (files, sockets).
