@@ -16,7 +16,9 @@ int main(void) {
     // The grid writes inputs as canonical JSON: no whitespace, so this pattern is exact.
     const char *field = strstr(input, "\"n\":");
     uint64_t n;
-    if (field == NULL || sscanf(field + 4, "%" SCNu64, &n) != 1 || n == 0) {
+    // scanf's %u would take "-1" as 2^64 - 1: the value must start with a digit.
+    if (field == NULL || field[4] < '0' || field[4] > '9' ||
+        sscanf(field + 4, "%" SCNu64, &n) != 1 || n == 0) {
         fprintf(stderr, "expected {\"n\": <positive integer>}, got %s\n", input);
         return 2;
     }

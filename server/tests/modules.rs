@@ -303,8 +303,8 @@ async fn wasi_command_modules_are_accepted_and_other_imports_named(backend: Back
              (param i32 i32) (result i32)",
         ),
         (
-            r#"(import "wasi_snapshot_preview1" "memory" (memory 1))"#,
-            "the module imports `wasi_snapshot_preview1`.`memory`",
+            r#"(import "wasi_snapshot_preview1" "table" (table 1 funcref))"#,
+            "the module imports `wasi_snapshot_preview1`.`table`",
         ),
     ] {
         let (status, body) = admin.upload(wasi_module(imports), "application/wasm").await;
