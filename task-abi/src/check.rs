@@ -87,6 +87,10 @@ pub enum AbiError {
         "the module imports `wasi_snapshot_preview1`.`{0}`, which is not a WASI preview 1 function"
     )]
     UnknownWasiFunction(String),
+    /// A WASI command module with a start function: it would call WASI before `_start`, when
+    /// a browser's shim cannot reach the memory yet.
+    #[error("a WASI command module may not have a start function (its program starts at `_start`)")]
+    WasiStartFunction,
     /// A WASI function imported with the wrong type.
     #[error("the module imports `wasi_snapshot_preview1`.`{name}` as {actual}; it is {expected}")]
     WasiSignature {
@@ -225,12 +229,17 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
                 "a function (param i32 i32) (result i64)",
             )?;
         }
-        Abi::Wasi => signature(
-            wasi::START,
-            &[],
-            &[],
-            "a function with no parameters and no results",
-        )?,
+        Abi::Wasi => {
+            signature(
+                wasi::START,
+                &[],
+                &[],
+                "a function with no parameters and no results",
+            )?;
+            if has_start_function(bytes) {
+                return Err(AbiError::WasiStartFunction);
+            }
+        }
     }
     Ok(ModuleInfo {
         abi,
@@ -239,6 +248,13 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
         tables,
         initial_table_bytes,
     })
+}
+
+/// Whether the (valid) module has a start section.
+fn has_start_function(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .any(|payload| matches!(payload, Ok(wasmparser::Payload::StartSection { .. })))
 }
 
 /// Check one import of a WASI command module: a preview 1 function of its own type.
@@ -461,6 +477,8 @@ mod tests {
             start.to_string(),
             "the export `_start` must be a function with no parameters and no results"
         );
+        let started = wasi_module("", "(func $init) (start $init)").unwrap_err();
+        assert_eq!(started, AbiError::WasiStartFunction);
         let no_memory =
             check_module(&wat::parse_str(r#"(module (func (export "_start")))"#).unwrap());
         assert_eq!(no_memory, Err(AbiError::MissingExport("memory")));

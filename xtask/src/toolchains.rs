@@ -69,6 +69,16 @@ pub fn ensure_zig(root: &Path) -> Result<PathBuf> {
 pub fn ensure_assemblyscript(dir: &Path) -> Result<PathBuf> {
     let asc = dir.join("node_modules/.bin/asc");
     if !asc.exists() {
+        let npm = Command::new("npm")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !npm {
+            web::apt_install(
+                &["nodejs", "npm"],
+                "Node.js and npm (AssemblyScript's compiler)",
+            )?;
+        }
         step("installing AssemblyScript (npm ci in examples/assemblyscript/)");
         status(
             Command::new("npm")
