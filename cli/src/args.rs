@@ -60,6 +60,9 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Upload a WebAssembly module; prints its id (for `grid submit --module`).
     Upload(UploadArgs),
+    /// Run a module on this machine exactly as a worker would (no master needed): prints one
+    /// outcome per input, `{"ok": output}` or `{"err": "failure text"}`.
+    RunLocal(RunLocalArgs),
     /// Manage submitter tokens (admin token only).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -123,6 +126,57 @@ pub struct SubmitArgs {
     /// Module jobs: memory cap of one chunk in MiB (master default 256).
     #[arg(long, value_name = "MB", conflicts_with = "kernel")]
     pub max_memory_mb: Option<i64>,
+
+    /// Module jobs: read each output as `json` (master default) or `text` (a JSON string).
+    #[arg(long, value_enum, conflicts_with = "kernel")]
+    pub output: Option<OutputArg>,
+}
+
+/// How a module's output is read (a job's `output` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputArg {
+    /// UTF-8 JSON text.
+    Json,
+    /// Any UTF-8 text, as a JSON string.
+    Text,
+}
+
+impl OutputArg {
+    /// The name the API uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputArg::Json => "json",
+            OutputArg::Text => "text",
+        }
+    }
+}
+
+/// `grid run-local`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["input", "inputs"])))]
+pub struct RunLocalArgs {
+    /// The `.wasm` file (a raw task module or a WASI command module).
+    pub module: PathBuf,
+
+    /// One input (JSON); repeat for more.
+    #[arg(long, value_name = "JSON")]
+    pub input: Vec<String>,
+
+    /// Inputs file, as for `grid submit` (a JSON array or NDJSON; `-` reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub inputs: Option<PathBuf>,
+
+    /// Wall-clock limit of one chunk in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub timeout_ms: u32,
+
+    /// Memory cap of one chunk in MiB.
+    #[arg(long, value_name = "MB", default_value_t = 256)]
+    pub max_memory_mb: u32,
+
+    /// Read each output as `json` or `text` (a JSON string).
+    #[arg(long, value_enum, default_value_t = OutputArg::Json)]
+    pub output: OutputArg,
 }
 
 /// `grid status`.
@@ -232,5 +286,15 @@ mod tests {
         // Module limits need a module.
         assert!(parse(&["--kernel", "k", "--inputs", "-", "--timeout-ms", "5"]).is_err());
         assert!(parse(&["--module", "m", "--inputs", "-", "--max-memory-mb", "64"]).is_ok());
+        assert!(parse(&["--module", "m", "--inputs", "-", "--output", "text"]).is_ok());
+        assert!(parse(&["--kernel", "k", "--inputs", "-", "--output", "text"]).is_err());
+    }
+
+    #[test]
+    fn run_local_needs_inputs() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["grid", "run-local"].iter().chain(args));
+        assert!(parse(&["m.wasm", "--input", "{\"n\": 10}", "--input", "3"]).is_ok());
+        assert!(parse(&["m.wasm", "--inputs", "in.json", "--output", "text"]).is_ok());
+        assert!(parse(&["m.wasm"]).is_err());
     }
 }

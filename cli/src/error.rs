@@ -79,6 +79,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// `grid run-local`: the module breaks the task ABI (the master would refuse it too), or
+    /// the machine's WebAssembly engine cannot start.
+    #[error("{0}")]
+    Module(String),
+
+    /// `grid run-local`: some inputs ended in an error outcome (printed with the others).
+    #[error("{failed} of {total} inputs failed")]
+    ChunksFailed {
+        /// Inputs whose outcome is an error.
+        failed: usize,
+        /// Inputs run.
+        total: usize,
+    },
+
     /// `grid status`: the job finished without success.
     #[error("job {id} ended {state}")]
     JobEnded {
@@ -93,8 +107,8 @@ impl Error {
     /// The process exit code for this failure (see the module docs).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::MissingToken | Error::Inputs { .. } => 2,
-            Error::JobEnded { .. } => 3,
+            Error::Usage(_) | Error::MissingToken | Error::Inputs { .. } | Error::Module(_) => 2,
+            Error::JobEnded { .. } | Error::ChunksFailed { .. } => 3,
             Error::Api { .. }
             | Error::Http { .. }
             | Error::Connect { .. }

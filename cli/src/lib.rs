@@ -7,7 +7,8 @@
 //! - [`run`] (this file): builds the [`Client`] and dispatches to [`commands`]; `main.rs` only
 //!   parses arguments, prints the error and picks the exit code.
 //! - [`commands`]: one file per subcommand (`submit`, `status`, `results`, `cancel`, `jobs`,
-//!   `upload`, `token`).
+//!   `upload`, `token`, and `run_local`, which needs no master: it runs a module with the
+//!   native worker's own sandbox, `grid_worker::sandbox`).
 //! - [`client`]: [`Client`], HTTP with the bearer token; API error bodies become [`Error`]s.
 //! - [`inputs`]: a job's inputs from a JSON array, NDJSON, stdin or `--range`, written
 //!   straight into the request body.
@@ -35,6 +36,9 @@ use args::Command;
 /// Run one command line. Everything the command prints goes to stdout; the caller prints the
 /// error, if any, and exits with [`Error::exit_code`].
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::RunLocal(args) = cli.command {
+        return commands::run_local::run(args).await;
+    }
     let client = Client::trusting(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?;
     match cli.command {
         Command::Submit(args) => commands::submit::run(&client, *args).await,
@@ -44,5 +48,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Jobs(args) => commands::jobs::run(&client, args).await,
         Command::Upload(args) => commands::upload::run(&client, args).await,
         Command::Token(command) => commands::token::run(&client, command).await,
+        Command::RunLocal(_) => Ok(()),
     }
 }

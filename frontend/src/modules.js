@@ -88,8 +88,11 @@ export class ModuleHost {
     return bytes;
   }
 
-  /** Run one chunk: `input` (UTF-8 JSON) through the compiled `module`, at most `timeoutMs`. */
-  run(module, input, timeoutMs) {
+  /**
+   * Run one chunk: `input` (UTF-8 JSON) through the compiled `module`, at most `timeoutMs`.
+   * `wasi` is null for a raw module, `{seed}` for a WASI command module (sandbox.js).
+   */
+  run(module, input, timeoutMs, wasi = null) {
     this.cancel();
     return new Promise((resolve) => {
       const sandbox = (this.sandbox ??= new Sandbox((gone) => {
@@ -111,7 +114,7 @@ export class ModuleHost {
           // A sandbox that answered oddly is not trusted with the next chunk.
           sandbox.answer = (answer) => settle(answer, { keepSandbox: answer?.kind !== 'crashed' });
           try {
-            sandbox.worker.postMessage({ module, input }, [input.buffer]);
+            sandbox.worker.postMessage({ module, input, wasi }, [input.buffer]);
           } catch (error) {
             settle({ kind: 'crashed', reason: `cannot hand the chunk to the sandbox: ${error}` }, { keepSandbox: false });
             return;

@@ -72,7 +72,47 @@ pub enum Task {
         timeout_ms: u32,
         /// Linear-memory cap of one chunk, in MiB.
         max_memory_mb: u32,
+        /// How the module's output bytes become the chunk's output: JSON text (the default,
+        /// left out on the wire) or any UTF-8 text, as a JSON string.
+        #[serde(default, skip_serializing_if = "OutputMode::is_json")]
+        output: OutputMode,
     },
+}
+
+/// How a task module's output bytes (what `grid_run` returns, or a WASI program's standard
+/// output) become a chunk's output value: a job's `"output"` field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    /// UTF-8 JSON text, parsed (the default).
+    #[default]
+    Json,
+    /// UTF-8 text, taken as a JSON string.
+    Text,
+}
+
+impl OutputMode {
+    /// Whether this is the default, [`OutputMode::Json`].
+    pub fn is_json(&self) -> bool {
+        *self == OutputMode::Json
+    }
+
+    /// The name a job uses for it: `json` or `text`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputMode::Json => "json",
+            OutputMode::Text => "text",
+        }
+    }
+
+    /// The mode called `name` in a job.
+    pub fn from_name(name: &str) -> Option<OutputMode> {
+        match name {
+            "json" => Some(OutputMode::Json),
+            "text" => Some(OutputMode::Text),
+            _ => None,
+        }
+    }
 }
 
 impl Task {
@@ -430,13 +470,25 @@ mod tests {
                 id: format!("sha256:{}", "ab".repeat(32)),
                 timeout_ms: 1000,
                 max_memory_mb: 64,
+                output: OutputMode::Json,
             },
             input: json!([1, 2]),
             deadline_seconds: 60,
         };
         let text = to_json(&module);
         assert!(text.contains(r#""kind":"module""#), "{text}");
+        // The default output mode stays off the wire: older workers read the same message.
+        assert!(!text.contains("output"), "{text}");
         assert_eq!(MasterMessage::from_json(&text).ok(), Some(module));
+        let text_output = Task::Module {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            timeout_ms: 1000,
+            max_memory_mb: 64,
+            output: OutputMode::Text,
+        };
+        let wire = serde_json::to_string(&text_output).unwrap_or_default();
+        assert!(wire.contains(r#""output":"text""#), "{wire}");
+        assert_eq!(serde_json::from_str::<Task>(&wire).ok(), Some(text_output));
 
         let result = WorkerMessage::Result {
             lease: 7,

@@ -10,6 +10,10 @@
 //!   modules (Rust and WAT, from `<target>/task-modules/`) and a module whose inputs pick each
 //!   way a chunk can fail (traps, the memory cap, bad outputs, the time limit), so their error
 //!   outcomes are byte-identical across V8 and wasmtime;
+//! - a browser and a native worker agree byte for byte on WASI command modules: the C, Rust
+//!   and Zig example programs (the clock and random bytes included), a probe of every function
+//!   of the WASI subset, and the hostile programs (a file, a socket, an endless loop, exit 3,
+//!   100 MiB of standard output), whose failures are the same text in both;
 //! - hostile modules (an endless loop, unbounded memory growth, a trap) fail cleanly in the
 //!   browser alone, and the page goes on to complete module and kernel jobs beside them;
 //! - a module chunk whose lease is revoked while it runs is stopped and its slot goes on to
@@ -652,6 +656,206 @@ async fn a_browser_and_a_native_worker_agree_on_every_module_chunk() {
         api.assert_all_failed_with(job, 2, error).await;
         assert_both_kinds_agreed(&server, job, 2, name).await;
     }
+    server.stop().await;
+}
+
+/// The WASI programs of the browser-and-native test: (module, job fields, inputs, what each
+/// chunk must end with: `Ok(output)`, `Err(error text)`, or `None` to take the agreed
+/// outcome as it is).
+type WasiJob = (
+    &'static str,
+    Value,
+    Vec<Value>,
+    Vec<Option<Result<Value, String>>>,
+);
+
+fn wasi_jobs() -> Vec<WasiJob> {
+    let ok = |value: Value| Some(Ok(value));
+    let failed = |text: &str| Some(Err(text.to_owned()));
+    vec![
+        (
+            "hailstone",
+            json!({}),
+            vec![json!({"n": 27}), json!({"n": 0})],
+            vec![
+                ok(json!({"n": 27, "peak": 9232, "steps": 111})),
+                failed(
+                    r#"exit: the program exited with code 2; stderr: expected {"n": <positive integer>}, got {"n":0}"#,
+                ),
+            ],
+        ),
+        (
+            "hailstone",
+            json!({"output": "text"}),
+            vec![json!({"n": 1})],
+            vec![ok(json!("{\"n\":1,\"peak\":1,\"steps\":0}\n"))],
+        ),
+        // The clock and random bytes: deterministic per chunk, the same in both engines.
+        (
+            "dice",
+            json!({}),
+            (0..4).map(|rolls| json!({"rolls": rolls * 3})).collect(),
+            vec![None, None, None, None],
+        ),
+        // Every function of the subset, edge cases included, byte for byte.
+        (
+            "wasi-probe",
+            json!({}),
+            vec![
+                json!("report"),
+                json!("bad-pointer"),
+                json!("misaligned"),
+                json!("bad-clock"),
+                json!("exit-200"),
+            ],
+            vec![
+                None,
+                failed("trap: trap (memory in use: 1 of 256 MiB)"),
+                failed("trap: trap (memory in use: 1 of 256 MiB)"),
+                failed("trap: trap (memory in use: 1 of 256 MiB)"),
+                failed("exit: the program exited with code 200"),
+            ],
+        ),
+        (
+            "wordcount",
+            json!({}),
+            vec![
+                json!({"text": "To be, or not to be: that is the question."}),
+                json!(7),
+            ],
+            vec![
+                ok(json!({
+                    "top": [["be", 2], ["to", 2], ["is", 1], ["not", 1], ["or", 1],
+                            ["question", 1], ["that", 1], ["the", 1]],
+                    "words": 10
+                })),
+                failed(
+                    r#"exit: the program exited with code 2; stderr: expected a JSON object {"text": "..."}"#,
+                ),
+            ],
+        ),
+        (
+            "primes-zig",
+            json!({}),
+            vec![json!({"start": 0, "end": 100_000}), json!({"start": 5})],
+            vec![
+                ok(json!({"count": 9592})),
+                failed("exit: the program exited with code 2"),
+            ],
+        ),
+        (
+            "sum-squares-raw",
+            json!({}),
+            vec![json!(3_000_000), json!(-1)],
+            vec![
+                ok(json!(9_000_004_500_000_500_000_u64)),
+                ok(json!({"error": "input must be an integer from 0 to 3000000"})),
+            ],
+        ),
+        (
+            "triangular-as",
+            json!({}),
+            vec![json!(8), json!(1_000_000_000)],
+            vec![
+                ok(json!({"n": 8, "square": true, "triangular": 36})),
+                ok(
+                    json!({"n": 1_000_000_000, "square": false, "triangular": 500_000_000_500_000_000_u64}),
+                ),
+            ],
+        ),
+        // The hostile programs fail alike in both engines.
+        (
+            "hostile-reads-file",
+            json!({}),
+            vec![json!(1)],
+            vec![failed(
+                "exit: the program exited with code 1; stderr: fopen(/etc/passwd): Capabilities \
+                 insufficient\npath_open(3, etc/passwd): errno 76\nfd_prestat_get(3): errno 8",
+            )],
+        ),
+        (
+            "hostile-opens-socket",
+            json!({}),
+            vec![json!(1)],
+            vec![failed(
+                "exit: the program exited with code 1; stderr: sock_accept(3): errno 76\n\
+                 sock_shutdown(0): errno 76\npoll_oneoff(sleep 1 s): errno 52",
+            )],
+        ),
+        (
+            "hostile-exits-3",
+            json!({}),
+            vec![json!(1)],
+            vec![failed(
+                "exit: the program exited with code 3; stderr: giving up: the input is not to my liking",
+            )],
+        ),
+        (
+            "hostile-floods-stdout",
+            json!({}),
+            vec![json!(1)],
+            vec![failed(
+                "output limit exceeded: the program wrote more than 16777216 bytes to standard \
+                 output; stderr: flooding",
+            )],
+        ),
+        (
+            "hostile-spins",
+            json!({"timeout_ms": 500}),
+            vec![json!(1)],
+            vec![failed("timeout: the chunk ran longer than 500 ms")],
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_and_a_native_worker_agree_on_wasi_programs() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server.http()).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let mut jobs = Vec::new();
+    for (name, fields, inputs, expected) in wasi_jobs() {
+        let id = api.upload_module(example(name)).await;
+        let mut body = json!({"module": id, "inputs": inputs, "redundancy": 2});
+        for (field, value) in fields.as_object().unwrap() {
+            body[field] = value.clone();
+        }
+        jobs.push((name, api.submit(body).await, inputs, expected));
+    }
+    let home = tempfile::tempdir().unwrap();
+    let _native = spawn_worker(&server.ws(), 1, &home.path().join("native.id"));
+    let ids: Vec<i64> = jobs.iter().map(|(_, id, _, _)| *id).collect();
+    tools.run("modules", &server, &ids).await;
+
+    let mut dice = Vec::new();
+    for (name, id, inputs, expected) in &jobs {
+        api.wait_finished(*id, Duration::from_secs(10)).await;
+        let results = api.results(*id).await;
+        assert_eq!(results.len(), inputs.len(), "{name}");
+        for ((line, input), expected) in results.iter().zip(inputs).zip(expected) {
+            match expected {
+                Some(Ok(output)) => assert_eq!(&line["output"], output, "{name} {input}: {line}"),
+                Some(Err(error)) => assert_eq!(line["error"], *error, "{name} {input}: {line}"),
+                None => assert!(line["error"].is_null(), "{name} {input}: {line}"),
+            }
+        }
+        // Accepted on the word of a browser and a native worker: byte-identical outcomes.
+        assert_both_kinds_agreed(&server, *id, inputs.len(), name).await;
+        if *name == "dice" {
+            dice = results.iter().map(|line| line["output"].clone()).collect();
+        }
+    }
+    // The fixed clock, and random bytes that differ from chunk to chunk.
+    assert!(
+        dice.iter().all(|output| output["time"] == 1_767_225_600),
+        "{dice:?}"
+    );
+    let draws: std::collections::BTreeSet<String> = dice
+        .iter()
+        .map(|output| output["random"].to_string())
+        .collect();
+    assert_eq!(draws.len(), dice.len(), "{dice:?}");
     server.stop().await;
 }
 

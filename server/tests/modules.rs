@@ -23,7 +23,9 @@ fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str, say
 on_both_backends!(
     uploads_are_checked_and_content_addressed,
     downloads_need_no_token_and_never_change,
-    module_jobs_are_validated_and_assigned_as_modules
+    module_jobs_are_validated_and_assigned_as_modules,
+    wasi_command_modules_are_accepted_and_other_imports_named,
+    text_output_jobs_reach_workers_with_their_mode
 );
 
 async fn uploads_are_checked_and_content_addressed(backend: Backend) {
@@ -250,10 +252,134 @@ async fn module_jobs_are_validated_and_assigned_as_modules(backend: Backend) {
                     id: id.clone(),
                     timeout_ms: 30_000,
                     max_memory_mb: 256,
+                    output: grid_protocol::OutputMode::Json,
                 }
             ),
             other => panic!("expected a module assignment, got {other:?}"),
         }
     }
+    server.stop().await;
+}
+
+/// A WASI command module exporting `_start` with `imports` spliced in.
+fn wasi_module(imports: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module {imports}
+             (memory (export "memory") 1)
+             (func (export "_start")))"#
+    ))
+    .unwrap()
+}
+
+async fn wasi_command_modules_are_accepted_and_other_imports_named(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
+    let admin = Api::new(&server.http(), ADMIN_TOKEN);
+    let program = wasi_module(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+           (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#,
+    );
+    let (status, body) = admin.upload(program.clone(), "application/wasm").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"], grid_task_abi::module_id(&program));
+
+    for (imports, says) in [
+        (
+            r#"(import "env" "now" (func (result i64)))"#,
+            "the module imports `env`.`now`; a WASI command module may import only functions \
+             of `wasi_snapshot_preview1`",
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+               (import "wasi_unstable" "fd_read" (func (param i32 i32 i32 i32) (result i32)))"#,
+            "the module imports `wasi_unstable`.`fd_read`",
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32)))"#,
+            "`wasi_snapshot_preview1`.`sock_open`, which is not a WASI preview 1 function",
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "random_get" (func (param i64 i32) (result i32)))"#,
+            "imports `wasi_snapshot_preview1`.`random_get` as (param i64 i32) (result i32); it is \
+             (param i32 i32) (result i32)",
+        ),
+        (
+            r#"(import "wasi_snapshot_preview1" "table" (table 1 funcref))"#,
+            "the module imports `wasi_snapshot_preview1`.`table`",
+        ),
+    ] {
+        let (status, body) = admin.upload(wasi_module(imports), "application/wasm").await;
+        assert_error(status, &body, 422, "invalid_module", says);
+    }
+    // A raw module (no `_start`) still may import nothing at all, WASI included.
+    let raw_with_wasi = wat::parse_str(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "grid_alloc") (param i32) (result i32) i32.const 0)
+             (func (export "grid_run") (param i32 i32) (result i64) i64.const 0))"#,
+    )
+    .unwrap();
+    let (status, body) = admin.upload(raw_with_wasi, "application/wasm").await;
+    assert_error(status, &body, 422, "invalid_module", "exports `_start`");
+    assert_eq!(server.store.count("SELECT count(*) FROM modules").await, 1);
+    server.stop().await;
+}
+
+async fn text_output_jobs_reach_workers_with_their_mode(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
+    let admin = Api::new(&server.http(), ADMIN_TOKEN);
+    let (status, body) = admin.upload(wasi_module(""), "application/wasm").await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    for (body, says) in [
+        (
+            json!({"module": id, "inputs": [1], "output": "yaml"}),
+            "output must be `json` or `text`, not `yaml`",
+        ),
+        (
+            json!({"kernel": "echo", "inputs": [1], "output": "text"}),
+            "module jobs only",
+        ),
+    ] {
+        let (status, error) = admin.post("/api/v1/jobs", &body).await;
+        assert_error(status, &error, 422, "invalid_field", says);
+    }
+    let (status, job) = admin
+        .post(
+            "/api/v1/jobs",
+            &json!({"module": id, "inputs": [1], "redundancy": 1, "output": "text"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["output"], "text");
+    let (status, plain) = admin
+        .post(
+            "/api/v1/jobs",
+            &json!({"module": id, "inputs": [2], "redundancy": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plain}");
+    assert_eq!(plain["output"], "json");
+
+    let mut peer = Peer::join(&server.ws(), "text-peer", 2).await;
+    let mut modes = Vec::new();
+    for _ in 0..2 {
+        match peer.recv().await {
+            Some(MasterMessage::Assign {
+                task: Task::Module { output, .. },
+                input,
+                ..
+            }) => modes.push((input, output)),
+            other => panic!("expected a module assignment, got {other:?}"),
+        }
+    }
+    modes.sort_by_key(|(input, _)| input.as_i64());
+    assert_eq!(
+        modes,
+        [
+            (json!(1), grid_protocol::OutputMode::Text),
+            (json!(2), grid_protocol::OutputMode::Json)
+        ]
+    );
     server.stop().await;
 }

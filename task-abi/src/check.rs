@@ -1,20 +1,36 @@
-//! The upload-time check: is this a WebAssembly module that follows the task ABI?
+//! The upload-time check: is this a WebAssembly module that follows one of the two task ABIs?
 //!
 //! The module is parsed and fully validated by `wasmparser` with the feature set of the
 //! WebAssembly 2.0 specification (SIMD included; threads, 64-bit memories and other proposals
 //! that not every worker's engine runs alike are refused), then its imports and exports are
-//! compared with the ABI. The first problem found is reported, in words a module author can
-//! act on.
+//! compared with the ABI it follows ([`Abi`]): a module exporting `_start` is a WASI command
+//! module, whose every import must be a `wasi_snapshot_preview1` function of the right type
+//! ([`crate::wasi::FUNCTIONS`]); any other is a raw module, which imports nothing and exports
+//! `grid_alloc` and `grid_run`. The first problem found is reported, in words a module author
+//! can act on.
 
 use wasmparser::types::EntityType;
 use wasmparser::{ValType, Validator, WasmFeatures};
 
 use crate::limits::MAX_TABLES;
 use crate::memory::{PAGE_BYTES, table_element_bytes};
+use crate::wasi;
+
+/// Which of the two ABIs a module follows (`docs/task-abi.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abi {
+    /// The grid's own: no imports, `grid_alloc` and `grid_run`.
+    Raw,
+    /// A WASI command module: `_start`, imports from `wasi_snapshot_preview1` only; the input
+    /// on standard input, the output on standard output.
+    Wasi,
+}
 
 /// What the master learns about an accepted module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModuleInfo {
+    /// The ABI it follows.
+    pub abi: Abi,
     /// Pages (64 KiB) of linear memory the module starts with.
     pub initial_pages: u64,
     /// The maximum the module declares for its memory, in pages, if any.
@@ -43,9 +59,11 @@ pub enum AbiError {
     /// Parsing or validation failed.
     #[error("invalid WebAssembly module: {0}")]
     Invalid(String),
-    /// The module imports something; task modules must be self-contained.
+    /// A raw module imports something; raw modules must be self-contained.
     #[error(
-        "the module imports `{module}`.`{name}`; task modules may import nothing (no WASI, no host functions)"
+        "the module imports `{module}`.`{name}`; a task module either imports nothing (the raw ABI: \
+         `grid_alloc` and `grid_run`) or is a WASI command module (exports `_start` and imports \
+         only functions of `wasi_snapshot_preview1`)"
     )]
     Import {
         /// Import module name.
@@ -53,9 +71,40 @@ pub enum AbiError {
         /// Import field name.
         name: String,
     },
+    /// A WASI command module imports from another module, or something other than a function.
+    #[error(
+        "the module imports `{module}`.`{name}`; a WASI command module may import only functions \
+         of `wasi_snapshot_preview1` (no other module, no memories, tables or globals)"
+    )]
+    WasiImport {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+    /// A WASI command module imports a function WASI preview 1 does not have.
+    #[error(
+        "the module imports `wasi_snapshot_preview1`.`{0}`, which is not a WASI preview 1 function"
+    )]
+    UnknownWasiFunction(String),
+    /// A WASI command module with a start function: it would call WASI before `_start`, when
+    /// a browser's shim cannot reach the memory yet.
+    #[error("a WASI command module may not have a start function (its program starts at `_start`)")]
+    WasiStartFunction,
+    /// A WASI function imported with the wrong type.
+    #[error("the module imports `wasi_snapshot_preview1`.`{name}` as {actual}; it is {expected}")]
+    WasiSignature {
+        /// The function.
+        name: String,
+        /// Its type as imported.
+        actual: String,
+        /// Its type in WASI preview 1.
+        expected: String,
+    },
     /// A required export is missing.
     #[error(
-        "the module does not export `{0}` (the task ABI needs `memory`, `grid_alloc` and `grid_run`)"
+        "the module does not export `{0}` (a raw task module exports `memory`, `grid_alloc` and \
+         `grid_run`; a WASI command module exports `memory` and `_start`)"
     )]
     MissingExport(&'static str),
     /// A required export has the wrong kind or signature.
@@ -89,13 +138,24 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
         .validate_all(bytes)
         .map_err(|error| AbiError::Invalid(error.to_string()))?;
     let types = types.as_ref();
-    if let Some((module, name, _)) = types.core_imports().into_iter().flatten().next() {
-        return Err(AbiError::Import {
-            module: module.to_owned(),
-            name: name.to_owned(),
-        });
+    let exports: Vec<(&str, EntityType)> = types.core_exports().into_iter().flatten().collect();
+    let abi = if exports.iter().any(|(name, _)| *name == wasi::START) {
+        Abi::Wasi
+    } else {
+        Abi::Raw
+    };
+    for (module, name, entity) in types.core_imports().into_iter().flatten() {
+        match abi {
+            Abi::Raw => {
+                return Err(AbiError::Import {
+                    module: module.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+            Abi::Wasi => check_wasi_import(types, module, name, entity)?,
+        }
     }
-    // Imported tables would count too, but imports are refused above.
+    // Imported tables and memories would count too, but only functions may be imported.
     let tables = types.table_count();
     if tables > MAX_TABLES {
         return Err(AbiError::Tables(tables));
@@ -108,7 +168,6 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
                 .saturating_mul(table_element_bytes(table.element_type))
         })
         .fold(0_u64, u64::saturating_add);
-    let exports: Vec<(&str, EntityType)> = types.core_exports().into_iter().flatten().collect();
     let find = |name: &'static str| {
         exports
             .iter()
@@ -155,24 +214,79 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, AbiError> {
             _ => Err(wrong),
         }
     };
-    signature(
-        "grid_alloc",
-        &[ValType::I32],
-        &[ValType::I32],
-        "a function (param i32) (result i32)",
-    )?;
-    signature(
-        "grid_run",
-        &[ValType::I32, ValType::I32],
-        &[ValType::I64],
-        "a function (param i32 i32) (result i64)",
-    )?;
+    match abi {
+        Abi::Raw => {
+            signature(
+                "grid_alloc",
+                &[ValType::I32],
+                &[ValType::I32],
+                "a function (param i32) (result i32)",
+            )?;
+            signature(
+                "grid_run",
+                &[ValType::I32, ValType::I32],
+                &[ValType::I64],
+                "a function (param i32 i32) (result i64)",
+            )?;
+        }
+        Abi::Wasi => {
+            signature(
+                wasi::START,
+                &[],
+                &[],
+                "a function with no parameters and no results",
+            )?;
+            if has_start_function(bytes) {
+                return Err(AbiError::WasiStartFunction);
+            }
+        }
+    }
     Ok(ModuleInfo {
+        abi,
         initial_pages: memory.initial,
         maximum_pages: memory.maximum,
         tables,
         initial_table_bytes,
     })
+}
+
+/// Whether the (valid) module has a start section.
+fn has_start_function(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .any(|payload| matches!(payload, Ok(wasmparser::Payload::StartSection { .. })))
+}
+
+/// Check one import of a WASI command module: a preview 1 function of its own type.
+fn check_wasi_import(
+    types: wasmparser::types::TypesRef<'_>,
+    module: &str,
+    name: &str,
+    entity: EntityType,
+) -> Result<(), AbiError> {
+    let EntityType::Func(id) = entity else {
+        return Err(AbiError::WasiImport {
+            module: module.to_owned(),
+            name: name.to_owned(),
+        });
+    };
+    if module != wasi::MODULE {
+        return Err(AbiError::WasiImport {
+            module: module.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    let function =
+        wasi::function(name).ok_or_else(|| AbiError::UnknownWasiFunction(name.to_owned()))?;
+    let func = types[id].unwrap_func();
+    if func.params() != function.params || func.results() != function.results {
+        return Err(AbiError::WasiSignature {
+            name: name.to_owned(),
+            actual: wasi::type_text(func.params(), func.results()),
+            expected: wasi::type_text(function.params, function.results),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -201,6 +315,7 @@ mod tests {
         assert_eq!(
             info,
             ModuleInfo {
+                abi: Abi::Raw,
                 initial_pages: 1,
                 maximum_pages: None,
                 tables: 0,
@@ -278,6 +393,95 @@ mod tests {
             check_module(&no_memory),
             Err(AbiError::MissingExport("memory"))
         );
+    }
+
+    /// A WASI command module with `imports` and `extra` spliced in.
+    fn wasi_module(imports: &str, extra: &str) -> Result<ModuleInfo, AbiError> {
+        check_module(
+            &wat::parse_str(format!(
+                r#"(module {imports}
+                     (memory (export "memory") 2)
+                     (func (export "_start"))
+                     {extra})"#
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn wasi_command_modules_pass() {
+        let info = wasi_module(
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+               (import "wasi_snapshot_preview1" "clock_time_get" (func (param i32 i64 i32) (result i32)))"#,
+            "",
+        )
+        .unwrap();
+        assert_eq!(info.abi, Abi::Wasi);
+        assert_eq!(info.initial_pages, 2);
+        // No imports at all is a WASI module too, if it has `_start`.
+        assert_eq!(wasi_module("", "").unwrap().abi, Abi::Wasi);
+    }
+
+    #[test]
+    fn wasi_modules_import_only_preview_1_functions() {
+        let refused = wasi_module(r#"(import "env" "now" (func (result i64)))"#, "").unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "the module imports `env`.`now`; a WASI command module may import only functions of \
+             `wasi_snapshot_preview1` (no other module, no memories, tables or globals)"
+        );
+        let preview2 = wasi_module(
+            r#"(import "wasi:cli/stdout@0.2.0" "get-stdout" (func (result i32)))"#,
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&preview2, AbiError::WasiImport { module, .. } if module == "wasi:cli/stdout@0.2.0"),
+            "{preview2}"
+        );
+        let unknown = wasi_module(
+            r#"(import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32)))"#,
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "the module imports `wasi_snapshot_preview1`.`sock_open`, which is not a WASI preview 1 function"
+        );
+        let wrong = wasi_module(
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32) (result i32)))"#,
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "the module imports `wasi_snapshot_preview1`.`fd_write` as (param i32 i32) (result i32); \
+             it is (param i32 i32 i32 i32) (result i32)"
+        );
+        let memory = wasi_module(
+            r#"(import "wasi_snapshot_preview1" "mem" (global i32))"#,
+            "",
+        )
+        .unwrap_err();
+        assert!(matches!(memory, AbiError::WasiImport { .. }), "{memory}");
+        let start = check_module(
+            &wat::parse_str(
+                r#"(module (memory (export "memory") 1)
+                     (func (export "_start") (param i32)))"#,
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            start.to_string(),
+            "the export `_start` must be a function with no parameters and no results"
+        );
+        let started = wasi_module("", "(func $init) (start $init)").unwrap_err();
+        assert_eq!(started, AbiError::WasiStartFunction);
+        let no_memory =
+            check_module(&wat::parse_str(r#"(module (func (export "_start")))"#).unwrap());
+        assert_eq!(no_memory, Err(AbiError::MissingExport("memory")));
     }
 
     #[test]

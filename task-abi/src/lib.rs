@@ -1,10 +1,13 @@
 //! `grid-task-abi`: the contract between the grid and an uploaded WebAssembly task module.
 //!
-//! The ABI (documented for module authors in `docs/task-abi.md`): a module exports `memory`,
-//! `grid_alloc(len: i32) -> i32` and `grid_run(ptr: i32, len: i32) -> i64`, and imports
-//! nothing. A worker writes the chunk's input as UTF-8 JSON text at `grid_alloc(len)`, calls
-//! `grid_run(ptr, len)` and reads the output, UTF-8 JSON text, at the returned
-//! `(out_ptr << 32) | out_len`.
+//! Two ABIs (documented for module authors in `docs/task-abi.md`):
+//! - **raw**: a module exports `memory`, `grid_alloc(len: i32) -> i32` and
+//!   `grid_run(ptr: i32, len: i32) -> i64`, and imports nothing. A worker writes the chunk's
+//!   input as UTF-8 JSON text at `grid_alloc(len)`, calls `grid_run(ptr, len)` and reads the
+//!   output, UTF-8 JSON text, at the returned `(out_ptr << 32) | out_len`.
+//! - **WASI command modules**: a module exports `memory` and `_start` and imports only
+//!   `wasi_snapshot_preview1` functions; the input is its standard input, the output its
+//!   standard output, in the fixed, deterministic world of [`wasi`].
 //!
 //! This crate is what the master and both workers share about modules, so every party applies
 //! the same rules and every honest worker reports a failure with the same bytes (the master
@@ -18,18 +21,21 @@
 //! - [`memory`]: the memory cap: [`memory::MemoryLimit`], the start-up check, and
 //!   [`memory::cap_declared_maximum`], which writes the cap into a module (how browsers enforce
 //!   it; the native worker uses wasmtime's `ResourceLimiter`).
+//! - [`wasi`]: the WASI preview 1 subset a program gets (functions, clocks, random stream,
+//!   output bounds) and how its end becomes an outcome ([`wasi::ProgramEnd`]).
 //! - [`outcome`]: the input bytes a module gets ([`outcome::input_text`]), how its output
 //!   becomes an [`Outcome`](grid_protocol::Outcome) ([`outcome::output_outcome`]), and
 //!   [`outcome::Failure`]/[`outcome::TrapKind`], the engine-independent failure messages.
 //!
-//! Running modules is not here: `grid-worker` runs them with wasmtime, the browser worker with
-//! the browser's own engine.
+//! Running modules is not here: `grid-worker` runs them with wasmtime (and wasmtime-wasi), the
+//! browser worker with the browser's own engine (and the WASI shim of `frontend/src/sandbox.js`).
 
 pub mod check;
 pub mod memory;
 pub mod outcome;
+pub mod wasi;
 
-pub use check::{AbiError, ModuleInfo, check_module};
+pub use check::{Abi, AbiError, ModuleInfo, check_module};
 pub use memory::MemoryLimit;
 pub use outcome::{Failure, TrapKind};
 

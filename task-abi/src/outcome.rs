@@ -6,7 +6,7 @@
 //! passed on: traps are classified into [`TrapKind`]s, and every failure is written by
 //! [`Failure`]'s `Display`, here, once.
 
-use grid_protocol::Outcome;
+use grid_protocol::{Outcome, OutputMode};
 
 use crate::memory::MemoryLimit;
 
@@ -22,15 +22,20 @@ pub fn split_result(packed: i64) -> (u32, u32) {
     ((bits >> 32) as u32, bits as u32)
 }
 
-/// The outcome of a module that returned `output` (the bytes at the returned pointer).
-pub fn output_outcome(output: &[u8]) -> Outcome {
+/// The outcome of a module that returned `output` (the bytes at the returned pointer, or a
+/// WASI program's standard output), read as `mode` says: JSON text, or any UTF-8 text taken
+/// as a JSON string.
+pub fn output_outcome(output: &[u8], mode: OutputMode) -> Outcome {
     let text = match std::str::from_utf8(output) {
         Ok(text) => text,
         Err(_) => return Failure::OutputNotUtf8.into(),
     };
-    match serde_json::from_str(text) {
-        Ok(value) => Outcome::Ok(value),
-        Err(error) => Failure::OutputNotJson(error.to_string()).into(),
+    match mode {
+        OutputMode::Text => Outcome::Ok(serde_json::Value::String(text.to_owned())),
+        OutputMode::Json => match serde_json::from_str(text) {
+            Ok(value) => Outcome::Ok(value),
+            Err(error) => Failure::OutputNotJson(error.to_string()).into(),
+        },
     }
 }
 
@@ -175,6 +180,24 @@ pub enum Failure {
     OutputNotUtf8,
     /// The output is not JSON; serde_json's message (the same Rust code on every worker).
     OutputNotJson(String),
+    /// A WASI program exited with a code other than 0.
+    Exit {
+        /// Its exit code (`proc_exit`'s argument).
+        code: u32,
+    },
+    /// A WASI program wrote more than `limit` bytes to standard output.
+    StdoutTooLarge {
+        /// [`crate::wasi::STDOUT_LIMIT_BYTES`].
+        limit: usize,
+    },
+    /// A WASI program's failure and what it wrote to standard error (bounded, see
+    /// [`crate::wasi::with_stderr`]).
+    WithStderr {
+        /// The failure.
+        failure: Box<Failure>,
+        /// Standard error, as text.
+        stderr: String,
+    },
 }
 
 impl std::fmt::Display for Failure {
@@ -235,6 +258,12 @@ impl std::fmt::Display for Failure {
             ),
             Failure::OutputNotUtf8 => f.write_str("bad output: not UTF-8 text"),
             Failure::OutputNotJson(error) => write!(f, "bad output: not JSON: {error}"),
+            Failure::Exit { code } => write!(f, "exit: the program exited with code {code}"),
+            Failure::StdoutTooLarge { limit } => write!(
+                f,
+                "output limit exceeded: the program wrote more than {limit} bytes to standard output"
+            ),
+            Failure::WithStderr { failure, stderr } => write!(f, "{failure}; stderr: {stderr}"),
         }
     }
 }
@@ -257,17 +286,26 @@ mod tests {
 
     #[test]
     fn outputs_become_outcomes() {
+        let json = OutputMode::Json;
         assert_eq!(
-            output_outcome(br#"{"b":1,"a":2}"#),
+            output_outcome(br#"{"b":1,"a":2}"#, json),
             Outcome::Ok(json!({"a": 2, "b": 1}))
         );
         assert_eq!(
-            output_outcome(&[0xff, 0xfe]),
+            output_outcome(&[0xff, 0xfe], json),
             Outcome::Err("bad output: not UTF-8 text".into())
         );
         assert_eq!(
-            output_outcome(b"{nope"),
+            output_outcome(b"{nope", json),
             Outcome::Err("bad output: not JSON: key must be a string at line 1 column 2".into())
+        );
+        assert_eq!(
+            output_outcome(b"{nope", OutputMode::Text),
+            Outcome::Ok(json!("{nope"))
+        );
+        assert_eq!(
+            output_outcome(&[0xff], OutputMode::Text),
+            Outcome::Err("bad output: not UTF-8 text".into())
         );
     }
 

@@ -606,7 +606,8 @@ impl Worker {
                 id,
                 timeout_ms,
                 max_memory_mb,
-            } => self.start_module(lease, &id, timeout_ms, max_memory_mb, input),
+                output,
+            } => self.start_module(lease, &id, timeout_ms, max_memory_mb, output, input),
         }
     }
 
@@ -618,10 +619,11 @@ impl Worker {
         id: &str,
         timeout_ms: u32,
         max_memory_mb: u32,
+        output: grid_protocol::OutputMode,
         input: serde_json::Value,
     ) {
         let task = match ModuleTask::new(id, timeout_ms, max_memory_mb) {
-            Ok(task) => task,
+            Ok(task) => task.with_output(output),
             Err(why) => return self.give_back(lease, why),
         };
         let Some(url) = module_url(&self.url, &task.id) else {

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use grid_task_abi::outcome::input_text;
-use grid_task_abi::{Failure, ModuleInfo};
+use grid_task_abi::{Abi, Failure, ModuleInfo, wasi};
 use js_sys::{Reflect, Uint8Array, WebAssembly};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -34,14 +34,17 @@ extern "C" {
     #[wasm_bindgen(method, js_name = fetchModule)]
     fn fetch_module(this: &ModuleHost, url: &str) -> js_sys::Promise;
 
-    /// `run(module, input, timeoutMs) -> Promise<answer>`: one chunk in the sandbox; never
-    /// rejects. The answers are objects with a `kind` (see [`answer`]).
+    /// `run(module, input, timeoutMs, wasi) -> Promise<answer>`: one chunk in the sandbox;
+    /// never rejects. `wasi` is `null` for a raw module, `{seed: Uint8Array}` (the chunk's
+    /// random-stream key) for a WASI command module. The answers are objects with a `kind`
+    /// (see [`answer`]).
     #[wasm_bindgen(method)]
     fn run(
         this: &ModuleHost,
         module: &WebAssembly::Module,
         input: &Uint8Array,
         timeout_ms: u32,
+        wasi: &JsValue,
     ) -> js_sys::Promise;
 
     /// `cancel()`: stop the running chunk, if any (its `run` answers `cancelled`).
@@ -54,8 +57,12 @@ extern "C" {
 mod answer {
     /// `{kind, output: Uint8Array}`
     pub const OUTPUT: &str = "output";
-    /// `{kind, message, memoryBytes: number | null}`
+    /// `{kind, message, memoryBytes: number | null, stderr?: Uint8Array}`
     pub const TRAP: &str = "trap";
+    /// `{kind, code, stdout: Uint8Array, stderr: Uint8Array}` (WASI)
+    pub const EXIT: &str = "exit";
+    /// `{kind, stderr: Uint8Array}` (WASI)
+    pub const STDOUT_TOO_LARGE: &str = "stdout-too-large";
     /// `{kind, ptr, len, memoryBytes}`
     pub const ALLOC_OUT_OF_BOUNDS: &str = "alloc-out-of-bounds";
     /// `{kind, ptr, len, memoryBytes}`
@@ -134,8 +141,19 @@ impl ModuleRunner {
         if !still_wanted() {
             return SandboxAnswer::Cancelled.end(task, &info);
         }
-        let input = Uint8Array::from(input_text(input).as_bytes());
-        let answer = JsFuture::from(self.host.run(&module, &input, task.timeout_ms)).await;
+        let text = input_text(input);
+        let wasi = match info.abi {
+            Abi::Raw => JsValue::NULL,
+            Abi::Wasi => {
+                let settings = js_sys::Object::new();
+                let seed = Uint8Array::from(wasi::random_seed(&task.id, &text).as_slice());
+                // Setting a property on a fresh plain object does not fail.
+                let _ = Reflect::set(&settings, &JsValue::from_str("seed"), &seed);
+                settings.into()
+            }
+        };
+        let input = Uint8Array::from(text.as_bytes());
+        let answer = JsFuture::from(self.host.run(&module, &input, task.timeout_ms, &wasi)).await;
         let answer = match answer {
             Ok(answer) => parse_answer(&answer),
             Err(error) => SandboxAnswer::Crashed(describe(&error)),
@@ -232,6 +250,11 @@ fn parse_answer(value: &JsValue) -> SandboxAnswer {
         ))
     };
     let broken = || SandboxAnswer::Crashed(format!("malformed sandbox answer of kind {kind:?}"));
+    let bytes = |name: &str| {
+        field(name)
+            .and_then(|v| v.dyn_into::<Uint8Array>().ok())
+            .map(|array| array.to_vec())
+    };
     match kind.as_str() {
         answer::OUTPUT => match field("output").and_then(|v| v.dyn_into::<Uint8Array>().ok()) {
             Some(output) => SandboxAnswer::Output(output.to_vec()),
@@ -242,6 +265,19 @@ fn parse_answer(value: &JsValue) -> SandboxAnswer {
                 .and_then(|m| m.as_string())
                 .unwrap_or_default(),
             memory_bytes: bytes_field("memoryBytes"),
+            stderr: bytes("stderr").unwrap_or_default(),
+        },
+        answer::EXIT => match (u32_field("code"), bytes("stdout"), bytes("stderr")) {
+            (Some(code), Some(stdout), Some(stderr)) => SandboxAnswer::Exited {
+                code,
+                stdout,
+                stderr,
+            },
+            _ => broken(),
+        },
+        answer::STDOUT_TOO_LARGE => match bytes("stderr") {
+            Some(stderr) => SandboxAnswer::StdoutTooLarge { stderr },
+            None => broken(),
         },
         answer::ALLOC_OUT_OF_BOUNDS => match bounds() {
             Some((ptr, len, memory_bytes)) => SandboxAnswer::AllocOutOfBounds {

@@ -18,9 +18,10 @@
 //!    given back ([`ChunkEnd::GiveBack`]) when the answer says nothing about the module itself
 //!    (the sandbox died, the chunk was cancelled).
 
-use grid_protocol::Outcome;
+use grid_protocol::{Outcome, OutputMode};
 use grid_task_abi::memory::cap_declared_maximum;
 use grid_task_abi::outcome::{in_bounds, output_outcome};
+use grid_task_abi::wasi::ProgramEnd;
 use grid_task_abi::{
     Failure, MemoryLimit, ModuleInfo, TrapKind, check_module, is_module_id, limits, module_id,
 };
@@ -46,6 +47,8 @@ pub struct ModuleTask {
     pub timeout_ms: u32,
     /// The memory cap.
     pub limit: MemoryLimit,
+    /// How the output bytes become the output value.
+    pub output: OutputMode,
 }
 
 impl ModuleTask {
@@ -76,7 +79,13 @@ impl ModuleTask {
             id: id.to_owned(),
             timeout_ms,
             limit: MemoryLimit::new(max_memory_mb),
+            output: OutputMode::Json,
         })
+    }
+
+    /// The same task with its output read as `output` says.
+    pub fn with_output(self, output: OutputMode) -> ModuleTask {
+        ModuleTask { output, ..self }
     }
 }
 
@@ -144,6 +153,23 @@ pub enum SandboxAnswer {
         message: String,
         /// `memory.buffer.byteLength` after the trap.
         memory_bytes: Option<u64>,
+        /// What a WASI program had written to standard error (as kept by the shim).
+        stderr: Vec<u8>,
+    },
+    /// A WASI program ended (`_start` returned: code 0, or `proc_exit(code)`).
+    Exited {
+        /// Its exit code.
+        code: u32,
+        /// Its standard output.
+        stdout: Vec<u8>,
+        /// Its standard error, as kept.
+        stderr: Vec<u8>,
+    },
+    /// A WASI program wrote more than `grid_task_abi::wasi::STDOUT_LIMIT_BYTES` to standard
+    /// output.
+    StdoutTooLarge {
+        /// Its standard error, as kept.
+        stderr: Vec<u8>,
     },
     /// `grid_alloc(len)` returned `ptr`, outside the memory.
     AllocOutOfBounds {
@@ -176,16 +202,28 @@ impl SandboxAnswer {
     /// The chunk's end, for a module of `info` run as `task`.
     pub fn end(self, task: &ModuleTask, info: &ModuleInfo) -> ChunkEnd {
         match self {
-            SandboxAnswer::Output(bytes) => ChunkEnd::Outcome(output_outcome(&bytes)),
+            SandboxAnswer::Output(bytes) => ChunkEnd::Outcome(output_outcome(&bytes, task.output)),
+            // A raw module writes no standard error, so `stderr` is empty and changes nothing.
             SandboxAnswer::Trap {
                 message,
                 memory_bytes,
-            } => Failure::Trap {
-                kind: TrapKind::from_browser_message(&message),
-                memory_bytes: memory_bytes.unwrap_or_else(|| info.initial_bytes()),
-                limit: task.limit,
+                stderr,
+            } => ChunkEnd::Outcome(
+                ProgramEnd::Failed(Failure::Trap {
+                    kind: TrapKind::from_browser_message(&message),
+                    memory_bytes: memory_bytes.unwrap_or_else(|| info.initial_bytes()),
+                    limit: task.limit,
+                })
+                .outcome(&[], &stderr, task.output),
+            ),
+            SandboxAnswer::Exited {
+                code,
+                stdout,
+                stderr,
+            } => ChunkEnd::Outcome(ProgramEnd::Exited(code).outcome(&stdout, &stderr, task.output)),
+            SandboxAnswer::StdoutTooLarge { stderr } => {
+                ChunkEnd::Outcome(ProgramEnd::StdoutTooLarge.outcome(&[], &stderr, task.output))
             }
-            .into(),
             // The sandbox checks bounds; checking again here keeps a confused sandbox from
             // turning a good run into a failure.
             SandboxAnswer::AllocOutOfBounds {
@@ -404,6 +442,7 @@ mod tests {
             end(SandboxAnswer::Trap {
                 message: "unreachable".into(),
                 memory_bytes: Some(3 << 20),
+                stderr: Vec::new(),
             }),
             err("trap: unreachable instruction executed (memory in use: 3 of 64 MiB)")
         );
@@ -412,6 +451,7 @@ mod tests {
             end(SandboxAnswer::Trap {
                 message: "Maximum call stack size exceeded".into(),
                 memory_bytes: None,
+                stderr: Vec::new(),
             }),
             err("trap: call stack exhausted (memory in use: 1 of 64 MiB)")
         );
@@ -435,6 +475,48 @@ mod tests {
             }),
             err("bad output: grid_run returned 10 bytes at 65530, outside the 65536-byte memory")
         );
+    }
+
+    #[test]
+    fn wasi_answers_become_the_same_outcomes_as_natively() {
+        let bytes = module("1");
+        let task = task_for(&bytes, 64).with_output(OutputMode::Text);
+        let info = check_module(&bytes).unwrap();
+        let end = |answer: SandboxAnswer| answer.end(&task, &info);
+        assert_eq!(
+            end(SandboxAnswer::Exited {
+                code: 0,
+                stdout: b"hello\n".to_vec(),
+                stderr: b"warning".to_vec(),
+            }),
+            ChunkEnd::Outcome(Outcome::Ok(json!("hello\n")))
+        );
+        assert_eq!(
+            end(SandboxAnswer::Exited {
+                code: 3,
+                stdout: Vec::new(),
+                stderr: b"bad input\n".to_vec(),
+            }),
+            ChunkEnd::Outcome(Outcome::Err(
+                "exit: the program exited with code 3; stderr: bad input".into()
+            ))
+        );
+        assert_eq!(
+            end(SandboxAnswer::Trap {
+                message: "unreachable".into(),
+                memory_bytes: Some(2 << 20),
+                stderr: b"panicked".to_vec(),
+            }),
+            ChunkEnd::Outcome(Outcome::Err(
+                "trap: unreachable instruction executed (memory in use: 2 of 64 MiB); \
+                 stderr: panicked"
+                    .into()
+            ))
+        );
+        assert!(matches!(
+            end(SandboxAnswer::StdoutTooLarge { stderr: Vec::new() }),
+            ChunkEnd::Outcome(Outcome::Err(text)) if text.starts_with("output limit exceeded")
+        ));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use wasmtime::{Engine, Instance, Module, Store};
 const LIMITS: ChunkLimits = ChunkLimits {
     timeout_ms: 600_000,
     memory: grid_task_abi::MemoryLimit { mb: 256 },
+    output: grid_protocol::OutputMode::Json,
 };
 
 /// The smallest module that follows the task ABI: its output is its input. Its cost per chunk

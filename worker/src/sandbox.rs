@@ -1,12 +1,14 @@
-//! The sandbox that runs uploaded task modules: wasmtime (Cranelift), no WASI, no imports.
+//! The sandbox that runs uploaded task modules: wasmtime (Cranelift); raw modules with no
+//! imports, WASI command modules with the grid's subset of WASI preview 1.
 //!
-//! - [`Sandbox`]: the worker's one wasmtime [`Engine`] and the thread that ticks its epoch
-//!   every [`TICK`], which is how a chunk's wall-clock limit interrupts running code.
-//!   [`Sandbox::compile`] checks a module against the task ABI (`grid-task-abi`) and compiles
-//!   it into a [`TaskModule`].
+//! - [`Sandbox`]: the worker's one wasmtime [`Engine`], its WASI linker, and the thread that
+//!   ticks its epoch every [`TICK`], which is how a chunk's wall-clock limit interrupts running
+//!   code. [`Sandbox::compile`] checks a module against the task ABIs (`grid-task-abi`) and
+//!   compiles it into a [`TaskModule`].
 //! - [`TaskModule::run`]: one chunk in a fresh [`Store`]: memory cap (linear memory and
 //!   tables together, as `grid-task-abi`'s `memory` module documents), deadline, instantiate,
-//!   `grid_alloc`, write the input, `grid_run`, read the output.
+//!   then for a raw module `grid_alloc`, write the input, `grid_run`, read the output.
+//! - `wasi`: the same for a WASI command module: standard input, `_start`, standard output.
 //! - `traps`: how wasmtime's errors become [`Failure`]s.
 //!
 //! Every failure becomes an outcome through [`Failure`]'s `Display` (in `grid-task-abi`), never
@@ -20,20 +22,24 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use grid_protocol::Outcome;
+use grid_protocol::{Outcome, OutputMode};
 use grid_task_abi::memory::table_element_bytes;
 use grid_task_abi::outcome::{in_bounds, input_text, output_outcome, split_result};
 use grid_task_abi::{
-    AbiError, Failure, MemoryLimit, ModuleInfo, TrapKind, check_module, limits::MAX_TABLES,
+    Abi, AbiError, Failure, MemoryLimit, ModuleInfo, TrapKind, check_module, limits::MAX_TABLES,
+    module_id,
 };
 use wasmparser::{Parser, Payload};
 use wasmtime::{
-    Config, Engine, Instance, Module, ResourceLimiter, Store, UpdateDeadline, WasmBacktraceDetails,
+    Config, Engine, Instance, InstancePre, Linker, Module, ResourceLimiter, Store, UpdateDeadline,
+    WasmBacktraceDetails,
 };
 
 use traps::{TrapSites, failure, trap_failure};
+use wasi::WasiState;
 
 mod traps;
+mod wasi;
 
 /// How often the epoch advances: a chunk past its deadline is stopped within about this long.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -56,6 +62,8 @@ pub enum CompileError {
 pub struct Sandbox {
     /// Compiles and runs modules; configured for epoch interruption.
     engine: Engine,
+    /// The WASI functions a WASI command module links against.
+    wasi_linker: Arc<Linker<WasiState>>,
     /// Keeps the ticker thread running while anyone can still run a chunk.
     _ticker: Arc<EpochTicker>,
 }
@@ -88,6 +96,7 @@ impl Sandbox {
         // machine (`module_cache` also runs one compilation at a time).
         config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(std::io::Error::other)?;
+        let wasi_linker = Arc::new(wasi::linker(&engine).map_err(std::io::Error::other)?);
 
         let (stop, stopped) = mpsc::channel::<()>();
         let ticking = engine.clone();
@@ -100,6 +109,7 @@ impl Sandbox {
             })?;
         Ok(Sandbox {
             engine,
+            wasi_linker,
             _ticker: Arc::new(EpochTicker { _stop: stop }),
         })
     }
@@ -113,8 +123,17 @@ impl Sandbox {
             table_element_sizes(bytes).map_err(|error| AbiError::Invalid(error.to_string()))?;
         let module = Module::new(&self.engine, bytes)
             .map_err(|error| CompileError::Engine(format!("{error:#}")))?;
+        let kind = match info.abi {
+            Abi::Raw => Kind::Raw,
+            Abi::Wasi => Kind::Wasi(
+                wasi::prepare(&self.wasi_linker, &module)
+                    .map_err(|error| CompileError::Engine(format!("{error:#}")))?,
+            ),
+        };
         Ok(TaskModule {
+            id: module_id(bytes),
             module,
+            kind,
             info,
             sites,
             table_element_bytes,
@@ -136,30 +155,51 @@ fn table_element_sizes(bytes: &[u8]) -> Result<Vec<u64>, wasmparser::BinaryReade
     Ok(sizes)
 }
 
-/// The per-chunk limits a job sets (`Task::Module`'s `timeout_ms` and `max_memory_mb`).
+/// The per-chunk settings a job makes (`Task::Module`'s `timeout_ms`, `max_memory_mb` and
+/// `output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLimits {
     /// Wall-clock time the chunk may run, instantiation included.
     pub timeout_ms: u32,
     /// The cap on linear memory and tables together.
     pub memory: MemoryLimit,
+    /// How the output bytes become the output value.
+    pub output: OutputMode,
 }
 
 impl ChunkLimits {
-    /// Limits of `timeout_ms` and `max_memory_mb` MiB.
+    /// Limits of `timeout_ms` and `max_memory_mb` MiB, output read as JSON.
     pub fn new(timeout_ms: u32, max_memory_mb: u32) -> ChunkLimits {
         ChunkLimits {
             timeout_ms,
             memory: MemoryLimit::new(max_memory_mb),
+            output: OutputMode::Json,
         }
     }
+
+    /// The same limits with the output read as `output` says.
+    pub fn with_output(self, output: OutputMode) -> ChunkLimits {
+        ChunkLimits { output, ..self }
+    }
+}
+
+/// How a compiled module runs.
+enum Kind {
+    /// The raw ABI: `grid_alloc` and `grid_run`.
+    Raw,
+    /// A WASI command module, resolved against the sandbox's WASI linker.
+    Wasi(InstancePre<WasiState>),
 }
 
 /// A compiled module that follows the task ABI, ready to run chunks (any number, on any
 /// threads at once: each run gets its own store and instance).
 pub struct TaskModule {
+    /// Its id (`sha256:<hex>`), which seeds WASI programs' random streams.
+    id: String,
     /// Compiled code.
     module: Module,
+    /// Which ABI it follows.
+    kind: Kind,
     /// Its memory as declared (for the start-up memory check).
     info: ModuleInfo,
     /// Where its traps need a closer look.
@@ -174,6 +214,7 @@ pub struct TaskModule {
 impl std::fmt::Debug for TaskModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskModule")
+            .field("id", &self.id)
             .field("info", &self.info)
             .finish_non_exhaustive()
     }
@@ -282,31 +323,30 @@ impl ResourceLimiter for ChunkState {
 impl TaskModule {
     /// Run one chunk. Blocks for up to about `limits.timeout_ms`; call it off the async threads.
     pub fn run(&self, input: &serde_json::Value, limits: ChunkLimits) -> Outcome {
-        match self.try_run(input, limits) {
-            Ok(outcome) => outcome,
-            Err(failure) => failure.into(),
+        if let Err(failure) = limits.memory.check_start(&self.info) {
+            return failure.into();
+        }
+        match &self.kind {
+            Kind::Wasi(pre) => wasi::run(self, pre, input, limits),
+            Kind::Raw => match self.try_run(input, limits) {
+                Ok(outcome) => outcome,
+                Err(failure) => failure.into(),
+            },
         }
     }
 
+    /// Which ABI the module follows.
+    pub fn abi(&self) -> Abi {
+        self.info.abi
+    }
+
     fn try_run(&self, input: &serde_json::Value, limits: ChunkLimits) -> Result<Outcome, Failure> {
-        limits.memory.check_start(&self.info)?;
         let mut store = Store::new(
             self.module.engine(),
             ChunkState::new(limits.memory, &self.table_element_bytes),
         );
         store.limiter(|state| state);
-        // The deadline covers instantiation too: a start function runs then. Checking the
-        // clock at every tick (instead of trapping after a fixed number of ticks) means a
-        // chunk is never stopped early, however late the ticker thread gets scheduled.
-        let deadline = Instant::now() + Duration::from_millis(u64::from(limits.timeout_ms));
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Continue(1)
-            })
-        });
+        arm_deadline(&mut store, limits.timeout_ms);
 
         // Traps inside a start function: no engine hands out a memory of a failed
         // instantiation, so both workers report the memory the module starts with.
@@ -382,8 +422,24 @@ impl TaskModule {
         let output = data
             .get(out_ptr as usize..out_ptr as usize + out_len as usize)
             .ok_or(out_of_bounds)?;
-        Ok(output_outcome(output))
+        Ok(output_outcome(output, limits.output))
     }
+}
+
+/// Stop `store`'s code once `timeout_ms` have passed from now. The deadline covers
+/// instantiation too: a start function runs then. Checking the clock at every tick (instead
+/// of trapping after a fixed number of ticks) means a chunk is never stopped early, however
+/// late the ticker thread gets scheduled.
+fn arm_deadline<T: 'static>(store: &mut Store<T>, timeout_ms: u32) {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
+        })
+    });
 }
 
 #[cfg(test)]

@@ -568,7 +568,11 @@ impl Active<'_> {
                 id,
                 timeout_ms,
                 max_memory_mb,
-            } => (id, ChunkLimits::new(timeout_ms, max_memory_mb)),
+                output,
+            } => (
+                id,
+                ChunkLimits::new(timeout_ms, max_memory_mb).with_output(output),
+            ),
         };
         if !self.slots.fits(limits.memory.mb) {
             // It could never start here: handed back like a module that cannot be had, after

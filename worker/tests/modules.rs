@@ -53,6 +53,7 @@ fn assign_module(
             id: id.to_owned(),
             timeout_ms,
             max_memory_mb,
+            output: grid_protocol::OutputMode::Json,
         },
         input,
         deadline_seconds: 600,

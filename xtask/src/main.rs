@@ -18,6 +18,7 @@
 
 mod modules;
 mod python;
+mod toolchains;
 mod web;
 
 use std::net::TcpStream;

@@ -5,6 +5,7 @@
 pub mod cancel;
 pub mod jobs;
 pub mod results;
+pub mod run_local;
 pub mod status;
 pub mod submit;
 pub mod token;

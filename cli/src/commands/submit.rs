@@ -35,6 +35,8 @@ struct Fields<'a> {
     timeout_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_memory_mb: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'static str>,
 }
 
 /// Where the inputs come from, as the command line says.
@@ -64,6 +66,7 @@ pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
         lease_seconds: args.lease_seconds,
         timeout_ms: args.timeout_ms,
         max_memory_mb: args.max_memory_mb,
+        output: args.output.map(|output| output.name()),
     };
     let fields = serde_json::to_vec(&fields)
         .map_err(|error| Error::Usage(format!("cannot encode the job fields: {error}")))?;

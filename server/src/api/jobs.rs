@@ -45,6 +45,9 @@ pub struct SubmitJob {
     timeout_ms: Option<i64>,
     /// Module jobs: memory cap of one chunk in MiB (default 256, 1 to 2048).
     max_memory_mb: Option<i64>,
+    /// Module jobs: how each chunk's output bytes (a WASI program's standard output) are read:
+    /// `json` (default, UTF-8 JSON text) or `text` (any UTF-8 text, kept as a JSON string).
+    output: Option<String>,
     /// One JSON value per chunk.
     inputs: Vec<Value>,
     /// Agreeing distinct workers per chunk (default 2).
@@ -80,10 +83,12 @@ fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Re
 /// What the job runs, from the body's `kernel` or `module` and the module limits.
 fn program(body: &SubmitJob) -> Result<Program> {
     use grid_task_abi::limits::*;
-    if body.module.is_none() && (body.timeout_ms.is_some() || body.max_memory_mb.is_some()) {
+    if body.module.is_none()
+        && (body.timeout_ms.is_some() || body.max_memory_mb.is_some() || body.output.is_some())
+    {
         return Err(Error::invalid(
             "invalid_field",
-            "timeout_ms and max_memory_mb apply to module jobs only",
+            "timeout_ms, max_memory_mb and output apply to module jobs only",
         ));
     }
     match (&body.kernel, &body.module) {
@@ -121,10 +126,20 @@ fn program(body: &SubmitJob) -> Result<Program> {
                     .unwrap_or(i64::from(DEFAULT_MAX_MEMORY_MB)),
                 i64::from(MIN_MAX_MEMORY_MB)..=i64::from(MAX_MAX_MEMORY_MB),
             )?;
+            let output = match body.output.as_deref() {
+                None => grid_protocol::OutputMode::Json,
+                Some(name) => grid_protocol::OutputMode::from_name(name).ok_or_else(|| {
+                    Error::invalid(
+                        "invalid_field",
+                        format!("output must be `json` or `text`, not `{name}`"),
+                    )
+                })?,
+            };
             Ok(Program::Module {
                 id: module.clone(),
                 timeout_ms,
                 max_memory_mb,
+                output,
             })
         }
         (Some(_), Some(_)) => Err(Error::invalid(

@@ -46,6 +46,8 @@ pub enum Program {
         timeout_ms: i32,
         /// Memory cap per chunk, in MiB.
         max_memory_mb: i32,
+        /// How the module's output bytes become each chunk's output.
+        output: grid_protocol::OutputMode,
     },
 }
 
@@ -70,13 +72,23 @@ impl Program {
             } => (Some(*timeout_ms), Some(*max_memory_mb)),
         }
     }
+
+    /// What the `jobs.module_output` column holds: `json` or `text`, NULL for kernels.
+    pub fn stored_output(&self) -> Option<&'static str> {
+        match self {
+            Program::Kernel(_) => None,
+            Program::Module { output, .. } => Some(output.name()),
+        }
+    }
 }
 
-/// The task of a stored job, from its `kernel`, `timeout_ms` and `max_memory_mb` columns.
+/// The task of a stored job, from its `kernel`, `timeout_ms`, `max_memory_mb` and
+/// `module_output` columns (NULL before that column existed: JSON).
 pub(crate) fn stored_task(
     kernel: String,
     timeout_ms: Option<i32>,
     max_memory_mb: Option<i32>,
+    module_output: Option<String>,
 ) -> Result<grid_protocol::Task> {
     use grid_protocol::Task;
     if !kernel.starts_with(grid_task_abi::MODULE_ID_PREFIX) {
@@ -92,6 +104,10 @@ pub(crate) fn stored_task(
     Ok(Task::Module {
         timeout_ms: positive(timeout_ms, "timeout_ms")?,
         max_memory_mb: positive(max_memory_mb, "max_memory_mb")?,
+        output: module_output
+            .as_deref()
+            .and_then(grid_protocol::OutputMode::from_name)
+            .unwrap_or_default(),
         id: kernel,
     })
 }
@@ -199,6 +215,9 @@ pub struct JobView {
     /// Memory cap of one chunk in MiB (module jobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_mb: Option<i32>,
+    /// How module outputs are read (module jobs): `json` or `text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// queued, running, done, failed or cancelled.
     pub state: String,
     /// Agreeing distinct workers needed per chunk.

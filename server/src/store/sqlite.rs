@@ -83,7 +83,7 @@ impl SqliteStore {
 }
 
 const JOB_VIEW_SELECT: &str = "
-    SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.state, j.redundancy,
+    SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, j.state, j.redundancy,
            j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
@@ -105,6 +105,7 @@ fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
         module,
         timeout_ms: row.try_get("timeout_ms")?,
         max_memory_mb: row.try_get("max_memory_mb")?,
+        output: row.try_get("module_output")?,
         state: row.try_get("state")?,
         redundancy: row.try_get("redundancy")?,
         max_replicas: row.try_get("max_replicas")?,
@@ -204,8 +205,8 @@ impl Store for SqliteStore {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, created_at, verification,
-                               timeout_ms, max_memory_mb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                               timeout_ms, max_memory_mb, module_output)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
@@ -219,6 +220,7 @@ impl Store for SqliteStore {
         .bind(job.verification)
         .bind(job.program.stored_limits().0)
         .bind(job.program.stored_limits().1)
+        .bind(job.program.stored_output())
         .fetch_one(&mut *tx)
         .await?;
         let initial_wanted = job.initial_wanted();
@@ -348,7 +350,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, c.wanted, ",
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, ",
                 holders_column!(),
                 "
              FROM chunks c JOIN jobs j ON j.id = c.job_id
@@ -382,7 +384,7 @@ impl Store for SqliteStore {
             }
             rows.extend(
                 sqlx::query(concat!(
-                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, c.input, j.lease_seconds, 1 AS wanted, ",
+                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, ",
                     holders_column!(),
                     "
                  FROM chunks c JOIN jobs j ON j.id = c.job_id
@@ -600,6 +602,7 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
                     row.try_get("kernel")?,
                     row.try_get("timeout_ms")?,
                     row.try_get("max_memory_mb")?,
+                    row.try_get("module_output")?,
                 )?);
                 tasks.insert(job_id, task.clone());
                 task
