@@ -452,14 +452,14 @@ mod tests {
 
     #[test]
     fn counts_and_sizes_name_the_input() {
-        let limits = limits(3, 16);
-        let error = read(r#"{"inputs":[1,2,3,4,5]}"#, &limits, "echo").unwrap_err();
+        let small = limits(3, 16);
+        let error = read(r#"{"inputs":[1,2,3,4,5]}"#, &small, "echo").unwrap_err();
         assert!(
             matches!(&error, Error::TooLarge(m) if m.ends_with("this one has 5")),
             "{error:?}"
         );
-        assert!(read(r#"{"inputs":[1,2,3]}"#, &limits, "echo").is_ok());
-        let error = read(r#"{"inputs":[1,"0123456789abcdefgh"]}"#, &limits, "echo").unwrap_err();
+        assert!(read(r#"{"inputs":[1,2,3]}"#, &small, "echo").is_ok());
+        let error = read(r#"{"inputs":[1,"0123456789abcdefgh"]}"#, &small, "echo").unwrap_err();
         assert!(
             matches!(&error, Error::TooLarge(m) if m.starts_with("inputs[1] is")),
             "{error:?}"

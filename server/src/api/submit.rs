@@ -94,7 +94,11 @@ pub async fn submit(
         .to_ascii_lowercase();
     let essence = content_type.split(';').next().unwrap_or("").trim();
     let job = if essence == "application/json" || essence.ends_with("+json") {
-        let body = read_limited(request.into_body(), state.limits.max_body_bytes).await?;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse().ok());
+        let body = read_limited(request.into_body(), state.limits.max_body_bytes, declared).await?;
         let limits = state.limits.clone();
         blocking(move || job_from_json(&limits, &body)).await?
     } else if essence == "multipart/form-data" {
@@ -146,17 +150,33 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| Error::Internal(anyhow::anyhow!("submission parser: {error}")))?
 }
 
-/// The whole body, or 413 past `limit` bytes.
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Error::TooLarge(
-            format!("a JSON job submission may be at most {limit} bytes"),
-        )),
-        Err(error) => Err(Error::MalformedBody(format!(
-            "the body could not be read: {error}"
-        ))),
+/// The whole body, or 413 past `limit` bytes. Read into one buffer sized by the declared
+/// length, so the body is held once (collecting frames and joining them would hold it twice).
+async fn read_limited(body: Body, limit: usize, declared: Option<usize>) -> Result<Bytes> {
+    let too_large =
+        || Error::TooLarge(format!("a JSON job submission may be at most {limit} bytes"));
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
     }
+    let mut buffer = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = Limited::new(body, limit);
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large());
+            }
+            Err(error) => {
+                return Err(Error::MalformedBody(format!(
+                    "the body could not be read: {error}"
+                )));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buffer))
 }
 
 /// A JSON submission: fields first, then the inputs streamed.
