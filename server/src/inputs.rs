@@ -417,7 +417,10 @@ mod tests {
         let body = r#"{"inputs": [{"b": 1, "a": [true, null, 2.5, "x"]}, 3], "kernel": "echo"}"#;
         assert_eq!(
             read(body, &limits, "echo").unwrap(),
-            vec![r#"{"a":[true,null,2.5,"x"],"b":1}"#.to_owned(), "3".to_owned()]
+            vec![
+                r#"{"a":[true,null,2.5,"x"],"b":1}"#.to_owned(),
+                "3".to_owned()
+            ]
         );
     }
 

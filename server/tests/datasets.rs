@@ -95,12 +95,7 @@ async fn submit_dataset(
     (status, response.json().await.unwrap())
 }
 
-async fn submitted(
-    server: &InProcessServer,
-    job: &Value,
-    file_name: &str,
-    bytes: Vec<u8>,
-) -> i64 {
+async fn submitted(server: &InProcessServer, job: &Value, file_name: &str, bytes: Vec<u8>) -> i64 {
     let (status, body) = submit_dataset(server, job, file_name, None, bytes).await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_i64().unwrap()
@@ -189,7 +184,13 @@ async fn bad_datasets_are_refused_with_their_row_and_column(backend: Backend) {
     // A CSV value of the wrong kind: its row (counted from 1) and its column.
     let csv = "start,end\n0,10\n10,20\n20,2O\n";
     let (status, body) = submit_dataset(&server, &primes, "bad.csv", None, csv.into()).await;
-    assert_refused(status, &body, 422, "invalid_input", &["row 3", "column `end`", "2O"]);
+    assert_refused(
+        status,
+        &body,
+        422,
+        "invalid_input",
+        &["row 3", "column `end`", "2O"],
+    );
     // A row the kernel refuses.
     let csv = "start,end\n0,10\n10,5\n";
     let (status, body) = submit_dataset(&server, &primes, "bad.csv", None, csv.into()).await;
@@ -197,15 +198,33 @@ async fn bad_datasets_are_refused_with_their_row_and_column(backend: Backend) {
     // A row with a field too few.
     let csv = "start,end\n0,10\n10\n";
     let (status, body) = submit_dataset(&server, &primes, "bad.csv", None, csv.into()).await;
-    assert_refused(status, &body, 422, "invalid_dataset", &["row 2", "1 fields"]);
+    assert_refused(
+        status,
+        &body,
+        422,
+        "invalid_dataset",
+        &["row 2", "1 fields"],
+    );
     // A NaN in a Parquet float column (JSON cannot hold it).
     let bytes = std::fs::read(dir.path().join("nan.parquet")).unwrap();
     let (status, body) = submit_dataset(&server, &echo, "nan.parquet", None, bytes).await;
-    assert_refused(status, &body, 422, "invalid_input", &["row 3", "column `x`", "NaN"]);
+    assert_refused(
+        status,
+        &body,
+        422,
+        "invalid_input",
+        &["row 3", "column `x`", "NaN"],
+    );
     // A column type a chunk input cannot hold.
     let bytes = std::fs::read(dir.path().join("timestamps.parquet")).unwrap();
     let (status, body) = submit_dataset(&server, &echo, "t.parquet", None, bytes).await;
-    assert_refused(status, &body, 422, "invalid_dataset", &["column `t`", "Timestamp"]);
+    assert_refused(
+        status,
+        &body,
+        422,
+        "invalid_dataset",
+        &["column `t`", "Timestamp"],
+    );
     // Not Parquet at all, though it says so.
     let (status, body) = submit_dataset(
         &server,
@@ -282,7 +301,13 @@ async fn oversized_datasets_are_refused(backend: Backend) {
     // More rows than a job may have inputs: Parquet knows before reading them, CSV as it goes.
     let bytes = std::fs::read(dir.path().join("fifty.parquet")).unwrap();
     let (status, body) = submit_dataset(&server, &echo, "fifty.parquet", None, bytes).await;
-    assert_refused(status, &body, 413, "too_large", &["at most 20 inputs", "50"]);
+    assert_refused(
+        status,
+        &body,
+        413,
+        "too_large",
+        &["at most 20 inputs", "50"],
+    );
     let rows = format!("n\n{}", "1\n".repeat(21));
     let (status, body) = submit_dataset(&server, &echo, "rows.csv", None, rows.into()).await;
     assert_refused(status, &body, 413, "too_large", &["at most 20 inputs"]);

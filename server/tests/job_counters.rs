@@ -136,8 +136,14 @@ async fn counters_equal_a_recount_after_lies_failures_expiry_and_cancel(backend:
         .iter()
         .map(|line| line["output"].clone())
         .collect();
-    assert_eq!(outputs, inputs, "the re-verified results are the right ones");
-    assert!(finished["replicas"]["invalid"].as_i64() > Some(0), "{finished}");
+    assert_eq!(
+        outputs, inputs,
+        "the re-verified results are the right ones"
+    );
+    assert!(
+        finished["replicas"]["invalid"].as_i64() > Some(0),
+        "{finished}"
+    );
     let failing = api
         .submit(json!({"kernel": "echo", "redundancy": 2,
                        "inputs": [{"i": 0}, {"fail": true}, {"i": 2}, {"fail": true}]}))
@@ -152,7 +158,9 @@ async fn counters_equal_a_recount_after_lies_failures_expiry_and_cancel(backend:
     // A worker that takes a chunk and vanishes (its lease expires), then one that holds a
     // lease when the job is cancelled (revoked).
     let cancelled = api
-        .submit(json!({"kernel": "echo", "inputs": [{"c": 0}, {"c": 1}, {"c": 2}], "redundancy": 2}))
+        .submit(
+            json!({"kernel": "echo", "inputs": [{"c": 0}, {"c": 1}, {"c": 2}], "redundancy": 2}),
+        )
         .await;
     let mut quitter = Peer::join(&server.ws(), "quitter", 1).await;
     take_a_chunk_of(&mut quitter, "c").await;

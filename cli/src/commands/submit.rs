@@ -89,9 +89,7 @@ pub async fn run(client: &Client, args: SubmitArgs) -> Result<()> {
     let source = source(&args)?;
     if let Some((path, format)) = inputs::dataset(&source) {
         let form = dataset_form(&args, path, format)?;
-        let request = client
-            .request(Method::POST, "/api/v1/jobs")
-            .multipart(form);
+        let request = client.request(Method::POST, "/api/v1/jobs").multipart(form);
         let job: Job = client.send_json(request).await?;
         return super::print_line(&job.id.to_string());
     }

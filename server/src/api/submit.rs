@@ -52,9 +52,11 @@ pub struct DatasetSubmission {
 /// The route's body limit: the larger of a JSON submission and a multipart one (the JSON path
 /// applies its own, smaller limit itself).
 pub fn body_limit(limits: &Limits) -> usize {
-    limits
-        .max_body_bytes
-        .max(limits.max_dataset_bytes.saturating_add(JOB_PART_BYTES + 64 * 1024))
+    limits.max_body_bytes.max(
+        limits
+            .max_dataset_bytes
+            .saturating_add(JOB_PART_BYTES + 64 * 1024),
+    )
 }
 
 /// `POST /api/v1/jobs`
@@ -108,8 +110,7 @@ pub async fn submit(
         job_from_multipart(&state.limits, multipart).await?
     } else {
         return Err(Error::UnsupportedMediaType(
-            "send a job as application/json, or as multipart/form-data with a dataset file"
-                .into(),
+            "send a job as application/json, or as multipart/form-data with a dataset file".into(),
         ));
     };
     if let Program::Module { id, .. } = &job.program
@@ -153,8 +154,11 @@ async fn blocking<T: Send + 'static>(
 /// The whole body, or 413 past `limit` bytes. Read into one buffer sized by the declared
 /// length, so the body is held once (collecting frames and joining them would hold it twice).
 async fn read_limited(body: Body, limit: usize, declared: Option<usize>) -> Result<Bytes> {
-    let too_large =
-        || Error::TooLarge(format!("a JSON job submission may be at most {limit} bytes"));
+    let too_large = || {
+        Error::TooLarge(format!(
+            "a JSON job submission may be at most {limit} bytes"
+        ))
+    };
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
@@ -220,8 +224,8 @@ async fn job_from_multipart(limits: &Limits, mut multipart: Multipart) -> Result
                 job = Some(jobs::validate(limits, fields)?);
             }
             Some("inputs") if dataset.is_none() => {
-                let format = Format::detect(field.content_type(), field.file_name())
-                    .ok_or_else(|| {
+                let format =
+                    Format::detect(field.content_type(), field.file_name()).ok_or_else(|| {
                         datasets::invalid_dataset(
                             "cannot tell the dataset's format: give the `inputs` part the \
                              content type application/vnd.apache.parquet, text/csv or \

@@ -167,8 +167,14 @@ mod tests {
     fn a_bad_value_names_its_row_and_column() {
         let error = read_text("start,end\n0,10\n10,abc\n").unwrap_err();
         let message = error.to_string();
-        assert!(message.starts_with("row 2, column `end`: `abc`"), "{message}");
+        assert!(
+            message.starts_with("row 2, column `end`: `abc`"),
+            "{message}"
+        );
         let error = read_text("a,b\n1,2\n3\n").unwrap_err();
-        assert!(error.to_string().starts_with("row 2: it has 1 fields"), "{error}");
+        assert!(
+            error.to_string().starts_with("row 2: it has 1 fields"),
+            "{error}"
+        );
     }
 }

@@ -144,11 +144,14 @@ pub fn read(file: File, collector: &mut InputCollector<'_>) -> Result<(), Error>
                 _ => Ok(column.clone()),
             })
             .collect::<Result<Vec<ArrayRef>, _>>()
-            .map_err(|error| invalid_dataset(format!("a dictionary column cannot be read: {error}")))?;
+            .map_err(|error| {
+                invalid_dataset(format!("a dictionary column cannot be read: {error}"))
+            })?;
         for row in 0..batch.num_rows() {
             let mut object = Map::new();
             for (name, column) in names.iter().zip(&columns) {
-                let cell = value(column, row).map_err(|what| invalid_value(collector, name, what))?;
+                let cell =
+                    value(column, row).map_err(|what| invalid_value(collector, name, what))?;
                 object.insert(name.clone(), cell);
             }
             collector.push(&Value::Object(object))?;
