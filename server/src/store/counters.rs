@@ -24,6 +24,9 @@ pub struct ReplicaDelta {
     pub expired: i64,
 }
 
+/// [`ReplicaTally::columns`]: job ids, then the issued, returned, invalid and expired deltas.
+pub type TallyColumns = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+
 /// What one commit changed, per job.
 #[derive(Debug, Default)]
 pub struct ReplicaTally(BTreeMap<i64, ReplicaDelta>);
@@ -77,7 +80,7 @@ impl ReplicaTally {
     }
 
     /// `(ids, issued, returned, invalid, expired)` columns for a set-based update.
-    pub fn columns(&self) -> (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) {
+    pub fn columns(&self) -> TallyColumns {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (job, d) in self.deltas() {
             columns.0.push(job);
