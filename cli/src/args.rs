@@ -84,6 +84,8 @@ pub struct SubmitArgs {
     pub module: Option<String>,
 
     /// Inputs file: a JSON array, or NDJSON (one input per line); `-` reads standard input.
+    /// A Parquet or CSV file (by extension, or --format) is a dataset: sent as it is, one
+    /// chunk per row.
     #[arg(long, value_name = "FILE")]
     pub inputs: Option<PathBuf>,
 

@@ -6,6 +6,10 @@
 //! `serde_json` (which sees every syntax error and reports its line and column), and NDJSON is
 //! turned into an array in place by rewriting the newlines between inputs into commas. What
 //! each input must look like is the kernel's business and is checked by the master.
+//!
+//! A Parquet or CSV file is a dataset instead: it is not read here but sent as it is, as the
+//! `inputs` part of a multipart submission, and the master makes one chunk per row
+//! ([`dataset`] tells which files those are).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +29,51 @@ pub enum InputFormat {
     Json,
     /// One JSON value per line; blank lines are skipped.
     Ndjson,
+    /// A Parquet dataset, sent as it is: one chunk per row, the columns as its fields.
+    Parquet,
+    /// A CSV dataset with a header row, sent as it is: one chunk per row.
+    Csv,
+}
+
+/// The dataset formats the master reads itself (sent as a multipart file part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetFormat {
+    /// `application/vnd.apache.parquet`.
+    Parquet,
+    /// `text/csv`.
+    Csv,
+}
+
+impl DatasetFormat {
+    /// The file part's content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            DatasetFormat::Parquet => "application/vnd.apache.parquet",
+            DatasetFormat::Csv => "text/csv",
+        }
+    }
+}
+
+/// Whether `source` is a dataset file (`--format parquet|csv`, or a `.parquet` / `.csv` file
+/// with `--format auto`), and which.
+pub fn dataset(source: &InputSource) -> Option<(&Path, DatasetFormat)> {
+    let InputSource::File { path, format } = source else {
+        return None;
+    };
+    let format = match format {
+        InputFormat::Parquet => DatasetFormat::Parquet,
+        InputFormat::Csv => DatasetFormat::Csv,
+        InputFormat::Auto => {
+            let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+            match extension.as_str() {
+                "parquet" | "pq" => DatasetFormat::Parquet,
+                "csv" => DatasetFormat::Csv,
+                _ => return None,
+            }
+        }
+        InputFormat::Json | InputFormat::Ndjson => return None,
+    };
+    Some((path, format))
 }
 
 /// Where a job's inputs come from.
@@ -132,6 +181,11 @@ fn append_from_reader(
         InputFormat::Auto => InputFormat::Ndjson,
         explicit => explicit,
     };
+    if matches!(format, InputFormat::Parquet | InputFormat::Csv) {
+        return Err(invalid(
+            "a Parquet or CSV dataset is sent as a file, not read into JSON".into(),
+        ));
+    }
     let count = match format {
         InputFormat::Json => array_len(text).map_err(invalid)?,
         _ => {

@@ -50,6 +50,10 @@ pub struct Config {
     #[arg(long, env = "GRID_MAX_MODULE_BYTES", default_value_t = grid_task_abi::limits::DEFAULT_MAX_MODULE_BYTES)]
     pub max_module_bytes: usize,
 
+    /// Largest dataset file (Parquet, CSV, NDJSON) of a multipart job submission, in bytes.
+    #[arg(long, env = "GRID_MAX_DATASET_BYTES", default_value_t = crate::limits::Limits::default().max_dataset_bytes)]
+    pub max_dataset_bytes: usize,
+
     /// Prefix lengths that make one network, IPv4 then IPv6 (`24,48`), or `off`: the results
     /// of one quorum come from distinct networks, and per-network caps apply.
     #[arg(long, env = "GRID_DISTINCT_NETWORKS", default_value = "24,48")]
@@ -145,6 +149,7 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("no_trust", &self.no_trust)
             .field("max_module_bytes", &self.max_module_bytes)
+            .field("max_dataset_bytes", &self.max_dataset_bytes)
             .field("distinct_networks", &self.distinct_networks)
             .field("trusted_networks", &self.trusted_networks)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -172,6 +177,7 @@ impl Config {
     pub fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits {
             max_module_bytes: self.max_module_bytes,
+            max_dataset_bytes: self.max_dataset_bytes,
             header_read_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
             max_connections: self.max_connections,

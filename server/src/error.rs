@@ -18,6 +18,10 @@ pub enum Error {
     /// 400: the body is not well-formed JSON (or not JSON at all).
     #[error("{0}")]
     MalformedJson(String),
+    /// 400: a body that is not well-formed in another way than JSON (e.g. a broken multipart
+    /// form), or could not be read.
+    #[error("{0}")]
+    MalformedBody(String),
     /// 401: no bearer token, or one the master does not know.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -82,6 +86,7 @@ impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Error::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Error::Unauthorized | Error::NoVolunteerIdentity => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }

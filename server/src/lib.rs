@@ -10,6 +10,9 @@
 //! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
 //!   [`store::insights`] holds the read-mostly queries of dashboards and volunteers.
+//! - [`inputs`]: a job's chunk inputs gathered one at a time under the limits (the streaming
+//!   reader of a JSON submission's `inputs`); [`datasets`]: inputs from a Parquet, CSV or
+//!   NDJSON file, one row per chunk.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`network`]: which network a peer is on (quorum independence, per-network caps).
@@ -27,7 +30,9 @@ pub mod auth;
 pub mod checker;
 pub mod config;
 pub mod dashboard;
+pub mod datasets;
 pub mod error;
+pub mod inputs;
 pub mod limits;
 pub mod metrics;
 pub mod network;

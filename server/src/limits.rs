@@ -6,14 +6,21 @@ use std::time::Duration;
 pub const DEFAULT_BODY_BYTES: usize = 64 * 1024;
 /// Body limit of `PUT /api/v1/volunteers/me` (a display name), in bytes.
 pub const VOLUNTEER_BODY_BYTES: usize = 4 * 1024;
+/// Limit of the `job` part (the job's fields as JSON) of a multipart job submission, in bytes.
+pub const JOB_PART_BYTES: usize = DEFAULT_BODY_BYTES;
 
 /// Limits enforced by the REST API and the WebSocket sessions.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest job submission body (`POST /api/v1/jobs`), in bytes (413 beyond). Other routes
-    /// take [`DEFAULT_BODY_BYTES`] (64 KiB), `PUT /api/v1/volunteers/me` takes
-    /// [`VOLUNTEER_BODY_BYTES`] (4 KiB), module uploads take `max_module_bytes`.
+    /// Largest JSON job submission body (`POST /api/v1/jobs`), in bytes (413 beyond). Other
+    /// routes take [`DEFAULT_BODY_BYTES`] (64 KiB), `PUT /api/v1/volunteers/me` takes
+    /// [`VOLUNTEER_BODY_BYTES`] (4 KiB), module uploads take `max_module_bytes`. The inputs are
+    /// streamed out of the body one at a time (see [`crate::inputs`]), so a submission costs
+    /// its body and the canonical texts of its inputs, never a tree of every value in it.
     pub max_body_bytes: usize,
+    /// Largest dataset file of a multipart job submission, in bytes (413 beyond). The file is
+    /// spooled to a temporary file and read a record batch (or a row) at a time.
+    pub max_dataset_bytes: usize,
     /// Most chunk inputs in one job (413 beyond).
     pub max_inputs_per_job: usize,
     /// Largest canonical JSON of one chunk input, in bytes (413 beyond).
@@ -67,6 +74,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 64 * 1024 * 1024,
+            max_dataset_bytes: 256 * 1024 * 1024,
             max_inputs_per_job: 1_000_000,
             max_input_bytes: 64 * 1024,
             max_output_bytes: 1024 * 1024,

@@ -3,6 +3,10 @@
 //! The body is built in one buffer: `{"inputs":` followed by the inputs array read or written
 //! straight into it (see [`crate::inputs`]), then the other fields. Nothing is sent until the
 //! inputs are known to be well-formed.
+//!
+//! A Parquet or CSV dataset (`--inputs rows.parquet`) goes as a multipart form instead: a
+//! `job` part with the fields and an `inputs` part with the file as it is; the master reads
+//! its rows, one chunk each.
 
 use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
@@ -54,8 +58,8 @@ fn source(args: &SubmitArgs) -> Result<InputSource> {
     }
 }
 
-/// The request body: one JSON object, inputs first.
-pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
+/// The job's fields besides the inputs, as JSON.
+fn fields_json(args: &SubmitArgs) -> Result<Vec<u8>> {
     let fields = Fields {
         kernel: args.kernel.as_deref(),
         module: args.module.as_deref(),
@@ -68,8 +72,13 @@ pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
         max_memory_mb: args.max_memory_mb,
         output: args.output.map(|output| output.name()),
     };
-    let fields = serde_json::to_vec(&fields)
-        .map_err(|error| Error::Usage(format!("cannot encode the job fields: {error}")))?;
+    serde_json::to_vec(&fields)
+        .map_err(|error| Error::Usage(format!("cannot encode the job fields: {error}")))
+}
+
+/// The request body: one JSON object, inputs first.
+pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
+    let fields = fields_json(args)?;
     let mut body = b"{\"inputs\":".to_vec();
     inputs::append_array(&mut body, &source(args)?)?;
     // `fields` is `{...}` with at least the kernel or the module: splice its members in.
@@ -80,6 +89,13 @@ pub fn body(args: &SubmitArgs) -> Result<Vec<u8>> {
 
 /// Submit the job and print its id.
 pub async fn run(client: &Client, args: SubmitArgs) -> Result<()> {
+    let source = source(&args)?;
+    if let Some((path, format)) = inputs::dataset(&source) {
+        let form = dataset_form(&args, path, format)?;
+        let request = client.request(Method::POST, "/api/v1/jobs").multipart(form);
+        let job: Job = client.send_json(request).await?;
+        return super::print_line(&job.id.to_string());
+    }
     let body = body(&args)?;
     let request = client
         .request(Method::POST, "/api/v1/jobs")
@@ -87,6 +103,37 @@ pub async fn run(client: &Client, args: SubmitArgs) -> Result<()> {
         .body(body);
     let job: Job = client.send_json(request).await?;
     super::print_line(&job.id.to_string())
+}
+
+/// The multipart form of a dataset submission: the fields, and the file as it is.
+fn dataset_form(
+    args: &SubmitArgs,
+    path: &std::path::Path,
+    format: inputs::DatasetFormat,
+) -> Result<reqwest::multipart::Form> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(|error| Error::file(path, error))?;
+        bytes
+    } else {
+        std::fs::read(path).map_err(|error| Error::file(path, error))?
+    };
+    let file_name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("inputs")
+        .to_owned();
+    let job = reqwest::multipart::Part::bytes(fields_json(args)?)
+        .mime_str("application/json")
+        .map_err(|error| Error::Usage(error.to_string()))?;
+    let file = reqwest::multipart::Part::bytes(bytes)
+        .file_name(file_name)
+        .mime_str(format.content_type())
+        .map_err(|error| Error::Usage(error.to_string()))?;
+    Ok(reqwest::multipart::Form::new()
+        .part("job", job)
+        .part("inputs", file))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Jobs: `POST /api/v1/jobs`, `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`,
-//! `DELETE /api/v1/jobs/{id}`, `GET /api/v1/jobs/{id}/results` (NDJSON).
+//! Jobs: `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`, `DELETE /api/v1/jobs/{id}`,
+//! `GET /api/v1/jobs/{id}/results` (NDJSON), and the job fields of `POST /api/v1/jobs`
+//! ([`SubmitJob`], checked by [`validate`]; the body itself is read by [`super::submit`]).
 //!
 //! Submissions are validated completely (kernel, every input, every field) before anything is
 //! stored; a submitter sees only its own jobs, and someone else's job answers 404.
@@ -7,16 +8,17 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use super::json::AppJson;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::scheduler::Event;
 use crate::store::{JobView, NewJob, Program};
 
@@ -33,7 +35,12 @@ pub const DEFAULT_LEASE_SECONDS: i64 = 300;
 /// Finished chunks read from the database per results page.
 const RESULTS_PAGE: i64 = 2_000;
 
-/// The body of `POST /api/v1/jobs`.
+/// The body of `POST /api/v1/jobs` (as JSON; or its `job` part, without `inputs`, beside a
+/// dataset file in a multipart body).
+///
+/// This struct reads the job's fields only: `inputs` is skipped here and streamed into
+/// canonical texts by [`crate::inputs`] in a second pass over the body, so a new field is one
+/// more member below and one more line in [`validate`].
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
@@ -48,8 +55,9 @@ pub struct SubmitJob {
     /// Module jobs: how each chunk's output bytes (a WASI program's standard output) are read:
     /// `json` (default, UTF-8 JSON text) or `text` (any UTF-8 text, kept as a JSON string).
     output: Option<String>,
-    /// One JSON value per chunk.
-    inputs: Vec<Value>,
+    /// One JSON value per chunk (or a dataset file: see the multipart form).
+    #[schema(value_type = Option<Vec<Value>>)]
+    pub(crate) inputs: Option<IgnoredAny>,
     /// Agreeing distinct workers per chunk (default 2).
     redundancy: Option<i64>,
     /// Optional human name.
@@ -167,19 +175,10 @@ fn lease_floor(program: &Program) -> i64 {
 /// Margin of a module job's lease beyond its chunk time limit.
 const MODULE_LEASE_MARGIN_SECONDS: i64 = 30;
 
-fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
-    let limits = &state.limits;
+/// Check a submission's fields and make the job, still without inputs: the caller streams
+/// them into `inputs` ([`crate::inputs`]).
+pub(crate) fn validate(limits: &Limits, body: SubmitJob) -> Result<NewJob> {
     let program = program(&body)?;
-    if body.inputs.is_empty() {
-        return Err(Error::invalid("invalid_field", "inputs must not be empty"));
-    }
-    if body.inputs.len() > limits.max_inputs_per_job {
-        return Err(Error::TooLarge(format!(
-            "a job may have at most {} inputs, this one has {}",
-            limits.max_inputs_per_job,
-            body.inputs.len()
-        )));
-    }
     if let Some(name) = &body.name
         && name.len() > limits.max_name_bytes
     {
@@ -213,25 +212,6 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
             ));
         }
     };
-    let mut inputs = Vec::with_capacity(body.inputs.len());
-    for (index, input) in body.inputs.iter().enumerate() {
-        let canonical = grid_protocol::canonical_json(input);
-        if canonical.len() > limits.max_input_bytes {
-            return Err(Error::TooLarge(format!(
-                "inputs[{index}] is {} bytes; an input may be at most {} bytes",
-                canonical.len(),
-                limits.max_input_bytes
-            )));
-        }
-        // A kernel's inputs are checked here; a module's are its own business (a module that
-        // refuses an input fails that chunk, the same way on every worker).
-        if let Program::Kernel(kernel) = &program {
-            grid_kernels::validate(kernel, input).map_err(|error| {
-                Error::invalid("invalid_input", format!("inputs[{index}]: {error}"))
-            })?;
-        }
-        inputs.push(canonical);
-    }
     Ok(NewJob {
         name: body.name,
         program,
@@ -240,63 +220,13 @@ fn validate(state: &AppState, body: SubmitJob) -> Result<NewJob> {
         priority,
         lease_seconds,
         verification,
-        inputs,
+        inputs: Vec::new(),
     })
 }
 
 /// Job ids in paths: anything that is not a job id is simply not found.
 fn parse_id(raw: &str) -> Result<i64> {
     raw.parse().map_err(|_| Error::NotFound("job"))
-}
-
-/// `POST /api/v1/jobs`
-#[utoipa::path(
-    post,
-    operation_id = "submit_job",
-    summary = "Submit a job",
-    path = "/api/v1/jobs",
-    tag = "jobs",
-    security(("bearer" = [])),
-    request_body = SubmitJob,
-    responses(
-        (status = 201, description = "Stored; `Location` names the job", body = JobView),
-        (status = 400, description = "The body is not JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
-        (status = 413, description = "Over a limit (inputs, input size, body)", body = super::openapi::ErrorBody),
-        (status = 415, description = "Not sent as application/json", body = super::openapi::ErrorBody),
-        (status = 422, description = "Unknown kernel or module, invalid input or field", body = super::openapi::ErrorBody),
-    )
-)]
-pub async fn submit(
-    State(state): State<AppState>,
-    caller: Caller,
-    AppJson(body): AppJson<SubmitJob>,
-) -> Result<Response> {
-    let job = validate(&state, body)?;
-    if let Program::Module { id, .. } = &job.program
-        && !state.store.module_exists(id).await?
-    {
-        return Err(Error::invalid(
-            "unknown_module",
-            format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
-        ));
-    }
-    let view = state.store.create_job(caller.0, job).await?;
-    state.scheduler.try_send(Event::WorkAvailable);
-    tracing::info!(
-        job = view.id,
-        chunks = view.chunks.total,
-        kernel = view.kernel.as_deref(),
-        module = view.module.as_deref(),
-        "job submitted"
-    );
-    let location = format!("/api/v1/jobs/{}", view.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(view),
-    )
-        .into_response())
 }
 
 /// `GET /api/v1/jobs`: the caller's jobs, newest first (at most 1000).

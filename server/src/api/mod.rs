@@ -1,6 +1,7 @@
 //! The REST API, version 1, under `/api/v1`, plus the health probes.
 //!
-//! - [`jobs`]: submit, list, inspect, cancel jobs and stream their results.
+//! - [`submit`]: submit a job, as JSON or as a multipart form with a dataset file.
+//! - [`jobs`]: list, inspect, cancel jobs and stream their results; the job fields.
 //! - [`modules`]: upload and download WebAssembly task modules.
 //! - [`tokens`]: the admin creates, lists and revokes submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod json;
 pub mod modules;
 pub mod openapi;
+pub mod submit;
 pub mod tokens;
 pub mod volunteers;
 pub mod workers;
@@ -41,7 +43,8 @@ use crate::limits::{Limits, VOLUNTEER_BODY_BYTES};
 /// Routes under `/api/v1`.
 ///
 /// Bodies: the master's router sets [`crate::limits::DEFAULT_BODY_BYTES`] (64 KiB) for every
-/// route; job submission takes `max_body_bytes`, `PUT /volunteers/me` 4 KiB, and module
+/// route; job submission takes `max_body_bytes` as JSON and `max_dataset_bytes` (plus its
+/// `job` part) as a multipart form with a dataset, `PUT /volunteers/me` 4 KiB, and module
 /// uploads count their bytes themselves (`max_module_bytes`).
 ///
 /// Time: every route answers within `request_timeout` (503 `timeout` otherwise) except the
@@ -50,7 +53,8 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
     let bounded = Router::new()
         .route(
             "/jobs",
-            post(jobs::submit.layer(DefaultBodyLimit::max(limits.max_body_bytes))).get(jobs::list),
+            post(submit::submit.layer(DefaultBodyLimit::max(submit::body_limit(limits))))
+                .get(jobs::list),
         )
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/chunks", get(chunks::map))

@@ -14,7 +14,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{chunks, dashboard, events, health, image, jobs, modules, tokens, volunteers, workers};
+use super::{
+    chunks, dashboard, events, health, image, jobs, modules, submit, tokens, volunteers, workers,
+};
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
 use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
@@ -35,7 +37,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
-        jobs::submit,
+        submit::submit,
         jobs::list,
         jobs::show,
         jobs::cancel,

@@ -4,12 +4,14 @@
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
 //! - [`review`]: the verification step both share inside a commit.
+//! - [`counters`]: the replica counters kept on each job's row, which job views read.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
 //!
 //! The verification decision itself is not here: the store loads a chunk's replicas and asks
 //! [`crate::verifier::decide`], so every backend decides the same way.
 
+pub mod counters;
 pub mod insights;
 pub mod postgres;
 pub mod review;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use super::counters::ReplicaTally;
 use super::review::{
     self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
@@ -127,20 +128,16 @@ impl PgStore {
     }
 }
 
+/// A job view reads the job's row alone: its replica counters are kept there by the commit
+/// (see [`super::counters`]).
 const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, j.state, j.redundancy,
            j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
-           r.issued, r.returned, r.invalid, r.expired
-    FROM jobs j
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS issued,
-               count(*) FILTER (WHERE state = 'returned') AS returned,
-               count(*) FILTER (WHERE verdict = 'invalid') AS invalid,
-               count(*) FILTER (WHERE state = 'expired') AS expired
-        FROM replicas WHERE job_id = j.id AND NOT ringer
-    ) r";
+           j.replicas_issued AS issued, j.replicas_returned AS returned,
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired
+    FROM jobs j";
 
 fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
     let (kernel, module) = super::split_program(row.try_get("kernel")?);
@@ -465,20 +462,23 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let mut outcome = BatchOutcome::default();
         let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
+        let mut tally = ReplicaTally::default();
 
         record_workers(&mut tx, batch).await?;
-        record_results(&mut tx, batch, &mut outcome, &mut touched).await?;
-        end_leases(&mut tx, batch, &mut touched).await?;
-        sweep_expired(&mut tx, batch, &mut outcome, &mut touched).await?;
+        record_results(&mut tx, batch, &mut outcome, &mut touched, &mut tally).await?;
+        end_leases(&mut tx, batch, &mut touched, &mut tally).await?;
+        sweep_expired(&mut tx, batch, &mut outcome, &mut touched, &mut tally).await?;
         reconcile(
             &mut tx,
             &touched,
             &batch.master_checks,
             &mut outcome,
             batch.trust_off,
+            &mut tally,
         )
         .await?;
-        create_leases(&mut tx, batch, &mut outcome).await?;
+        create_leases(&mut tx, batch, &mut outcome, &mut tally).await?;
+        count_replicas(&mut tx, &tally).await?;
 
         tx.commit().await?;
         Ok(outcome)
@@ -607,6 +607,7 @@ async fn record_results(
     batch: &Batch,
     outcome: &mut BatchOutcome,
     touched: &mut BTreeSet<(i64, i32)>,
+    tally: &mut ReplicaTally,
 ) -> Result<()> {
     if batch.results.is_empty() {
         return Ok(());
@@ -623,7 +624,7 @@ async fn record_results(
          FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bool[], $5::text[])
               AS t(id, worker_id, digest, is_error, text)
          WHERE r.id = t.id AND r.worker_id = t.worker_id AND r.state = 'leased'
-         RETURNING r.id, r.job_id, r.chunk_idx",
+         RETURNING r.id, r.job_id, r.chunk_idx, r.ringer",
     )
     .bind(&leases)
     .bind(&workers)
@@ -636,7 +637,9 @@ async fn record_results(
     for row in rows {
         let lease: i64 = row.try_get("id")?;
         recorded.insert(lease);
-        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+        let job: i64 = row.try_get("job_id")?;
+        tally.returned(job, row.try_get("ringer")?);
+        touched.insert((job, row.try_get("chunk_idx")?));
     }
     for lease in leases {
         if recorded.contains(&lease) {
@@ -648,7 +651,12 @@ async fn record_results(
     Ok(())
 }
 
-async fn end_leases(tx: &mut Tx, batch: &Batch, touched: &mut BTreeSet<(i64, i32)>) -> Result<()> {
+async fn end_leases(
+    tx: &mut Tx,
+    batch: &Batch,
+    touched: &mut BTreeSet<(i64, i32)>,
+    tally: &mut ReplicaTally,
+) -> Result<()> {
     if batch.ended.is_empty() {
         return Ok(());
     }
@@ -666,14 +674,17 @@ async fn end_leases(tx: &mut Tx, batch: &Batch, touched: &mut BTreeSet<(i64, i32
         "UPDATE replicas r SET state = t.state
          FROM UNNEST($1::bigint[], $2::text[]) AS t(id, state)
          WHERE r.id = t.id AND r.state = 'leased'
-         RETURNING r.job_id, r.chunk_idx",
+         RETURNING r.job_id, r.chunk_idx, r.ringer, r.state",
     )
     .bind(&leases)
     .bind(&states)
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
-        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+        let job: i64 = row.try_get("job_id")?;
+        let state: String = row.try_get("state")?;
+        tally.ended(job, row.try_get("ringer")?, &state);
+        touched.insert((job, row.try_get("chunk_idx")?));
     }
     Ok(())
 }
@@ -683,6 +694,7 @@ async fn sweep_expired(
     batch: &Batch,
     outcome: &mut BatchOutcome,
     touched: &mut BTreeSet<(i64, i32)>,
+    tally: &mut ReplicaTally,
 ) -> Result<()> {
     if batch.sweep == ExpirySweep::None {
         return Ok(());
@@ -708,14 +720,17 @@ async fn sweep_expired(
                 OR NOT EXISTS (SELECT 1 FROM masters m
                                WHERE m.id = r.master_id
                                  AND m.heartbeat_at > now() - $1 * interval '1 second'))
-         RETURNING r.id, r.job_id, r.chunk_idx",
+         RETURNING r.id, r.job_id, r.chunk_idx, r.ringer, r.state",
     )
     .bind(MASTER_TIMEOUT_SECONDS as f64)
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
         outcome.expired.push(row.try_get("id")?);
-        touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+        let job: i64 = row.try_get("job_id")?;
+        let state: String = row.try_get("state")?;
+        tally.ended(job, row.try_get("ringer")?, &state);
+        touched.insert((job, row.try_get("chunk_idx")?));
     }
     Ok(())
 }
@@ -723,6 +738,8 @@ async fn sweep_expired(
 /// The reviewer's view of an open PostgreSQL transaction: set-based statements over arrays.
 struct PgReview<'t> {
     tx: &'t mut Tx,
+    /// The replica counters' changes of this commit.
+    tally: &'t mut ReplicaTally,
 }
 
 /// Run verification and trust over the touched chunks (see [`super::review`]).
@@ -732,12 +749,13 @@ async fn reconcile(
     master_checks: &[review::MasterCheck],
     outcome: &mut BatchOutcome,
     trust_off: bool,
+    tally: &mut ReplicaTally,
 ) -> Result<()> {
     if touched.is_empty() && master_checks.is_empty() {
         return Ok(());
     }
     review::reconcile(
-        &mut PgReview { tx },
+        &mut PgReview { tx, tally },
         touched,
         master_checks,
         outcome,
@@ -937,16 +955,31 @@ impl ReviewDb for PgReview<'_> {
     async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
         let leases: Vec<i64> = verdicts.iter().map(|v| v.0).collect();
         let valid: Vec<bool> = verdicts.iter().map(|v| v.1).collect();
-        sqlx::query(
-            "UPDATE replicas r
+        // The verdicts before (locked, so they are the latest) count the change exactly.
+        let rows = sqlx::query(
+            "WITH t AS (SELECT * FROM UNNEST($1::bigint[], $2::bool[]) AS t(id, valid)),
+                  old AS (SELECT r.id, r.verdict FROM replicas r JOIN t ON r.id = t.id
+                          ORDER BY r.id FOR UPDATE OF r)
+             UPDATE replicas r
              SET verdict = CASE WHEN t.valid THEN 'valid' ELSE 'invalid' END
-             FROM UNNEST($1::bigint[], $2::bool[]) AS t(id, valid)
-             WHERE r.id = t.id",
+             FROM t JOIN old ON old.id = t.id
+             WHERE r.id = t.id
+             RETURNING r.job_id, r.ringer, old.verdict AS was, r.verdict AS now",
         )
         .bind(&leases)
         .bind(&valid)
-        .execute(&mut **self.tx)
+        .fetch_all(&mut **self.tx)
         .await?;
+        for row in rows {
+            let was: Option<String> = row.try_get("was")?;
+            let now: Option<String> = row.try_get("now")?;
+            self.tally.verdict(
+                row.try_get("job_id")?,
+                row.try_get("ringer")?,
+                was.as_deref(),
+                now.as_deref(),
+            );
+        }
         Ok(())
     }
 
@@ -1052,12 +1085,12 @@ impl ReviewDb for PgReview<'_> {
         except: &str,
     ) -> Result<BTreeMap<String, i32>> {
         let (job_ids, indexes) = key_columns(chunks.iter());
-        let workers: Vec<String> = sqlx::query_scalar(
+        let rows = sqlx::query(
             "UPDATE replicas r SET verdict = NULL
              FROM UNNEST($1::bigint[], $2::int[]) AS t(job_id, idx)
              WHERE r.job_id = t.job_id AND r.chunk_idx = t.idx AND r.verdict = 'invalid'
                AND NOT r.ringer AND r.worker_id <> $3
-             RETURNING r.worker_id",
+             RETURNING r.worker_id, r.job_id",
         )
         .bind(&job_ids)
         .bind(&indexes)
@@ -1065,8 +1098,10 @@ impl ReviewDb for PgReview<'_> {
         .fetch_all(&mut **self.tx)
         .await?;
         let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
-        for worker in workers {
-            *withdrawn.entry(worker).or_default() += 1;
+        for row in rows {
+            self.tally
+                .verdict(row.try_get("job_id")?, false, Some("invalid"), None);
+            *withdrawn.entry(row.try_get("worker_id")?).or_default() += 1;
         }
         Ok(withdrawn)
     }
@@ -1128,14 +1163,19 @@ impl ReviewDb for PgReview<'_> {
                 was == "failed",
             ));
         }
-        sqlx::query(
+        let judged: Vec<i64> = sqlx::query_scalar(
             "UPDATE replicas SET verdict = 'invalid'
              WHERE worker_id = $1 AND state = 'returned' AND NOT ringer
-               AND (verdict = 'valid' OR verdict IS NULL)",
+               AND (verdict = 'valid' OR verdict IS NULL)
+             RETURNING job_id",
         )
         .bind(worker)
-        .execute(&mut **self.tx)
+        .fetch_all(&mut **self.tx)
         .await?;
+        for job in judged {
+            // From valid or none to invalid: one more either way.
+            self.tally.verdict(job, false, None, Some("invalid"));
+        }
         let rows = sqlx::query(
             "UPDATE replicas SET state = 'revoked'
              WHERE worker_id = $1 AND state = 'leased' RETURNING id, job_id, chunk_idx",
@@ -1158,7 +1198,12 @@ impl ReviewDb for PgReview<'_> {
 /// still open and still wants that many — another master or a decision may have taken them),
 /// then insert one replica per request. The partial unique index refuses a second live replica
 /// for one worker; chunks where that happened are reconciled so `wanted` stays exact.
-async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -> Result<()> {
+async fn create_leases(
+    tx: &mut Tx,
+    batch: &Batch,
+    outcome: &mut BatchOutcome,
+    tally: &mut ReplicaTally,
+) -> Result<()> {
     if batch.leases.is_empty() {
         return Ok(());
     }
@@ -1219,7 +1264,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
          FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[], $7::text[])
               AS t(job_id, idx, worker_id, seconds, ringer, origin)
          ON CONFLICT DO NOTHING
-         RETURNING id, job_id, chunk_idx, worker_id",
+         RETURNING id, job_id, chunk_idx, worker_id, ringer",
     )
     .bind(&job_ids)
     .bind(&indexes)
@@ -1232,6 +1277,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
     .await?;
     let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());
     for row in rows {
+        tally.issued(row.try_get("job_id")?, row.try_get("ringer")?);
         by_key.insert(
             (
                 row.try_get("job_id")?,
@@ -1253,7 +1299,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        reconcile(tx, &conflicted, &[], outcome, batch.trust_off).await?;
+        reconcile(tx, &conflicted, &[], outcome, batch.trust_off, tally).await?;
     }
     let started: BTreeSet<i64> = job_ids.iter().copied().collect();
     let started: Vec<i64> = started.into_iter().collect();
@@ -1262,6 +1308,33 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
          WHERE id = ANY($1) AND state = 'queued'",
     )
     .bind(&started)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Add a commit's replica counter changes to the jobs rows (in job id order).
+async fn count_replicas(tx: &mut Tx, tally: &ReplicaTally) -> Result<()> {
+    if tally.is_empty() {
+        return Ok(());
+    }
+    let (jobs, issued, returned, invalid, expired) = tally.columns();
+    sqlx::query(
+        "UPDATE jobs j
+         SET replicas_issued = j.replicas_issued + t.issued,
+             replicas_returned = j.replicas_returned + t.returned,
+             replicas_invalid = j.replicas_invalid + t.invalid,
+             replicas_expired = j.replicas_expired + t.expired
+         FROM (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                    $5::bigint[]) AS u(id, issued, returned, invalid, expired)
+               ORDER BY id) t
+         WHERE j.id = t.id",
+    )
+    .bind(&jobs)
+    .bind(&issued)
+    .bind(&returned)
+    .bind(&invalid)
+    .bind(&expired)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
+use super::counters::ReplicaTally;
 use super::review::{
     self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
@@ -82,18 +83,15 @@ impl SqliteStore {
     }
 }
 
+/// A job view reads the job's row alone: its replica counters are kept there by the commit
+/// (see [`super::counters`]).
 const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, j.state, j.redundancy,
            j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
-           (SELECT count(*) FROM replicas r WHERE r.job_id = j.id AND NOT r.ringer) AS issued,
-           (SELECT count(*) FROM replicas r
-            WHERE r.job_id = j.id AND NOT r.ringer AND r.state = 'returned') AS returned,
-           (SELECT count(*) FROM replicas r
-            WHERE r.job_id = j.id AND NOT r.ringer AND r.verdict = 'invalid') AS invalid,
-           (SELECT count(*) FROM replicas r
-            WHERE r.job_id = j.id AND NOT r.ringer AND r.state = 'expired') AS expired
+           j.replicas_issued AS issued, j.replicas_returned AS returned,
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired
     FROM jobs j";
 
 fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
@@ -439,6 +437,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let mut outcome = BatchOutcome::default();
         let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
+        let mut tally = ReplicaTally::default();
         let now = Utc::now();
 
         for (worker_id, kind) in &batch.workers_seen {
@@ -458,7 +457,7 @@ impl Store for SqliteStore {
                  SET state = 'returned', returned_at = ?3, outcome_digest = ?4,
                      outcome_is_error = ?5, outcome = ?6
                  WHERE id = ?1 AND worker_id = ?2 AND state = 'leased'
-                 RETURNING job_id, chunk_idx",
+                 RETURNING job_id, chunk_idx, ringer",
             )
             .bind(result.lease)
             .bind(&*result.worker_id)
@@ -471,7 +470,9 @@ impl Store for SqliteStore {
             match row {
                 Some(row) => {
                     outcome.recorded.push(result.lease);
-                    touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+                    let job: i64 = row.try_get("job_id")?;
+                    tally.returned(job, row.try_get("ringer")?);
+                    touched.insert((job, row.try_get("chunk_idx")?));
                 }
                 None => outcome.refused.push(result.lease),
             }
@@ -484,14 +485,16 @@ impl Store for SqliteStore {
             };
             let row = sqlx::query(
                 "UPDATE replicas SET state = ?2 WHERE id = ?1 AND state = 'leased'
-                 RETURNING job_id, chunk_idx",
+                 RETURNING job_id, chunk_idx, ringer",
             )
             .bind(lease)
             .bind(state)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = row {
-                touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+                let job: i64 = row.try_get("job_id")?;
+                tally.ended(job, row.try_get("ringer")?, state);
+                touched.insert((job, row.try_get("chunk_idx")?));
             }
         }
         let deadline_before = match batch.sweep {
@@ -507,7 +510,7 @@ impl Store for SqliteStore {
                 "UPDATE replicas
                  SET state = CASE WHEN deadline_ms < ?2 THEN 'expired' ELSE 'revoked' END
                  WHERE state = 'leased' AND deadline_ms < ?1
-                 RETURNING id, job_id, chunk_idx",
+                 RETURNING id, job_id, chunk_idx, ringer, state",
             )
             .bind(before)
             .bind(now_ms())
@@ -515,7 +518,10 @@ impl Store for SqliteStore {
             .await?;
             for row in rows {
                 outcome.expired.push(row.try_get("id")?);
-                touched.insert((row.try_get("job_id")?, row.try_get("chunk_idx")?));
+                let job: i64 = row.try_get("job_id")?;
+                let state: String = row.try_get("state")?;
+                tally.ended(job, row.try_get("ringer")?, &state);
+                touched.insert((job, row.try_get("chunk_idx")?));
             }
         }
         reconcile(
@@ -524,9 +530,11 @@ impl Store for SqliteStore {
             &batch.master_checks,
             &mut outcome,
             batch.trust_off,
+            &mut tally,
         )
         .await?;
-        create_leases(&mut tx, batch, &mut outcome).await?;
+        create_leases(&mut tx, batch, &mut outcome, &mut tally).await?;
+        count_replicas(&mut tx, &tally).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -630,6 +638,8 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
 /// The reviewer's view of an open SQLite transaction: simple per-row statements.
 struct SqliteReview<'t> {
     tx: &'t mut Tx,
+    /// The replica counters' changes of this commit.
+    tally: &'t mut ReplicaTally,
 }
 
 /// Run verification and trust over the touched chunks (see [`super::review`]).
@@ -639,12 +649,13 @@ async fn reconcile(
     master_checks: &[review::MasterCheck],
     outcome: &mut BatchOutcome,
     trust_off: bool,
+    tally: &mut ReplicaTally,
 ) -> Result<()> {
     if touched.is_empty() && master_checks.is_empty() {
         return Ok(());
     }
     review::reconcile(
-        &mut SqliteReview { tx },
+        &mut SqliteReview { tx, tally },
         touched,
         master_checks,
         outcome,
@@ -821,11 +832,21 @@ impl ReviewDb for SqliteReview<'_> {
 
     async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
         for (lease, valid) in verdicts {
+            let now = if *valid { "valid" } else { "invalid" };
+            // One writer at a time here: the verdict read first is the one replaced.
+            let before: Option<(i64, bool, Option<String>)> =
+                sqlx::query_as("SELECT job_id, ringer, verdict FROM replicas WHERE id = ?1")
+                    .bind(lease)
+                    .fetch_optional(&mut **self.tx)
+                    .await?;
             sqlx::query("UPDATE replicas SET verdict = ?2 WHERE id = ?1")
                 .bind(lease)
-                .bind(if *valid { "valid" } else { "invalid" })
+                .bind(now)
                 .execute(&mut **self.tx)
                 .await?;
+            if let Some((job, ringer, was)) = before {
+                self.tally.verdict(job, ringer, was.as_deref(), Some(now));
+            }
         }
         Ok(())
     }
@@ -962,6 +983,7 @@ impl ReviewDb for SqliteReview<'_> {
             .fetch_all(&mut **self.tx)
             .await?;
             for worker in workers {
+                self.tally.verdict(job_id, false, Some("invalid"), None);
                 *withdrawn.entry(worker).or_default() += 1;
             }
         }
@@ -1023,14 +1045,19 @@ impl ReviewDb for SqliteReview<'_> {
             .await?;
             chunks.push((key, was == "failed"));
         }
-        sqlx::query(
+        let judged: Vec<i64> = sqlx::query_scalar(
             "UPDATE replicas SET verdict = 'invalid'
              WHERE worker_id = ?1 AND state = 'returned' AND NOT ringer
-               AND (verdict = 'valid' OR verdict IS NULL)",
+               AND (verdict = 'valid' OR verdict IS NULL)
+             RETURNING job_id",
         )
         .bind(worker)
-        .execute(&mut **self.tx)
+        .fetch_all(&mut **self.tx)
         .await?;
+        for job in judged {
+            // From valid or none to invalid: one more either way.
+            self.tally.verdict(job, false, None, Some("invalid"));
+        }
         let rows = sqlx::query(
             "UPDATE replicas SET state = 'revoked'
              WHERE worker_id = ?1 AND state = 'leased' RETURNING id, job_id, chunk_idx",
@@ -1050,7 +1077,12 @@ impl ReviewDb for SqliteReview<'_> {
 }
 
 /// Create the requested leases (see the PostgreSQL store for the rules).
-async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -> Result<()> {
+async fn create_leases(
+    tx: &mut Tx,
+    batch: &Batch,
+    outcome: &mut BatchOutcome,
+    tally: &mut ReplicaTally,
+) -> Result<()> {
     if batch.leases.is_empty() {
         return Ok(());
     }
@@ -1103,6 +1135,7 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         match lease {
             Some(lease) => {
                 outcome.created.push(CreatedLease { lease, request: i });
+                tally.issued(request.job_id, request.ringer);
                 started.insert(request.job_id);
             }
             None => {
@@ -1111,7 +1144,15 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         }
     }
     if !conflicted.is_empty() {
-        Box::pin(reconcile(tx, &conflicted, &[], outcome, batch.trust_off)).await?;
+        Box::pin(reconcile(
+            tx,
+            &conflicted,
+            &[],
+            outcome,
+            batch.trust_off,
+            tally,
+        ))
+        .await?;
     }
     for job_id in started {
         sqlx::query(
@@ -1119,6 +1160,28 @@ async fn create_leases(tx: &mut Tx, batch: &Batch, outcome: &mut BatchOutcome) -
         )
         .bind(job_id)
         .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Add a commit's replica counter changes to the jobs rows.
+async fn count_replicas(tx: &mut Tx, tally: &ReplicaTally) -> Result<()> {
+    for (job, delta) in tally.deltas() {
+        sqlx::query(
+            "UPDATE jobs
+             SET replicas_issued = replicas_issued + ?2,
+                 replicas_returned = replicas_returned + ?3,
+                 replicas_invalid = replicas_invalid + ?4,
+                 replicas_expired = replicas_expired + ?5
+             WHERE id = ?1",
+        )
+        .bind(job)
+        .bind(delta.issued)
+        .bind(delta.returned)
+        .bind(delta.invalid)
+        .bind(delta.expired)
         .execute(&mut **tx)
         .await?;
     }
