@@ -78,6 +78,8 @@ async fn main() -> anyhow::Result<()> {
             .network_policy()
             .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
         limits: fit_open_files(config.limits()),
+        quotas: config.quota_defaults(),
+        retention: config.retention(),
     };
     serve(listener, store, options, shutdown_signal()).await
 }

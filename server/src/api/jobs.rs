@@ -250,11 +250,14 @@ fn parse_id(raw: &str) -> Result<i64> {
         (status = 413, description = "Over a limit (inputs, input size, body)", body = super::openapi::ErrorBody),
         (status = 415, description = "Not sent as application/json", body = super::openapi::ErrorBody),
         (status = 422, description = "Unknown kernel or module, invalid input or field", body = super::openapi::ErrorBody),
+        (status = 429, description = "Over a quota of the token (`quota_exceeded`: max_open_chunks, max_submissions_per_minute); see Retry-After", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds before trying again may succeed"))),
     )
 )]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    _slot: crate::quota::SubmissionSlot,
     AppJson(body): AppJson<SubmitJob>,
 ) -> Result<Response> {
     let job = validate(&state, body)?;
@@ -266,6 +269,7 @@ pub async fn submit(
             format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
         ));
     }
+    let _admitted = crate::quota::admit_job(&state, caller.0, job.inputs.len()).await?;
     let view = state.store.create_job(caller.0, job).await?;
     state.scheduler.try_send(Event::WorkAvailable);
     tracing::info!(
@@ -390,6 +394,7 @@ pub async fn cancel(
             content_type = "application/x-ndjson", body = super::openapi::ResultLine),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+        (status = 410, description = "The results were deleted by the master's retention (`results_expired`)", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn results(
@@ -398,11 +403,12 @@ pub async fn results(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    state
+    let job = state
         .store
         .job(caller.0, id)
         .await?
         .ok_or(Error::NotFound("job"))?;
+    crate::retention::ensure_results_kept(&job)?;
     let store = state.store.clone();
     let pages = stream::unfold(Some(-1), move |after| {
         let store = store.clone();

@@ -1,8 +1,9 @@
 //! The REST API, version 1, under `/api/v1`, plus the health probes.
 //!
 //! - [`jobs`]: submit, list, inspect, cancel jobs and stream their results.
-//! - [`modules`]: upload and download WebAssembly task modules.
-//! - [`tokens`]: the admin creates submitter tokens.
+//! - [`modules`]: upload, download and delete WebAssembly task modules.
+//! - [`tokens`]: the admin creates submitter tokens; [`tenants`]: their fair-share weights and
+//!   quotas.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
 //! - [`events`]: a job's progress as server-sent events; [`chunks`]: its chunk map;
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod json;
 pub mod modules;
 pub mod openapi;
+pub mod tenants;
 pub mod tokens;
 pub mod volunteers;
 pub mod workers;
@@ -55,8 +57,12 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
-        .route("/modules/{id}", get(modules::download))
+        .route(
+            "/modules/{id}",
+            get(modules::download).delete(modules::delete),
+        )
         .route("/tokens", post(tokens::create))
+        .route("/tokens/{id}/share", get(tenants::show).put(tenants::set))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(
