@@ -125,26 +125,6 @@ pub struct Config {
         value_name = "ORIGIN"
     )]
     pub public_origin: Vec<String>,
-    // Tenants (README "Tenants: quotas, fair share, retention"): defaults the admin may override
-    // per token with PUT /api/v1/tokens/{id}/share.
-    /// Most open (undecided) chunks one submitter token may hold over its queued and running
-    /// jobs; more are answered 429 `quota_exceeded`. 0: no limit.
-    #[arg(long, env = "GRID_MAX_OPEN_CHUNKS", default_value_t = crate::quota::DEFAULT_MAX_OPEN_CHUNKS)]
-    pub max_open_chunks: u64,
-
-    /// Most bytes of task modules one submitter token may keep stored. 0: no limit.
-    #[arg(long, env = "GRID_MAX_TENANT_MODULE_BYTES", default_value_t = crate::quota::DEFAULT_MAX_MODULE_BYTES)]
-    pub max_tenant_module_bytes: u64,
-
-    /// Most job submissions and module uploads one submitter token may send per minute (per
-    /// master). 0: no limit.
-    #[arg(long, env = "GRID_MAX_SUBMISSIONS_PER_MINUTE", default_value_t = crate::quota::DEFAULT_MAX_SUBMISSIONS_PER_MINUTE)]
-    pub max_submissions_per_minute: u32,
-
-    /// Delete the results (chunks and replicas) of jobs finished more than this many days ago;
-    /// their counters stay. Unset: keep results for ever.
-    #[arg(long, env = "GRID_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retention_days: Option<u32>,
 
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
@@ -183,13 +163,6 @@ impl std::fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("public_origin", &self.public_origin)
-            .field("max_open_chunks", &self.max_open_chunks)
-            .field("max_tenant_module_bytes", &self.max_tenant_module_bytes)
-            .field(
-                "max_submissions_per_minute",
-                &self.max_submissions_per_minute,
-            )
-            .field("retention_days", &self.retention_days)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -214,21 +187,6 @@ impl Config {
             hello_work_bits: self.hello_work_bits,
             ..Default::default()
         }
-    }
-
-    /// Tenants' quotas without overrides.
-    pub fn quota_defaults(&self) -> crate::quota::QuotaDefaults {
-        crate::quota::QuotaDefaults {
-            max_open_chunks: self.max_open_chunks,
-            max_module_bytes: self.max_tenant_module_bytes,
-            max_submissions_per_minute: self.max_submissions_per_minute,
-        }
-    }
-
-    /// The retention these settings describe.
-    pub fn retention(&self) -> Option<crate::retention::RetentionPolicy> {
-        self.retention_days
-            .map(crate::retention::RetentionPolicy::days)
     }
 
     /// The network policy these settings describe.

@@ -63,31 +63,6 @@ pub enum Error {
         /// What is over which limit, for a human.
         message: String,
     },
-    /// 429 `quota_exceeded`, with `Retry-After`: the tenant is over one of its quotas (see
-    /// [`crate::quota`]). The body also names the quota, its limit and the current use.
-    #[error("{message}")]
-    QuotaExceeded {
-        /// Which quota: `max_open_chunks`, `max_module_bytes` or `max_submissions_per_minute`.
-        quota: &'static str,
-        /// The tenant's limit.
-        limit: i64,
-        /// What it holds (or has sent this minute).
-        used: i64,
-        /// What the request would have added.
-        requested: i64,
-        /// What is over which limit, for a human.
-        message: String,
-        /// When trying again may succeed.
-        retry_after: std::time::Duration,
-    },
-    /// 410: the resource existed but is gone for good (e.g. results deleted by retention).
-    #[error("{message}")]
-    Gone {
-        /// Stable code, e.g. `results_expired`.
-        code: &'static str,
-        /// What is gone and why, for a human.
-        message: String,
-    },
     /// 503: the request took longer than the request timeout; it may be retried.
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
@@ -125,8 +100,6 @@ impl Error {
             }
             Error::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Error::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
-            Error::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
-            Error::Gone { code, .. } => (StatusCode::GONE, code),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -159,29 +132,6 @@ impl IntoResponse for Error {
             Error::Internal(source) => tracing::error!(error = ?source, "internal error"),
             Error::Unavailable(source) => tracing::warn!(error = %source, "database unavailable"),
             _ => {}
-        }
-        if let Error::QuotaExceeded {
-            quota,
-            limit,
-            used,
-            requested,
-            message,
-            retry_after,
-        } = &self
-        {
-            let body = json!({"error": {
-                "code": code,
-                "message": message,
-                "quota": {"name": quota, "limit": limit, "used": used, "requested": requested},
-            }});
-            // Whole seconds, at least one (a client retrying at 0 would only be refused again).
-            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            return (
-                status,
-                [(axum::http::header::RETRY_AFTER, seconds.to_string())],
-                Json(body),
-            )
-                .into_response();
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         (status, Json(body)).into_response()

@@ -20,8 +20,6 @@
 //! - [`tls`]: HTTPS and WSS served directly (`--tls-cert`, `--tls-key`).
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
-//! - [`quota`]: what one tenant (submitter token) may hold and send; [`retention`]: the task
-//!   that deletes the results of jobs finished long ago.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
 //! resolves. `main.rs` only reads configuration, sets up logging and binds.
@@ -38,8 +36,6 @@ pub mod inputs;
 pub mod limits;
 pub mod metrics;
 pub mod network;
-pub mod quota;
-pub mod retention;
 pub mod scheduler;
 pub mod session;
 pub mod store;
@@ -97,8 +93,6 @@ pub struct AppState {
     pub networks: Arc<network::NetworkPolicy>,
     /// Open connections and worker sessions, against their caps.
     pub admission: Arc<admission::Admission>,
-    /// Tenants' quotas and submission rates.
-    pub quota: Arc<quota::Quotas>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -126,10 +120,6 @@ pub struct ServeOptions {
     /// Serve HTTPS and WSS with this configuration ([`tls::server_config`]) instead of plain
     /// HTTP and WS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Tenants' quotas when the admin set no override.
-    pub quotas: quota::QuotaDefaults,
-    /// Delete the results of jobs finished long ago (`None`: keep them for ever).
-    pub retention: Option<retention::RetentionPolicy>,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -275,12 +265,8 @@ pub async fn serve(
     if !options.no_trust {
         checker::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
     }
-    if let Some(policy) = options.retention {
-        retention::spawn(policy, store.clone(), insights.clone(), stop_rx.clone());
-    }
     let limits = Arc::new(options.limits);
     let state = AppState {
-        quota: Arc::new(quota::Quotas::new(options.quotas)),
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,
         insights,

@@ -90,8 +90,6 @@ async fn main() -> anyhow::Result<()> {
         limits: fit_open_files(config.limits()),
         public_origins: config.public_origin.clone(),
         tls,
-        quotas: config.quota_defaults(),
-        retention: config.retention(),
     };
     serve(listener, store, options, shutdown_signal()).await
 }

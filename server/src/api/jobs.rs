@@ -335,7 +335,6 @@ pub async fn cancel(
             content_type = "application/x-ndjson", body = super::openapi::ResultLine),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
-        (status = 410, description = "The results were deleted by the master's retention (`results_expired`)", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn results(
@@ -344,12 +343,11 @@ pub async fn results(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    let job = state
+    state
         .store
         .job(caller.0, id)
         .await?
         .ok_or(Error::NotFound("job"))?;
-    crate::retention::ensure_results_kept(&job)?;
     let store = state.store.clone();
     let pages = stream::unfold(Some(-1), move |after| {
         let store = store.clone();

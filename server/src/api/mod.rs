@@ -2,9 +2,8 @@
 //!
 //! - [`submit`]: submit a job, as JSON or as a multipart form with a dataset file.
 //! - [`jobs`]: list, inspect, cancel jobs and stream their results; the job fields.
-//! - [`modules`]: upload, download and delete WebAssembly task modules.
-//! - [`tokens`]: the admin creates, lists and revokes submitter tokens; [`tenants`]: their
-//!   fair-share weights and quotas.
+//! - [`modules`]: upload and download WebAssembly task modules.
+//! - [`tokens`]: the admin creates, lists and revokes submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
 //! - [`events`]: a job's progress as server-sent events; [`chunks`]: its chunk map;
@@ -24,7 +23,6 @@ pub mod json;
 pub mod modules;
 pub mod openapi;
 pub mod submit;
-pub mod tenants;
 pub mod tokens;
 pub mod volunteers;
 pub mod workers;
@@ -61,13 +59,9 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
-        .route(
-            "/modules/{id}",
-            get(modules::download).delete(modules::delete),
-        )
+        .route("/modules/{id}", get(modules::download))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
-        .route("/tokens/{id}/share", get(tenants::show).put(tenants::set))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(

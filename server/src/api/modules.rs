@@ -1,5 +1,4 @@
-//! Task modules: `POST /api/v1/modules` (upload), `GET /api/v1/modules/{id}` (download) and
-//! `DELETE /api/v1/modules/{id}` (its uploader or the admin, while no unfinished job uses it).
+//! Task modules: `POST /api/v1/modules` (upload) and `GET /api/v1/modules/{id}` (download).
 //!
 //! A module is checked against the task ABI (`grid-task-abi`, `docs/task-abi.md`) before it is
 //! stored, and stored under its content address `sha256:<hex>`: uploading the same bytes again
@@ -9,13 +8,7 @@
 //!
 //! When a job starts, every worker downloads its module at about the same time: the master
 //! keeps recently downloaded modules in memory ([`ModuleCache`]) so that a thousand volunteers
-//! cost one database read, not a thousand — also while the first read is under way (one load
-//! per module at a time, the others wait for it).
-//!
-//! Uploads count against the uploader's quotas ([`crate::quota`]): its submissions per minute,
-//! and the bytes of its stored modules (a module stored already costs nothing). Deleting a
-//! module gives its bytes back and drops it from this master's cache; other masters sharing the
-//! database may serve it from their caches until it is evicted there, but no job can use it.
+//! cost one database read, not a thousand.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -28,7 +21,6 @@ use serde::Serialize;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::store::ModuleDeletion;
 
 /// Bytes of module kept in memory by [`ModuleCache`].
 const CACHED_MODULE_BYTES: u64 = 64 * 1024 * 1024;
@@ -45,24 +37,6 @@ struct ByLength;
 impl quick_cache::Weighter<String, Bytes> for ByLength {
     fn weight(&self, _id: &String, bytes: &Bytes) -> u64 {
         bytes.len() as u64
-    }
-}
-
-impl ModuleCache {
-    /// The module `id` from memory, or loaded by `load` if absent: while one load is under
-    /// way, other callers for the same id wait for it instead of loading again (a failed load
-    /// lets the next caller try).
-    pub async fn get_or_load(
-        &self,
-        id: &str,
-        load: impl Future<Output = Result<Bytes>>,
-    ) -> Result<Bytes> {
-        self.0.get_or_insert_async(id, load).await
-    }
-
-    /// Forget a module (it was deleted).
-    pub fn remove(&self, id: &str) {
-        self.0.remove(id);
     }
 }
 
@@ -108,9 +82,7 @@ pub struct UploadedModule {
     responses(
         (status = 201, description = "Stored (or already stored: same id)", body = UploadedModule),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
-        (status = 413, description = "Over the module size limit, or alone over the token's max_module_bytes", body = super::openapi::ErrorBody),
-        (status = 429, description = "Over a quota of the token (`quota_exceeded`: max_module_bytes, max_submissions_per_minute); see Retry-After", body = super::openapi::ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds before trying again may succeed"))),
+        (status = 413, description = "Over the module size limit", body = super::openapi::ErrorBody),
         (status = 415, description = "Declared as something other than application/wasm", body = super::openapi::ErrorBody),
         (status = 422, description = "Not WebAssembly, or not following the task ABI", body = super::openapi::ErrorBody),
     )
@@ -118,7 +90,6 @@ pub struct UploadedModule {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    _slot: crate::quota::SubmissionSlot,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -162,8 +133,7 @@ pub async fn upload(
     let info = grid_task_abi::check_module(&bytes)
         .map_err(|error| Error::invalid("invalid_module", error.to_string()))?;
     let id = grid_task_abi::module_id(&bytes);
-    let new = crate::quota::store_module(&state, caller.0, &id, &bytes).await?
-        == crate::store::ModuleStored::New;
+    let new = state.store.put_module(caller.0, &id, &bytes).await?;
     tracing::info!(module = %id, size = bytes.len(), new, initial_pages = info.initial_pages, "module uploaded");
     let location = format!("/api/v1/modules/{id}");
     Ok((
@@ -213,18 +183,20 @@ pub async fn download(
     {
         return Ok((StatusCode::NOT_MODIFIED, caching, [(header::ETAG, etag)]).into_response());
     }
-    let store = state.store.clone();
-    let bytes = state
-        .module_cache
-        .get_or_load(&id, async {
-            metrics::counter!("grid_module_loads_total").increment(1);
-            let bytes = store
-                .module_bytes(&id)
-                .await?
-                .ok_or(Error::NotFound("module"))?;
-            Ok(Bytes::from(bytes))
-        })
-        .await?;
+    let bytes = match state.module_cache.0.get(&id) {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = Bytes::from(
+                state
+                    .store
+                    .module_bytes(&id)
+                    .await?
+                    .ok_or(Error::NotFound("module"))?,
+            );
+            state.module_cache.0.insert(id.clone(), bytes.clone());
+            bytes
+        }
+    };
     let etag = HeaderValue::from_str(&etag).map_err(|error| Error::Internal(error.into()))?;
     Ok((
         [(
@@ -236,97 +208,4 @@ pub async fn download(
         bytes,
     )
         .into_response())
-}
-
-/// `DELETE /api/v1/modules/{id}`: its uploader or the admin deletes a module no unfinished job
-/// uses; its bytes no longer count against the uploader.
-#[utoipa::path(
-    delete,
-    operation_id = "delete_module",
-    summary = "Delete a task module",
-    path = "/api/v1/modules/{id}",
-    tag = "modules",
-    security(("bearer" = [])),
-    params(("id" = String, Path, description = "Module id, `sha256:<hex>`")),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
-        (status = 403, description = "Neither the module's uploader nor the admin", body = super::openapi::ErrorBody),
-        (status = 404, description = "No such module", body = super::openapi::ErrorBody),
-        (status = 409, description = "A queued or running job uses it", body = super::openapi::ErrorBody),
-    )
-)]
-pub async fn delete(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
-    if !grid_task_abi::is_module_id(&id) {
-        return Err(Error::NotFound("module"));
-    }
-    match state.store.delete_module(caller.0, &id).await? {
-        ModuleDeletion::Deleted { size } => {
-            state.module_cache.remove(&id);
-            tracing::info!(module = %id, size, "module deleted");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        ModuleDeletion::NotFound => Err(Error::NotFound("module")),
-        ModuleDeletion::NotOwner => Err(Error::Forbidden(
-            "only the module's uploader or the admin may delete it",
-        )),
-        ModuleDeletion::InUse { job } => Err(Error::Conflict(format!(
-            "job {job} (queued or running) uses module {id}; it can be deleted once no \
-             unfinished job does"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_downloads_of_an_uncached_module_load_it_once() {
-        let cache = ModuleCache::default();
-        let loads = Arc::new(AtomicUsize::new(0));
-        let downloads: Vec<_> = (0..50)
-            .map(|_| {
-                let cache = cache.clone();
-                let loads = loads.clone();
-                tokio::spawn(async move {
-                    cache
-                        .get_or_load("sha256:m", async {
-                            loads.fetch_add(1, Ordering::SeqCst);
-                            // A slow database: every other download arrives meanwhile.
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                            Ok(Bytes::from_static(b"\0asm"))
-                        })
-                        .await
-                })
-            })
-            .collect();
-        for download in downloads {
-            let bytes = download.await.expect("task").expect("module");
-            assert_eq!(&bytes[..], b"\0asm");
-        }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-        // A failed load is not cached: the next caller loads again.
-        let missing = cache
-            .get_or_load("sha256:gone", async { Err(Error::NotFound("module")) })
-            .await;
-        assert!(matches!(missing, Err(Error::NotFound(_))));
-        cache.remove("sha256:m");
-        let again = cache
-            .get_or_load("sha256:m", async {
-                loads.fetch_add(1, Ordering::SeqCst);
-                Ok(Bytes::from_static(b"new"))
-            })
-            .await
-            .expect("module");
-        assert_eq!(&again[..], b"new");
-        assert_eq!(loads.load(Ordering::SeqCst), 2);
-    }
 }

@@ -15,8 +15,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    chunks, dashboard, events, health, image, jobs, modules, submit, tenants, tokens, volunteers,
-    workers,
+    chunks, dashboard, events, health, image, jobs, modules, submit, tokens, volunteers, workers,
 };
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
@@ -48,12 +47,9 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         image::image,
         modules::upload,
         modules::download,
-        modules::delete,
         tokens::create,
         tokens::list,
         tokens::revoke,
-        tenants::show,
-        tenants::set,
         workers::lift_blacklist,
         volunteers::list,
         volunteers::me,
@@ -72,14 +68,12 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
         Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
         TokenView, tokens::NewToken,
-        tenants::SetShare, tenants::ShareView, tenants::QuotaOverrides, tenants::LimitsInForce,
-        tenants::Usage, QuotaDetail,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "jobs", description = "Submit, follow and read jobs (bearer token)"),
         (name = "modules", description = "WebAssembly task modules (upload: bearer token; download: none)"),
-        (name = "tokens", description = "Submitter tokens, their fair-share weights and quotas (admin token)"),
+        (name = "tokens", description = "Submitter tokens (admin token)"),
         (name = "volunteers", description = "Credit and display names of volunteers"),
         (name = "dashboard", description = "Live figures of the grid"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
@@ -128,30 +122,12 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable code: `malformed_json`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `conflict`, `too_large`, `unsupported_media_type`,
-    /// `unknown_kernel`, `invalid_input`, `invalid_field`, `quota_exceeded`, `results_expired`,
-    /// `unavailable`, `internal`.
+    /// `unknown_kernel`, `invalid_input`, `invalid_field`, `unavailable`, `internal`.
     #[schema(example = "not_found")]
     pub code: String,
     /// For a human.
     #[schema(example = "job not found")]
     pub message: String,
-    /// With `quota_exceeded` (429): which quota, its limit and the current use.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota: Option<QuotaDetail>,
-}
-
-/// What a `quota_exceeded` answer was over.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct QuotaDetail {
-    /// `max_open_chunks`, `max_module_bytes` or `max_submissions_per_minute`.
-    #[schema(example = "max_open_chunks")]
-    pub name: String,
-    /// The token's limit.
-    pub limit: i64,
-    /// What it holds (or sent within the minute).
-    pub used: i64,
-    /// What the request would have added.
-    pub requested: i64,
 }
 
 /// One line of `GET /api/v1/jobs/{id}/results` (NDJSON).

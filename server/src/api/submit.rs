@@ -86,7 +86,6 @@ pub fn body_limit(limits: &Limits) -> usize {
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
-    _slot: crate::quota::SubmissionSlot,
     request: Request,
 ) -> Result<Response> {
     let content_type = request
@@ -122,9 +121,9 @@ pub async fn submit(
             format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
         ));
     }
-    // Tenant quotas: the job is complete here (its owner, program, priority and chunk count
-    // are known) and nothing is stored yet, so this is where a quota check refuses it.
-    let _admitted = crate::quota::admit_job(&state, caller.0, job.inputs.len()).await?;
+    // Tenant quotas and fair share: the job is complete here (its owner, program, priority
+    // and chunk count are known) and nothing is stored yet, so this is where a quota check
+    // refuses it.
     let view = state.store.create_job(caller.0, job).await?;
     state.scheduler.try_send(Event::WorkAvailable);
     tracing::info!(

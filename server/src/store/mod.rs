@@ -5,7 +5,6 @@
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
 //! - [`review`]: the verification step both share inside a commit.
 //! - [`counters`]: the replica counters kept on each job's row, which job views read.
-//! - [`tenants`]: the SQL both share for tenants (quotas, fair share) and retention.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
 //!
@@ -17,7 +16,6 @@ pub mod insights;
 pub mod postgres;
 pub mod review;
 pub mod sqlite;
-pub mod tenants;
 
 use std::sync::Arc;
 
@@ -244,10 +242,6 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
-    /// When its results were deleted by the master's retention (`--retention-days`): its
-    /// counters stay, its results answer 410.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub results_expired_at: Option<DateTime<Utc>>,
 }
 
 /// One finished chunk, as a results line.
@@ -283,133 +277,6 @@ pub struct ReadyChunk {
     /// Identities and origins (networks) with a replica of it in any state but revoked: none
     /// of them may get another (see the `independence` migration).
     pub holders: Vec<String>,
-    /// Whose it is, for the fair share across tenants.
-    pub share: Share,
-}
-
-/// Whose a ready chunk is, for the weighted fair share across tenants (see
-/// [`crate::scheduler::dispatch`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
-    /// The tenant: the submitter token that owns the chunk's job, [`ADMIN_TENANT`] for the
-    /// admin's jobs.
-    pub tenant: i64,
-    /// Its fair-share weight, 1 to [`MAX_WEIGHT`].
-    pub weight: u32,
-    /// The load that brought the chunk brought as many of this tenant's chunks as it could: the
-    /// database may hold more.
-    pub more_ready: bool,
-}
-
-impl Default for Share {
-    fn default() -> Self {
-        Share {
-            tenant: ADMIN_TENANT,
-            weight: 1,
-            more_ready: false,
-        }
-    }
-}
-
-/// The tenant key of the admin's jobs (token ids start at 1).
-pub const ADMIN_TENANT: i64 = 0;
-/// The largest fair-share weight.
-pub const MAX_WEIGHT: i32 = 1000;
-
-/// What the admin set for a tenant (`PUT /api/v1/tokens/{id}/share`). A limit of `None` is the
-/// master's default; `Some(0)` means no limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantSettings {
-    /// Fair-share weight, 1 to [`MAX_WEIGHT`].
-    pub weight: i32,
-    /// Most open (undecided) chunks over the tenant's queued and running jobs.
-    pub max_open_chunks: Option<i64>,
-    /// Most bytes of modules it uploaded, stored at once.
-    pub max_module_bytes: Option<i64>,
-    /// Most job submissions and module uploads per minute.
-    pub max_submissions_per_minute: Option<i32>,
-}
-
-impl Default for TenantSettings {
-    fn default() -> Self {
-        TenantSettings {
-            weight: 1,
-            max_open_chunks: None,
-            max_module_bytes: None,
-            max_submissions_per_minute: None,
-        }
-    }
-}
-
-/// What a tenant holds, against its quotas.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TenantUsage {
-    /// Chunks not yet decided over its queued and running jobs (from the jobs' counters).
-    pub open_chunks: i64,
-    /// Bytes of the modules it uploaded that are stored.
-    pub module_bytes: i64,
-}
-
-/// What storing an uploaded module did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModuleStored {
-    /// Stored now; its bytes count against the uploader.
-    New,
-    /// A module with this id was stored already (by anyone): nothing changed.
-    Existing,
-    /// Not stored: the uploader's modules would exceed its limit. `stored`: its bytes now.
-    OverQuota {
-        /// Bytes of the uploader's modules stored now.
-        stored: i64,
-    },
-}
-
-/// What `DELETE /api/v1/modules/{id}` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModuleDeletion {
-    /// Deleted; its size no longer counts against its uploader.
-    Deleted {
-        /// Its size in bytes.
-        size: i64,
-    },
-    /// No such module.
-    NotFound,
-    /// The caller is neither its uploader nor the admin.
-    NotOwner,
-    /// A queued or running job uses it (this one, for instance).
-    InUse {
-        /// A job that uses it.
-        job: i64,
-    },
-}
-
-/// One bounded step of the retention (see [`crate::retention`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetentionStep {
-    /// No finished job is old enough and still holds results.
-    Idle,
-    /// The oldest candidate's credit is not settled yet: its replicas are still needed.
-    Unsettled {
-        /// The job.
-        job: i64,
-    },
-    /// The job's results are now expired (its replica counters kept on the job row).
-    Expired {
-        /// The job.
-        job: i64,
-    },
-    /// Rows of the job deleted.
-    Deleted {
-        /// The job.
-        job: i64,
-        /// Replica and chunk rows deleted in this step.
-        rows: u64,
-    },
-    /// The job holds no more chunks or replicas.
-    Purged {
-        /// The job.
-        job: i64,
-    },
 }
 
 /// A result a session received for a lease it holds.
@@ -722,36 +589,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Store an uploaded module checked against the ABI, unless one with this id is stored
-    /// already. A new module's bytes count against the submitter that uploaded it, which may
-    /// hold at most `max_owner_bytes` of them (`None`: no limit); the check and the count are
-    /// one atomic step, on several masters too.
-    async fn put_module(
-        &self,
-        owner: Owner,
-        id: &str,
-        bytes: &[u8],
-        max_owner_bytes: Option<i64>,
-    ) -> Result<ModuleStored>;
+    /// already. Returns whether it was new.
+    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool>;
     /// An uploaded module's bytes.
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
     /// Whether a module with this id is stored.
     async fn module_exists(&self, id: &str) -> Result<bool>;
-
-    // Tenants and retention (see crate::quota, crate::retention).
-
-    /// Delete a module for its uploader or the admin, unless a queued or running job uses it.
-    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion>;
-    /// A submitter token's settings; `None` when there is no such token.
-    async fn tenant(&self, token_id: i64) -> Result<Option<TenantSettings>>;
-    /// Replace a submitter token's settings; false when there is no such token.
-    async fn set_tenant(&self, token_id: i64, settings: &TenantSettings) -> Result<bool>;
-    /// What a submitter token holds against its quotas.
-    async fn tenant_usage(&self, token_id: i64) -> Result<TenantUsage>;
-    /// One bounded step of deleting the results of jobs finished before `finished_before`: at
-    /// most `max_rows` rows, in a short transaction of its own.
-    async fn retention_step(
-        &self,
-        finished_before: DateTime<Utc>,
-        max_rows: i64,
-    ) -> Result<RetentionStep>;
 }

@@ -16,9 +16,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, ModuleStored,
-    NewJob, Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Share, Store, TenantSettings,
-    TenantUsage,
+    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, NewJob, Owner, ReadyChunk,
+    ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -137,9 +136,7 @@ const JOB_VIEW_SELECT: &str = "
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
-           j.replicas_invalid AS invalid, j.replicas_expired AS expired,
-           j.results_expired_at, j.kept_replicas_issued, j.kept_replicas_returned,
-           j.kept_replicas_invalid, j.kept_replicas_expired
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired
     FROM jobs j";
 
 fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
@@ -164,19 +161,15 @@ fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
             failed: i64::from(row.try_get::<i32, _>("chunks_failed")?),
             revised: i64::from(row.try_get::<i32, _>("chunks_revised")?),
         },
-        replicas: super::tenants::kept_or_live(
-            row,
-            ReplicaCounts {
-                issued: row.try_get("issued")?,
-                returned: row.try_get("returned")?,
-                invalid: row.try_get("invalid")?,
-                expired: row.try_get("expired")?,
-            },
-        )?,
+        replicas: ReplicaCounts {
+            issued: row.try_get("issued")?,
+            returned: row.try_get("returned")?,
+            invalid: row.try_get("invalid")?,
+            expired: row.try_get("expired")?,
+        },
         created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
-        results_expired_at: row.try_get("results_expired_at")?,
     })
 }
 
@@ -243,17 +236,6 @@ impl Store for PgStore {
         let chunk_count = i32::try_from(job.inputs.len())
             .map_err(|_| Error::TooLarge("too many inputs".into()))?;
         let mut tx = self.pool.begin().await?;
-        if let Program::Module { id: module, .. } = &job.program {
-            // Held until the job is stored: a deletion of the module waits, then sees the job.
-            let found: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1 FOR SHARE")
-                    .bind(module)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if found.is_none() {
-                return Err(super::tenants::unknown_module(module));
-            }
-        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, verification, timeout_ms, max_memory_mb,
@@ -281,8 +263,8 @@ impl Store for PgStore {
                 .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
                 .collect();
             sqlx::query(
-                "INSERT INTO chunks (job_id, idx, priority, input, wanted, tenant)
-                 SELECT $1, t.idx, $2, t.input, $3, $6
+                "INSERT INTO chunks (job_id, idx, priority, input, wanted)
+                 SELECT $1, t.idx, $2, t.input, $3
                  FROM UNNEST($4::int[], $5::text[]) AS t(idx, input)",
             )
             .bind(id)
@@ -290,7 +272,6 @@ impl Store for PgStore {
             .bind(initial_wanted)
             .bind(&indexes)
             .bind(inputs)
-            .bind(super::tenants::tenant_of(owner_id))
             .execute(&mut *tx)
             .await?;
         }
@@ -391,51 +372,28 @@ impl Store for PgStore {
         limit: i64,
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>> {
-        // Fair share: every tenant with work gets its part of the load, in its own order
-        // (priority, then job, then index), so one tenant's huge job cannot crowd the cache.
-        let active: Vec<(i64, i32)> = sqlx::query_as(super::tenants::ACTIVE_TENANTS_SQL)
-            .fetch_all(&self.pool)
-            .await?;
-        if active.is_empty() {
-            return Ok(Vec::new());
-        }
-        let per_tenant = super::tenants::per_tenant_limit(limit, active.len());
-        let tenants: Vec<i64> = active.iter().map(|(tenant, _)| *tenant).collect();
         let rows = sqlx::query(
             concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, c.tenant, ",
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, ",
                 holders_column!(),
                 "
-             FROM UNNEST($4::bigint[]) AS a(tenant)
-             CROSS JOIN LATERAL (
-                 SELECT ready.job_id, ready.idx, ready.priority, ready.input, ready.wanted,
-                        ready.tenant
-                 FROM chunks ready
-                 WHERE ready.tenant = a.tenant AND ready.state = 'open' AND ready.wanted > 0
-                   AND ($2::text IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM replicas r
-                        WHERE r.job_id = ready.job_id AND r.chunk_idx = ready.idx
-                          AND ((r.worker_id = $2 AND r.state IN ('leased', 'returned'))
-                               OR (r.origin = $3 AND r.state <> 'revoked'))))
-                 ORDER BY ready.priority DESC, ready.job_id, ready.idx
-                 LIMIT $1
-             ) c
-             JOIN jobs j ON j.id = c.job_id"
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'open' AND c.wanted > 0
+               AND ($2::text IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM replicas r
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                      AND ((r.worker_id = $2 AND r.state IN ('leased', 'returned'))
+                           OR (r.origin = $3 AND r.state <> 'revoked'))))
+             ORDER BY c.priority DESC, c.job_id, c.idx
+             LIMIT $1"
             ),
         )
-        .bind(per_tenant)
+        .bind(limit)
         .bind(for_worker.map(|w| w.0))
         .bind(for_worker.map(|w| w.1))
-        .bind(&tenants)
         .fetch_all(&self.pool)
         .await?;
-        let mut chunks = ready_rows(&rows)?;
-        let weights = active
-            .iter()
-            .map(|&(tenant, weight)| (tenant, super::tenants::weight_of(weight)))
-            .collect();
-        super::tenants::mark_shares(&mut chunks, &weights, per_tenant);
-        Ok(chunks)
+        ready_rows(&rows)
     }
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
@@ -450,7 +408,7 @@ impl Store for PgStore {
             }
             rows.extend(
                 sqlx::query(concat!(
-                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, c.tenant, ",
+                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, ",
                     holders_column!(),
                     "
                  FROM chunks c JOIN jobs j ON j.id = c.job_id
@@ -544,20 +502,13 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn put_module(
-        &self,
-        owner: Owner,
-        id: &str,
-        bytes: &[u8],
-        max_owner_bytes: Option<i64>,
-    ) -> Result<ModuleStored> {
+    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool> {
         let uploaded_by = match owner {
             Owner::Admin => None,
             Owner::Submitter(token) => Some(token),
         };
         let size =
             i32::try_from(bytes.len()).map_err(|_| Error::TooLarge("module too large".into()))?;
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO modules (id, bytes, size, uploaded_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO NOTHING",
@@ -566,38 +517,10 @@ impl Store for PgStore {
         .bind(bytes)
         .bind(size)
         .bind(uploaded_by)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Ok(ModuleStored::Existing);
-        }
-        if let Some(token) = uploaded_by {
-            let size = i64::from(size);
-            let charged: Option<i64> = if max_owner_bytes.is_some_and(|max| size > max) {
-                None
-            } else {
-                // The row lock of the update makes check and count one step across masters.
-                sqlx::query_scalar(super::tenants::CHARGE_MODULE_SQL)
-                    .bind(token)
-                    .bind(size)
-                    .bind(max_owner_bytes)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            };
-            if charged.is_none() {
-                tx.rollback().await?;
-                let stored: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_BYTES_SQL)
-                    .bind(token)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                return Ok(ModuleStored::OverQuota {
-                    stored: stored.unwrap_or(0),
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(ModuleStored::New)
+        Ok(inserted > 0)
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
@@ -614,136 +537,6 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(found.is_some())
-    }
-
-    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion> {
-        let mut tx = self.pool.begin().await?;
-        // Locked first: a submission of a job on this module holds it FOR SHARE until the job
-        // is stored, so either the job is seen below or the submission finds no module.
-        let row: Option<(Option<i64>, i32)> =
-            sqlx::query_as("SELECT uploaded_by, size FROM modules WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((uploaded_by, size)) = row else {
-            return Ok(ModuleDeletion::NotFound);
-        };
-        if let Owner::Submitter(token) = owner
-            && uploaded_by != Some(token)
-        {
-            return Ok(ModuleDeletion::NotOwner);
-        }
-        let user: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_IN_USE_SQL)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(job) = user {
-            return Ok(ModuleDeletion::InUse { job });
-        }
-        sqlx::query("DELETE FROM modules WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(token) = uploaded_by {
-            sqlx::query(super::tenants::REFUND_MODULE_SQL)
-                .bind(token)
-                .bind(i64::from(size))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(ModuleDeletion::Deleted {
-            size: i64::from(size),
-        })
-    }
-
-    async fn tenant(&self, token_id: i64) -> Result<Option<TenantSettings>> {
-        let row = sqlx::query(super::tenants::TENANT_SQL)
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(super::tenants::settings).transpose()?)
-    }
-
-    async fn set_tenant(&self, token_id: i64, settings: &TenantSettings) -> Result<bool> {
-        let written = sqlx::query(super::tenants::SET_TENANT_SQL)
-            .bind(token_id)
-            .bind(settings.weight)
-            .bind(settings.max_open_chunks)
-            .bind(settings.max_module_bytes)
-            .bind(settings.max_submissions_per_minute)
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(written > 0)
-    }
-
-    async fn tenant_usage(&self, token_id: i64) -> Result<TenantUsage> {
-        let open_chunks: i64 = sqlx::query_scalar(super::tenants::OPEN_CHUNKS_SQL)
-            .bind(token_id)
-            .fetch_one(&self.pool)
-            .await?;
-        let module_bytes: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_BYTES_SQL)
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(TenantUsage {
-            open_chunks,
-            module_bytes: module_bytes.unwrap_or(0),
-        })
-    }
-
-    async fn retention_step(
-        &self,
-        finished_before: DateTime<Utc>,
-        max_rows: i64,
-    ) -> Result<RetentionStep> {
-        let candidate: Option<(i64, bool, bool)> =
-            sqlx::query_as(super::tenants::RETENTION_CANDIDATE_SQL)
-                .bind(finished_before)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((job, expired, settled)) = candidate else {
-            return Ok(RetentionStep::Idle);
-        };
-        if !settled {
-            return Ok(RetentionStep::Unsettled { job });
-        }
-        if !expired {
-            sqlx::query(super::tenants::EXPIRE_RESULTS_SQL)
-                .bind(job)
-                .bind(Utc::now())
-                .execute(&self.pool)
-                .await?;
-            return Ok(RetentionStep::Expired { job });
-        }
-        for statement in [
-            super::tenants::DELETE_REPLICAS_SQL,
-            super::tenants::DELETE_CHUNKS_SQL,
-        ] {
-            let rows = sqlx::query(statement)
-                .bind(job)
-                .bind(max_rows)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            if rows > 0 {
-                return Ok(RetentionStep::Deleted { job, rows });
-            }
-        }
-        let purged = sqlx::query(super::tenants::PURGED_SQL)
-            .bind(job)
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(if purged > 0 {
-            RetentionStep::Purged { job }
-        } else {
-            // A chunk was reopened meanwhile: its job is running again, not a candidate.
-            RetentionStep::Idle
-        })
     }
 }
 
@@ -781,10 +574,6 @@ fn ready_rows(rows: &[PgRow]) -> Result<Vec<ReadyChunk>> {
             lease_seconds: row.try_get("lease_seconds")?,
             wanted: row.try_get("wanted")?,
             holders: row.try_get("holders")?,
-            share: Share {
-                tenant: row.try_get("tenant")?,
-                ..Share::default()
-            },
         });
     }
     Ok(chunks)
@@ -1349,12 +1138,9 @@ impl ReviewDb for PgReview<'_> {
              reopened AS (
                  SELECT c.job_id, c.idx, c.state FROM chunks c JOIN hit USING (job_id, idx)
                  WHERE c.state IN ('done', 'failed')
-                   -- A cancelled job is nobody's any more, and an expired one's results
-                   -- are being deleted (retention): never revive their chunks.
+                   -- A cancelled job is nobody's any more: never revive its chunks.
                    AND NOT EXISTS (SELECT 1 FROM jobs cj
-                                   WHERE cj.id = c.job_id
-                                     AND (cj.state = 'cancelled'
-                                          OR cj.results_expired_at IS NOT NULL))
+                                   WHERE cj.id = c.job_id AND cj.state = 'cancelled')
                  FOR UPDATE OF c
              )
              UPDATE chunks c

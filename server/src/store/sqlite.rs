@@ -26,15 +26,10 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, ModuleStored, NewJob, Owner, Program,
-    ReadyChunk, ReplicaCounts, RetentionStep, Share, Store, TenantSettings, TenantUsage,
+    JobView, LeaseEnd, MasterCheckCandidate, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
-
-/// Tenants per statement of [`Store::ready_chunks`] (SQLite allows 500 terms in a compound
-/// select, and some thousands of parameters).
-const TENANTS_PER_READY_QUERY: usize = 200;
 
 /// SQLite-backed [`Store`].
 /// The `holders` column of a ready chunk `c`, as a JSON array (see the PostgreSQL store).
@@ -96,9 +91,7 @@ const JOB_VIEW_SELECT: &str = "
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
-           j.replicas_invalid AS invalid, j.replicas_expired AS expired,
-           j.results_expired_at, j.kept_replicas_issued, j.kept_replicas_returned,
-           j.kept_replicas_invalid, j.kept_replicas_expired
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired
     FROM jobs j";
 
 fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
@@ -123,19 +116,15 @@ fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
             failed: row.try_get("chunks_failed")?,
             revised: row.try_get("chunks_revised")?,
         },
-        replicas: super::tenants::kept_or_live(
-            row,
-            ReplicaCounts {
-                issued: row.try_get("issued")?,
-                returned: row.try_get("returned")?,
-                invalid: row.try_get("invalid")?,
-                expired: row.try_get("expired")?,
-            },
-        )?,
+        replicas: ReplicaCounts {
+            issued: row.try_get("issued")?,
+            returned: row.try_get("returned")?,
+            invalid: row.try_get("invalid")?,
+            expired: row.try_get("expired")?,
+        },
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
-        results_expired_at: row.try_get("results_expired_at")?,
     })
 }
 
@@ -211,16 +200,6 @@ impl Store for SqliteStore {
             Owner::Submitter(id) => Some(id),
         };
         let mut tx = self.pool.begin().await?;
-        if let Program::Module { id: module, .. } = &job.program {
-            // In the job's transaction: a module deleted meanwhile cannot be used.
-            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = ?1")
-                .bind(module)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if found.is_none() {
-                return Err(super::tenants::unknown_module(module));
-            }
-        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, created_at, verification,
@@ -245,15 +224,14 @@ impl Store for SqliteStore {
         let initial_wanted = job.initial_wanted();
         for (idx, input) in job.inputs.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO chunks (job_id, idx, priority, input, wanted, tenant)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO chunks (job_id, idx, priority, input, wanted)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .bind(id)
             .bind(idx as i64)
             .bind(job.priority)
             .bind(input)
             .bind(initial_wanted)
-            .bind(super::tenants::tenant_of(owner_id))
             .execute(&mut *tx)
             .await?;
         }
@@ -368,54 +346,28 @@ impl Store for SqliteStore {
         limit: i64,
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>> {
-        // Fair share: every tenant with work gets its part of the load, in its own order (see
-        // the PostgreSQL store). SQLite has no LATERAL: one sub-select per tenant, UNION ALL.
-        let active: Vec<(i64, i32)> = sqlx::query_as(super::tenants::ACTIVE_TENANTS_SQL)
-            .fetch_all(&self.pool)
-            .await?;
-        if active.is_empty() {
-            return Ok(Vec::new());
-        }
-        let per_tenant = super::tenants::per_tenant_limit(limit, active.len());
-        let mut chunks = Vec::new();
-        for group in active.chunks(TENANTS_PER_READY_QUERY) {
-            let sql = (0..group.len())
-                .map(|i| {
-                    format!(
-                        concat!(
-                            "SELECT * FROM (SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, c.tenant, ",
-                            holders_column!(),
-                            "
-                         FROM chunks c JOIN jobs j ON j.id = c.job_id
-                         WHERE c.tenant = ?{} AND c.state = 'open' AND c.wanted > 0
-                           AND (?2 IS NULL OR NOT EXISTS (
-                                SELECT 1 FROM replicas r
-                                WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                                  AND ((r.worker_id = ?2 AND r.state IN ('leased', 'returned'))
-                                       OR (r.origin = ?3 AND r.state <> 'revoked'))))
-                         ORDER BY c.priority DESC, c.job_id, c.idx
-                         LIMIT ?1)"
-                        ),
-                        i + 4
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            let mut query = sqlx::query(&sql)
-                .bind(per_tenant)
-                .bind(for_worker.map(|w| w.0))
-                .bind(for_worker.map(|w| w.1));
-            for (tenant, _) in group {
-                query = query.bind(*tenant);
-            }
-            chunks.extend(ready_rows(&query.fetch_all(&self.pool).await?)?);
-        }
-        let weights = active
-            .iter()
-            .map(|&(tenant, weight)| (tenant, super::tenants::weight_of(weight)))
-            .collect();
-        super::tenants::mark_shares(&mut chunks, &weights, per_tenant);
-        Ok(chunks)
+        let rows = sqlx::query(
+            concat!(
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, ",
+                holders_column!(),
+                "
+             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.state = 'open' AND c.wanted > 0
+               AND (?2 IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM replicas r
+                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
+                      AND ((r.worker_id = ?2 AND r.state IN ('leased', 'returned'))
+                           OR (r.origin = ?3 AND r.state <> 'revoked'))))
+             ORDER BY c.priority DESC, c.job_id, c.idx
+             LIMIT ?1"
+            ),
+        )
+        .bind(limit)
+        .bind(for_worker.map(|w| w.0))
+        .bind(for_worker.map(|w| w.1))
+        .fetch_all(&self.pool)
+        .await?;
+        ready_rows(&rows)
     }
 
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
@@ -605,58 +557,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn put_module(
-        &self,
-        owner: Owner,
-        id: &str,
-        bytes: &[u8],
-        max_owner_bytes: Option<i64>,
-    ) -> Result<ModuleStored> {
+    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool> {
         let uploaded_by = match owner {
             Owner::Admin => None,
             Owner::Submitter(token) => Some(token),
         };
-        let size = bytes.len() as i64;
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO modules (id, bytes, size, uploaded_by, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(bytes)
-        .bind(size)
+        .bind(bytes.len() as i64)
         .bind(uploaded_by)
         .bind(Utc::now())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Ok(ModuleStored::Existing);
-        }
-        if let Some(token) = uploaded_by {
-            let charged: Option<i64> = if max_owner_bytes.is_some_and(|max| size > max) {
-                None
-            } else {
-                sqlx::query_scalar(super::tenants::CHARGE_MODULE_SQL)
-                    .bind(token)
-                    .bind(size)
-                    .bind(max_owner_bytes)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            };
-            if charged.is_none() {
-                tx.rollback().await?;
-                let stored: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_BYTES_SQL)
-                    .bind(token)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                return Ok(ModuleStored::OverQuota {
-                    stored: stored.unwrap_or(0),
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(ModuleStored::New)
+        Ok(inserted > 0)
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
@@ -673,132 +591,6 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(found.is_some())
-    }
-
-    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion> {
-        // One connection: the transaction cannot interleave with a job's submission.
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(Option<i64>, i64)> =
-            sqlx::query_as("SELECT uploaded_by, size FROM modules WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((uploaded_by, size)) = row else {
-            return Ok(ModuleDeletion::NotFound);
-        };
-        if let Owner::Submitter(token) = owner
-            && uploaded_by != Some(token)
-        {
-            return Ok(ModuleDeletion::NotOwner);
-        }
-        let user: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_IN_USE_SQL)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(job) = user {
-            return Ok(ModuleDeletion::InUse { job });
-        }
-        sqlx::query("DELETE FROM modules WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(token) = uploaded_by {
-            sqlx::query(super::tenants::REFUND_MODULE_SQL)
-                .bind(token)
-                .bind(size)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(ModuleDeletion::Deleted { size })
-    }
-
-    async fn tenant(&self, token_id: i64) -> Result<Option<TenantSettings>> {
-        let row = sqlx::query(super::tenants::TENANT_SQL)
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(super::tenants::settings).transpose()?)
-    }
-
-    async fn set_tenant(&self, token_id: i64, settings: &TenantSettings) -> Result<bool> {
-        let written = sqlx::query(super::tenants::SET_TENANT_SQL)
-            .bind(token_id)
-            .bind(settings.weight)
-            .bind(settings.max_open_chunks)
-            .bind(settings.max_module_bytes)
-            .bind(settings.max_submissions_per_minute)
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(written > 0)
-    }
-
-    async fn tenant_usage(&self, token_id: i64) -> Result<TenantUsage> {
-        let open_chunks: i64 = sqlx::query_scalar(super::tenants::OPEN_CHUNKS_SQL)
-            .bind(token_id)
-            .fetch_one(&self.pool)
-            .await?;
-        let module_bytes: Option<i64> = sqlx::query_scalar(super::tenants::MODULE_BYTES_SQL)
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(TenantUsage {
-            open_chunks,
-            module_bytes: module_bytes.unwrap_or(0),
-        })
-    }
-
-    async fn retention_step(
-        &self,
-        finished_before: chrono::DateTime<Utc>,
-        max_rows: i64,
-    ) -> Result<RetentionStep> {
-        let candidate: Option<(i64, bool, bool)> =
-            sqlx::query_as(super::tenants::RETENTION_CANDIDATE_SQL)
-                .bind(finished_before)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((job, expired, settled)) = candidate else {
-            return Ok(RetentionStep::Idle);
-        };
-        if !settled {
-            return Ok(RetentionStep::Unsettled { job });
-        }
-        if !expired {
-            sqlx::query(super::tenants::EXPIRE_RESULTS_SQL)
-                .bind(job)
-                .bind(Utc::now())
-                .execute(&self.pool)
-                .await?;
-            return Ok(RetentionStep::Expired { job });
-        }
-        for statement in [
-            super::tenants::DELETE_REPLICAS_SQL,
-            super::tenants::DELETE_CHUNKS_SQL,
-        ] {
-            let rows = sqlx::query(statement)
-                .bind(job)
-                .bind(max_rows)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            if rows > 0 {
-                return Ok(RetentionStep::Deleted { job, rows });
-            }
-        }
-        let purged = sqlx::query(super::tenants::PURGED_SQL)
-            .bind(job)
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(if purged > 0 {
-            RetentionStep::Purged { job }
-        } else {
-            RetentionStep::Idle
-        })
     }
 }
 
@@ -838,10 +630,6 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
             lease_seconds: row.try_get("lease_seconds")?,
             wanted: row.try_get("wanted")?,
             holders: serde_json::from_str(&holders).map_err(stored)?,
-            share: Share {
-                tenant: row.try_get("tenant")?,
-                ..Share::default()
-            },
         });
     }
     Ok(chunks)
@@ -1226,11 +1014,9 @@ impl ReviewDb for SqliteReview<'_> {
         let rows = sqlx::query(
             "SELECT c.job_id, c.idx, c.state FROM chunks c
              WHERE c.state IN ('done', 'failed')
-               -- A cancelled job is nobody's any more, and an expired one's results are
-               -- being deleted (retention): never revive their chunks.
+               -- A cancelled job is nobody's any more: never revive its chunks.
                AND NOT EXISTS (SELECT 1 FROM jobs cj
-                               WHERE cj.id = c.job_id
-                                 AND (cj.state = 'cancelled' OR cj.results_expired_at IS NOT NULL))
+                               WHERE cj.id = c.job_id AND cj.state = 'cancelled')
                AND (c.accepted_alone_by = ?1
                     OR EXISTS (SELECT 1 FROM replicas r
                                WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
