@@ -84,3 +84,51 @@ async fn home_masters(home: &Home) -> i64 {
         .count("SELECT count(DISTINCT master_id) FROM replicas")
         .await
 }
+
+/// A cancel made through master B revokes, within about a second, the leases that a worker
+/// holds through master A (review M7: the cancel used to reach only B's own sessions, and
+/// A's workers went on computing for a job nobody wanted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_one_master_revokes_the_leases_held_on_another() {
+    use common::Peer;
+    use grid_protocol::MasterMessage;
+
+    let home = Home::new(Backend::Postgres).await;
+    let (_master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
+    let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
+    let api_b = Api::new(&format!("http://{addr_b}"), ADMIN_TOKEN);
+    let inputs: Vec<_> = (0..100).map(|i| json!({"i": i})).collect();
+    let job = api_b
+        .submit(json!({"kernel": "echo", "inputs": inputs, "redundancy": 1}))
+        .await;
+
+    // A peer on A takes leases of the job and sits on them.
+    let mut peer = Peer::join(&format!("ws://{addr_a}/ws"), "holder-on-a", 4).await;
+    let mut held = std::collections::BTreeSet::new();
+    while held.len() < 4 {
+        let (lease, _) = peer.next_assignment().await;
+        held.insert(lease);
+    }
+
+    let cancelled_at = tokio::time::Instant::now();
+    let (status, body) = api_b.delete(&format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut revoked = std::collections::BTreeSet::new();
+    while revoked.len() < held.len() {
+        match peer.recv().await {
+            Some(MasterMessage::Revoke { leases }) => revoked.extend(leases),
+            Some(_) => {}
+            None => panic!("master A closed the session"),
+        }
+    }
+    let took = cancelled_at.elapsed();
+    assert!(
+        held.is_subset(&revoked),
+        "held {held:?}, revoked {revoked:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the revocation reached the worker on the other master after {took:?}"
+    );
+    eprintln!("cross-master revocation after {took:?}");
+}

@@ -61,7 +61,7 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/jobs/{id}/image.png", get(image::image))
         .route("/modules/{id}", get(modules::download))
         .route("/tokens", post(tokens::create).get(tokens::list))
-        .route("/tokens/{id}", delete(tokens::revoke))
+        .route("/tokens/{id}", delete(tokens::revoke).patch(tokens::update))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
         .route("/volunteers", get(volunteers::list))
         .route(

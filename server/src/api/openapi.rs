@@ -50,6 +50,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         tokens::create,
         tokens::list,
         tokens::revoke,
+        tokens::update,
         workers::lift_blacklist,
         volunteers::list,
         volunteers::me,
@@ -67,7 +68,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
     components(schemas(
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
         Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
-        TokenView, tokens::NewToken,
+        TokenView, tokens::NewToken, tokens::TokenChange,
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -2,6 +2,8 @@
 //! SHA-256 is stored), `GET /api/v1/tokens` lists them (never a secret or a digest), and
 //! `DELETE /api/v1/tokens/{id}` revokes one: at once on this master, and on masters sharing
 //! the database within [`crate::auth::TOKEN_CACHE_TTL`] (their token caches expire).
+//! `PATCH /api/v1/tokens/{id}` sets a token's fair-share weight (see
+//! [`crate::scheduler::dispatch`]).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -11,9 +13,23 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::json::AppJson;
 use crate::AppState;
 use crate::auth::{Caller, fingerprint, hash_token, new_token};
 use crate::error::{Error, Result};
+
+/// The highest fair-share weight (the lowest is 1).
+pub const MAX_WEIGHT: i32 = 1000;
+
+/// The body of `PATCH /api/v1/tokens/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenChange {
+    /// The token's share of the workers against other submitters' (1 to 1000; every token
+    /// starts at 1, the admin's own jobs count as weight 1).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub weight: i32,
+}
 
 /// Longest token label, in characters.
 pub const MAX_LABEL_CHARS: usize = 100;
@@ -172,4 +188,56 @@ pub async fn revoke(
             Ok(Json(json!({"id": id, "revoked": true})))
         }
     }
+}
+
+/// Set a submitter token's fair-share weight (admin only).
+#[utoipa::path(
+    patch,
+    operation_id = "update_token",
+    summary = "Set a submitter token's fair-share weight",
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = i64, Path, description = "The token's id")),
+    request_body(content = TokenChange, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token, with its new weight: its jobs get that share of the workers from the next dispatch on", body = crate::store::TokenView),
+        (status = 400, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not the admin token", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such token", body = super::openapi::ErrorBody),
+        (status = 415, description = "A body that is not declared application/json", body = super::openapi::ErrorBody),
+        (status = 422, description = "An unknown field, or a weight outside 1..=1000", body = super::openapi::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this network (`Retry-After`)", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    AppJson(change): AppJson<TokenChange>,
+) -> Result<Json<crate::store::TokenView>> {
+    admin_only(caller, "only the admin token may change tokens")?;
+    let id: i64 = id.parse().map_err(|_| Error::NotFound("token"))?;
+    if !(1..=MAX_WEIGHT).contains(&change.weight) {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("weight: 1 to {MAX_WEIGHT}"),
+        ));
+    }
+    let token = state
+        .store
+        .set_token_weight(id, change.weight)
+        .await?
+        .ok_or(Error::NotFound("token"))?;
+    // New work is dispatched by the new share once the cache reloads.
+    state
+        .scheduler
+        .try_send(crate::scheduler::Event::WorkAvailable);
+    tracing::info!(
+        token = id,
+        weight = change.weight,
+        "submitter token weight set"
+    );
+    Ok(Json(token))
 }

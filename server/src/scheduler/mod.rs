@@ -60,6 +60,8 @@ const RINGER_POOL_SIZE: i64 = 256;
 /// empty, so the first accepted answers become spot-checks quickly.
 const TRUST_REFRESH: Duration = Duration::from_secs(5);
 const TRUST_REFRESH_EMPTY_POOL: Duration = Duration::from_millis(250);
+/// How far back the poll for cancellations made through other masters looks.
+const CANCEL_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// What a session's writer sends to its socket.
 #[derive(Debug)]
@@ -266,6 +268,7 @@ pub fn spawn(
         blacklist: HashSet::new(),
         unchecked_identities: HashSet::new(),
         trust_loaded_at: None,
+        cancels_followed: HashSet::new(),
     };
     let task = tokio::spawn(scheduler.run());
     (handle, task)
@@ -297,6 +300,8 @@ struct Scheduler {
     unchecked_identities: HashSet<Arc<str>>,
     /// When the ringer pool and the blacklist were last loaded.
     trust_loaded_at: Option<std::time::Instant>,
+    /// Jobs cancelled recently whose leases this master has revoked already.
+    cancels_followed: HashSet<i64>,
     /// Told once no lease is outstanding during a graceful shutdown.
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -345,6 +350,9 @@ impl Scheduler {
             let now = tokio::time::Instant::now();
             if now >= next_sweep {
                 self.on_sweep_tick();
+                if let Err(error) = self.follow_cancellations().await {
+                    tracing::warn!(%error, "could not read cancellations");
+                }
                 next_sweep = now + SWEEP_INTERVAL;
             }
             for event in events.drain(..) {
@@ -537,6 +545,45 @@ impl Scheduler {
         }
     }
 
+    /// Cancels made through other masters sharing the database: revoke the leases this
+    /// master's workers hold of those jobs (a cancel made here tells the scheduler directly,
+    /// [`Event::Revoked`]). Polled with the sweep, so within about [`SWEEP_INTERVAL`].
+    async fn follow_cancellations(&mut self) -> Result<(), Error> {
+        if self.holders.is_empty() {
+            return Ok(());
+        }
+        // The window reaches back far longer than a cancel transaction lasts: PostgreSQL
+        // stamps `finished_at` when the transaction starts, not when it commits.
+        let since = chrono::Utc::now() - CANCEL_WINDOW;
+        let cancelled = self.store.cancelled_since(since).await?;
+        self.cancels_followed.retain(|id| cancelled.contains(id));
+        let new: Vec<i64> = cancelled
+            .into_iter()
+            .filter(|id| !self.cancels_followed.contains(id))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let revoked = self
+            .store
+            .revoked_leases_of(&new, &self.batch.master_id)
+            .await?;
+        self.cancels_followed.extend(new);
+        let held: Vec<LeaseId> = revoked
+            .into_iter()
+            .filter(|lease| self.holders.contains_key(lease))
+            .collect();
+        if !held.is_empty() {
+            tracing::info!(
+                leases = held.len(),
+                "revoking leases of jobs cancelled elsewhere"
+            );
+            self.revoke(&held);
+            self.cache.invalidate();
+        }
+        Ok(())
+    }
+
     /// Drop leases from their sessions and tell the workers to stop.
     fn revoke(&mut self, leases: &[LeaseId]) {
         let mut per_session: HashMap<SessionId, Vec<LeaseId>> = HashMap::new();
@@ -576,11 +623,10 @@ impl Scheduler {
         // sessions (colluders connected back to back would otherwise get both).
         rand::seq::SliceRandom::shuffle(hungry.as_mut_slice(), &mut rand::rng());
         if self.cache.needs_load() {
-            let chunks = self
-                .store
-                .ready_chunks(CACHE_LOAD_LIMIT as i64, None)
-                .await?;
-            self.cache.load(chunks, CACHE_LOAD_LIMIT);
+            let (chunks, truncated) =
+                dispatch::load_fair_share(self.store.as_ref(), &self.cache, CACHE_LOAD_LIMIT)
+                    .await?;
+            self.cache.load(chunks, truncated);
         }
         // Sessions the cache cannot serve ask the database for chunks of their own, but only a
         // few per round: one query each for thousands of starved sessions would stall the
@@ -677,8 +723,7 @@ impl Scheduler {
         }
         self.trust_loaded_at = Some(std::time::Instant::now());
         let pool = self.store.ringer_pool(RINGER_POOL_SIZE).await?;
-        let size = pool.len();
-        self.ringers.load(pool, size.max(1));
+        self.ringers.load(pool, false);
         // The blacklist of the identities connected here (other masters blacklist too): as
         // many as the sessions, however many identities have been burned.
         let connected: HashSet<&Arc<str>> = self.sessions.values().map(|s| &s.worker_id).collect();

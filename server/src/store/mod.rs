@@ -196,6 +196,9 @@ pub struct TokenView {
     pub last_used_at: Option<DateTime<Utc>>,
     /// When it was revoked (absent while it works).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Its share of the workers against other submitters' (weighted fair share; 1 unless
+    /// the admin set it, `PATCH /api/v1/tokens/{id}`).
+    pub weight: i32,
 }
 
 /// A job as the API shows it.
@@ -277,6 +280,26 @@ pub struct ReadyChunk {
     /// Identities and origins (networks) with a replica of it in any state but revoked: none
     /// of them may get another (see the `independence` migration).
     pub holders: Vec<String>,
+    /// Whose job it is, for fair share between submitters.
+    pub tenant: Tenant,
+    /// The tenant's weight (its token's `weight`; 1 for the admin).
+    pub weight: i32,
+}
+
+/// Whose work a chunk is, for fair share: the submitter token owning its job (`None`: the
+/// admin's jobs, one tenant of their own).
+pub type Tenant = Option<i64>;
+
+/// A job with chunks to hand out, as the fair-share load sees it (see
+/// [`crate::scheduler::dispatch::load_fair_share`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyJob {
+    /// Job id.
+    pub id: i64,
+    /// Its priority (orders jobs within one tenant only).
+    pub priority: i32,
+    /// Who owns it.
+    pub tenant: Tenant,
 }
 
 /// A result a session received for a lease it holds.
@@ -502,6 +525,31 @@ pub(crate) const MASTER_CHECK_CANDIDATES_SQL: &str = "
     ORDER BY c.finished_at DESC
     LIMIT $1";
 
+/// The query behind [`Store::ready_jobs`]; portable. The `jobs_unfinished` index holds just
+/// the unfinished jobs, so this never reads the history.
+pub(crate) const READY_JOBS_SQL: &str = "
+    SELECT id, priority, owner_token_id FROM (
+        SELECT id, priority, owner_token_id,
+               ROW_NUMBER() OVER (PARTITION BY owner_token_id ORDER BY priority DESC, id) AS place
+        FROM jobs
+        WHERE state IN ('queued', 'running') AND chunks_done + chunks_failed < chunk_count
+    ) ranked
+    WHERE place <= $1
+    ORDER BY owner_token_id, priority DESC, id";
+
+/// The query behind [`Store::cancelled_since`]; portable (`jobs_cancelled` index).
+pub(crate) const CANCELLED_SINCE_SQL: &str =
+    "SELECT id FROM jobs WHERE state = 'cancelled' AND finished_at > $1";
+
+/// The statement behind [`Store::set_token_weight`]; portable.
+pub(crate) const SET_TOKEN_WEIGHT_SQL: &str = "
+    UPDATE tokens SET weight = $2 WHERE id = $1
+    RETURNING id, label, created_at, last_used_at, revoked_at, weight";
+
+/// The columns of [`TokenView`], for `SELECT ... FROM tokens`.
+pub(crate) const TOKEN_VIEW_COLUMNS: &str =
+    "id, label, created_at, last_used_at, revoked_at, weight";
+
 /// The statement behind [`Store::lift_blacklist`]; portable.
 pub(crate) const LIFT_BLACKLIST_SQL: &str = "
     UPDATE workers
@@ -550,6 +598,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn tokens(&self) -> Result<Vec<TokenView>>;
     /// Revoke a token. `None`: no such token; `Some(false)`: it was revoked already.
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>>;
+    /// Set a token's fair-share weight. `None`: no such token.
+    async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<TokenView>>;
 
     /// Store a job and its chunks.
     async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView>;
@@ -569,6 +619,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: i64,
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>>;
+    /// Unfinished jobs that may have chunks to hand out: at most `per_tenant` of each tenant
+    /// (its highest priority first, then oldest), so that one tenant's many jobs cannot hide
+    /// another's.
+    async fn ready_jobs(&self, per_tenant: i64) -> Result<Vec<ReadyJob>>;
+    /// Ready chunks of one job in index order (an index range read of `chunks_ready`).
+    async fn ready_chunks_of_job(&self, job: &ReadyJob, limit: i64) -> Result<Vec<ReadyChunk>>;
+    /// Jobs cancelled after `since` (on any master sharing the database).
+    async fn cancelled_since(&self, since: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// Leases of `jobs` that the cancel revoked and that were issued through `master_id`: what
+    /// that master's workers must be told to stop.
+    async fn revoked_leases_of(&self, jobs: &[i64], master_id: &str) -> Result<Vec<LeaseId>>;
     /// Spot-check candidates, at random: accepted chunks whose output the master computed
     /// itself and found equal (`master_checked = 'agreed'`), so a ringer's answer is known
     /// independently of every worker and colluders cannot poison the pool.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -168,12 +168,22 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> Result<Vec<super::TokenView>> {
-        let tokens = sqlx::query_as(
-            "SELECT id, label, created_at, last_used_at, revoked_at FROM tokens ORDER BY id",
-        )
+        let tokens = sqlx::query_as(&format!(
+            "SELECT {} FROM tokens ORDER BY id",
+            super::TOKEN_VIEW_COLUMNS
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(tokens)
+    }
+
+    async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<super::TokenView>> {
+        let token = sqlx::query_as(super::SET_TOKEN_WEIGHT_SQL)
+            .bind(id)
+            .bind(weight)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(token)
     }
 
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
@@ -348,10 +358,10 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ReadyChunk>> {
         let rows = sqlx::query(
             concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, ",
+                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
                 holders_column!(),
                 "
-             FROM chunks c JOIN jobs j ON j.id = c.job_id
+             FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
              WHERE c.state = 'open' AND c.wanted > 0
                AND (?2 IS NULL OR NOT EXISTS (
                     SELECT 1 FROM replicas r
@@ -370,6 +380,68 @@ impl Store for SqliteStore {
         ready_rows(&rows)
     }
 
+    async fn ready_jobs(&self, per_tenant: i64) -> Result<Vec<super::ReadyJob>> {
+        let rows: Vec<(i64, i32, Option<i64>)> = sqlx::query_as(super::READY_JOBS_SQL)
+            .bind(per_tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, priority, tenant)| super::ReadyJob {
+                id,
+                priority,
+                tenant,
+            })
+            .collect())
+    }
+
+    async fn ready_chunks_of_job(
+        &self,
+        job: &super::ReadyJob,
+        limit: i64,
+    ) -> Result<Vec<ReadyChunk>> {
+        // `c.priority = ?1` makes this a range read of the `chunks_ready` index.
+        let rows = sqlx::query(concat!(
+            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
+            holders_column!(),
+            "
+             FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
+             WHERE c.priority = ?1 AND c.job_id = ?2 AND c.state = 'open' AND c.wanted > 0
+             ORDER BY c.idx
+             LIMIT ?3"
+        ))
+        .bind(job.priority)
+        .bind(job.id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        ready_rows(&rows)
+    }
+
+    async fn cancelled_since(&self, since: DateTime<Utc>) -> Result<Vec<i64>> {
+        let ids = sqlx::query_scalar(super::CANCELLED_SINCE_SQL)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
+    async fn revoked_leases_of(
+        &self,
+        jobs: &[i64],
+        master_id: &str,
+    ) -> Result<Vec<grid_protocol::LeaseId>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM replicas
+             WHERE job_id IN (SELECT value FROM json_each(?1)) AND master_id = ?2 AND state = 'revoked'",
+        )
+        .bind(serde_json::to_string(jobs).unwrap_or_else(|_| "[]".into()))
+        .bind(master_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
     async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
         // From a random point of the sample index, wrapping around once (see the
         // `ringer_sample` migration): an index range read, never a scan of every chunk.
@@ -382,10 +454,10 @@ impl Store for SqliteStore {
             }
             rows.extend(
                 sqlx::query(concat!(
-                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, ",
+                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
                     holders_column!(),
                     "
-                 FROM chunks c JOIN jobs j ON j.id = c.job_id
+                 FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
                  WHERE c.state = 'done' AND c.master_checked = 'agreed'
                    AND c.ringer_key >= ?2 AND c.ringer_key < ?3
                    AND c.output_digest IS NOT NULL
@@ -630,6 +702,8 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
             lease_seconds: row.try_get("lease_seconds")?,
             wanted: row.try_get("wanted")?,
             holders: serde_json::from_str(&holders).map_err(stored)?,
+            tenant: row.try_get("tenant")?,
+            weight: row.try_get("weight")?,
         });
     }
     Ok(chunks)
