@@ -186,8 +186,14 @@ impl std::fmt::Debug for Config {
             .field("tls_key", &self.tls_key)
             .field("public_origin", &self.public_origin)
             .field("max_open_chunks", &self.max_open_chunks)
-            .field("max_module_bytes_per_token", &self.max_module_bytes_per_token)
-            .field("max_submissions_per_minute", &self.max_submissions_per_minute)
+            .field(
+                "max_module_bytes_per_token",
+                &self.max_module_bytes_per_token,
+            )
+            .field(
+                "max_submissions_per_minute",
+                &self.max_submissions_per_minute,
+            )
             .field("retention_days", &self.retention_days)
             .field("log_format", &self.log_format)
             .finish()

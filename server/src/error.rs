@@ -172,6 +172,9 @@ impl IntoResponse for Error {
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         let mut response = (status, Json(body)).into_response();
+        if let Error::QuotaExceeded { quota, .. } = &self {
+            ::metrics::counter!("grid_quota_refusals_total", "quota" => *quota).increment(1);
+        }
         if let Error::QuotaExceeded {
             retry_after: Some(wait),
             ..

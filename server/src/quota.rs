@@ -53,14 +53,14 @@ pub fn open_chunk_limit(limits: &Limits, owner: Owner) -> Option<u64> {
 pub fn module_byte_limit(limits: &Limits, owner: Owner) -> Option<u64> {
     match owner {
         Owner::Admin => None,
-        Owner::Submitter(_) => (limits.max_module_bytes_per_token > 0)
-            .then_some(limits.max_module_bytes_per_token),
+        Owner::Submitter(_) => {
+            (limits.max_module_bytes_per_token > 0).then_some(limits.max_module_bytes_per_token)
+        }
     }
 }
 
 /// The refusal of a job of `requested` chunks when `used` are open under `limit`.
 pub fn open_chunks_exceeded(limit: u64, used: u64, requested: u64) -> Error {
-    ::metrics::counter!("grid_quota_refusals_total", "quota" => "max_open_chunks").increment(1);
     let (retry_after, hint) = if requested > limit {
         (None, "this job alone is over the limit: split it")
     } else {
@@ -81,7 +81,6 @@ pub fn open_chunks_exceeded(limit: u64, used: u64, requested: u64) -> Error {
 
 /// The refusal of a module of `requested` bytes when `used` are stored under `limit`.
 pub fn module_bytes_exceeded(limit: u64, used: u64, requested: u64) -> Error {
-    ::metrics::counter!("grid_quota_refusals_total", "quota" => "max_module_bytes").increment(1);
     let (retry_after, hint) = if requested > limit {
         (None, "this module alone is over the limit")
     } else {
@@ -134,22 +133,18 @@ impl SubmissionRate {
         };
         match self.take_at(token, Instant::now()) {
             Ok(()) => Ok(()),
-            Err(wait) => {
-                ::metrics::counter!("grid_quota_refusals_total", "quota" => "max_submissions_per_minute")
-                    .increment(1);
-                Err(Error::QuotaExceeded {
-                    quota: "max_submissions_per_minute",
-                    retry_after: Some(wait),
-                    message: format!(
-                        "quota max_submissions_per_minute exceeded: limit {} per {} s, in use {} \
+            Err(wait) => Err(Error::QuotaExceeded {
+                quota: "max_submissions_per_minute",
+                retry_after: Some(wait),
+                message: format!(
+                    "quota max_submissions_per_minute exceeded: limit {} per {} s, in use {} \
                          (job submissions and module uploads); the next is allowed in {:.1} s",
-                        self.per_window,
-                        self.window.as_secs_f64(),
-                        self.per_window,
-                        wait.as_secs_f64()
-                    ),
-                })
-            }
+                    self.per_window,
+                    self.window.as_secs_f64(),
+                    self.per_window,
+                    wait.as_secs_f64()
+                ),
+            }),
         }
     }
 
@@ -197,7 +192,9 @@ mod tests {
         for _ in 0..3 {
             assert!(rate.take_at(7, start).is_ok());
         }
-        let wait = rate.take_at(7, start).expect_err("a fourth within the window");
+        let wait = rate
+            .take_at(7, start)
+            .expect_err("a fourth within the window");
         assert_eq!(wait, Duration::from_secs(20));
         // Another token has its own budget.
         assert!(rate.take_at(8, start).is_ok());

@@ -10,8 +10,7 @@ use common::volunteers::Volunteers;
 use common::{ADMIN_TOKEN, Api, Backend, InProcessServer, modules};
 use grid_server::limits::Limits;
 use grid_server::retention::{self, RetentionPolicy};
-use grid_server::store::insights::Insights;
-use grid_server::store::{RetentionStep, Store};
+use grid_server::store::RetentionStep;
 use serde_json::{Value, json};
 
 /// A new submitter token's client.
@@ -55,7 +54,11 @@ async fn answer(response: reqwest::Response) -> (u16, Option<u64>, Value) {
         .headers()
         .get("retry-after")
         .map(|value| value.to_str().unwrap().parse::<u64>().unwrap());
-    (status, retry_after, response.json().await.unwrap_or(Value::Null))
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 fn echo_job(chunks: usize) -> Value {
@@ -100,7 +103,13 @@ async fn open_chunk_quota(backend: Backend) {
 
     // 6 open + 5 > 10: 429 with Retry-After, naming the quota, the limit and the use.
     let (status, retry, body) = post_raw(&alice, "/api/v1/jobs", &echo_job(5)).await;
-    assert_quota(status, &body, 429, "max_open_chunks", &["limit 10", "in use 6"]);
+    assert_quota(
+        status,
+        &body,
+        429,
+        "max_open_chunks",
+        &["limit 10", "in use 6"],
+    );
     assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{retry:?}");
     // Nothing stored: the job list and the chunks are unchanged.
     assert_eq!(job_ids(&alice).await, vec![first]);
@@ -184,7 +193,10 @@ async fn submission_rate_frees_after_the_window(backend: Backend) {
         &["limit 3"],
     );
     // One slot frees every 6 s / 3: the real wait, rounded up to whole seconds.
-    assert!(retry.is_some_and(|s| (1..=2).contains(&s)), "{retry:?} {body}");
+    assert!(
+        retry.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry:?} {body}"
+    );
     // Module uploads count too.
     let (status, _, body) = upload_raw(&alice, modules::echo()).await;
     assert_quota(status, &body, 429, "max_submissions_per_minute", &[]);
@@ -291,10 +303,7 @@ async fn module_quota_and_deletion(backend: Backend) {
     let (status, _) = bob.get(&format!("/api/v1/modules/{echo_id}")).await;
     assert_eq!(status, 404);
     let (status, body) = bob
-        .post(
-            "/api/v1/jobs",
-            &json!({"module": echo_id, "inputs": [1]}),
-        )
+        .post("/api/v1/jobs", &json!({"module": echo_id, "inputs": [1]}))
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "unknown_module");
@@ -335,9 +344,9 @@ async fn results_of(api: &Api, job: i64) -> (u16, Value) {
 /// Make a job look finished `days` ago.
 async fn age(server: &InProcessServer, backend: Backend, job: i64, days: i64) {
     let sql = match backend {
-        Backend::Postgres => format!(
-            "UPDATE jobs SET finished_at = now() - interval '{days} days' WHERE id = {job}"
-        ),
+        Backend::Postgres => {
+            format!("UPDATE jobs SET finished_at = now() - interval '{days} days' WHERE id = {job}")
+        }
         Backend::Sqlite => {
             let at = chrono::Utc::now() - chrono::Duration::days(days);
             format!(
@@ -415,7 +424,9 @@ async fn retention_deletes_old_results_only(backend: Backend) {
         for table in ["replicas", "chunks"] {
             let left = server
                 .store
-                .count(&format!("SELECT count(*) FROM {table} WHERE job_id = {job}"))
+                .count(&format!(
+                    "SELECT count(*) FROM {table} WHERE job_id = {job}"
+                ))
                 .await;
             assert_eq!(left, 0, "{table} of job {job}");
         }
@@ -454,7 +465,10 @@ async fn retention_deletes_old_results_only(backend: Backend) {
             .find(|c| &c.0 == worker)
             .unwrap_or_else(|| panic!("{worker} lost its credit: {after:?}"));
         assert!(results_after > results, "{worker}");
-        assert!(credit_after >= credit_ms, "{worker}: {credit_after} < {credit_ms}");
+        assert!(
+            credit_after >= credit_ms,
+            "{worker}: {credit_after} < {credit_ms}"
+        );
     }
     // A second pass finds nothing to do.
     let again = retention::pass(&*store, &policy).await.unwrap();

@@ -602,10 +602,11 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // Lock the module first: a job being stored on it holds FOR SHARE until it commits, so
         // the in-use check below (a later statement, a fresh snapshot) sees that job.
-        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if found.is_none() {
             return Ok(ModuleDeletion::NotFound);
         }
