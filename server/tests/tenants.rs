@@ -1,5 +1,6 @@
 //! Tenant quotas (open chunks, module bytes, submissions per minute), module deletion and
 //! retention, against a real master on both backends (issue 19 §5, review M1 and M6).
+#![allow(clippy::unwrap_used)]
 
 #[macro_use]
 mod common;
