@@ -126,6 +126,28 @@ pub struct Config {
     )]
     pub public_origin: Vec<String>,
 
+    // Tenant quotas and retention (issue 19 §5; README "Tenant quotas and retention").
+    /// Open chunks (not yet decided, over its queued and running jobs) one submitter token may
+    /// hold, the submitted job's included; more answer 429 `quota_exceeded`. 0: no limit. The
+    /// admin token has no quotas.
+    #[arg(long, env = "GRID_MAX_OPEN_CHUNKS", default_value_t = crate::quota::DEFAULT_MAX_OPEN_CHUNKS)]
+    pub max_open_chunks: u64,
+
+    /// Bytes of uploaded modules one submitter token may keep stored (DELETE
+    /// /api/v1/modules/{id} frees them). 0: no limit.
+    #[arg(long, env = "GRID_MAX_MODULE_BYTES_PER_TOKEN", default_value_t = crate::quota::DEFAULT_MAX_MODULE_BYTES)]
+    pub max_module_bytes_per_token: u64,
+
+    /// Job submissions and module uploads one submitter token may send per minute (a burst of
+    /// this many, then one every 60/N s). 0: no limit.
+    #[arg(long, env = "GRID_MAX_SUBMISSIONS_PER_MINUTE", default_value_t = crate::quota::DEFAULT_MAX_SUBMISSIONS_PER_MINUTE)]
+    pub max_submissions_per_minute: u32,
+
+    /// Delete the replicas and results of jobs finished more than this many days ago (the job
+    /// row and its counters stay; its results answer 410). Unset: keep everything.
+    #[arg(long, env = "GRID_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -163,6 +185,16 @@ impl std::fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("public_origin", &self.public_origin)
+            .field("max_open_chunks", &self.max_open_chunks)
+            .field(
+                "max_module_bytes_per_token",
+                &self.max_module_bytes_per_token,
+            )
+            .field(
+                "max_submissions_per_minute",
+                &self.max_submissions_per_minute,
+            )
+            .field("retention_days", &self.retention_days)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -185,8 +217,17 @@ impl Config {
             max_ws_sessions: self.max_sessions,
             max_ws_sessions_per_network: self.max_sessions_per_network,
             hello_work_bits: self.hello_work_bits,
+            max_open_chunks: self.max_open_chunks,
+            max_module_bytes_per_token: self.max_module_bytes_per_token,
+            max_submissions_per_minute: self.max_submissions_per_minute,
             ..Default::default()
         }
+    }
+
+    /// The retention these settings describe (`None`: keep everything).
+    pub fn retention(&self) -> Option<crate::retention::RetentionPolicy> {
+        self.retention_days
+            .map(crate::retention::RetentionPolicy::days)
     }
 
     /// The network policy these settings describe.

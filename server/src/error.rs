@@ -40,6 +40,24 @@ pub enum Error {
     /// 409: the request conflicts with the resource's state (e.g. cancelling a finished job).
     #[error("{0}")]
     Conflict(String),
+    /// 409 with a specific code: e.g. `module_in_use` (deleting a module an unfinished job
+    /// runs).
+    #[error("{message}")]
+    ConflictWith {
+        /// Stable code, e.g. `module_in_use`.
+        code: &'static str,
+        /// What is in the way, for a human.
+        message: String,
+    },
+    /// 410: the resource existed but its content is gone for good (e.g. `results_expired`:
+    /// the retention deleted a job's results).
+    #[error("{message}")]
+    Gone {
+        /// Stable code, e.g. `results_expired`.
+        code: &'static str,
+        /// What was deleted and when, for a human.
+        message: String,
+    },
     /// 413: the body, or a part of it, is over a documented limit.
     #[error("{0}")]
     TooLarge(String),
@@ -61,6 +79,18 @@ pub enum Error {
         /// Stable code, e.g. `too_many_sessions`.
         code: &'static str,
         /// What is over which limit, for a human.
+        message: String,
+    },
+    /// 429 `quota_exceeded` with `Retry-After`: the submitter token is over one of its quotas
+    /// ([`crate::quota`]). 413 `quota_exceeded` (no `Retry-After`) when this request alone is
+    /// over the whole limit, so waiting cannot help.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which quota: `max_open_chunks`, `max_module_bytes` or `max_submissions_per_minute`.
+        quota: &'static str,
+        /// Seconds until trying again may succeed; `None` when it never can (413).
+        retry_after: Option<std::time::Duration>,
+        /// The quota, its limit and the current use, for a human.
         message: String,
     },
     /// 503: the request took longer than the request timeout; it may be retried.
@@ -94,6 +124,13 @@ impl Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::ConflictWith { code, .. } => (StatusCode::CONFLICT, code),
+            Error::Gone { code, .. } => (StatusCode::GONE, code),
+            Error::QuotaExceeded {
+                retry_after: Some(_),
+                ..
+            } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            Error::QuotaExceeded { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -134,6 +171,22 @@ impl IntoResponse for Error {
             _ => {}
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Error::QuotaExceeded { quota, .. } = &self {
+            ::metrics::counter!("grid_quota_refusals_total", "quota" => *quota).increment(1);
+        }
+        if let Error::QuotaExceeded {
+            retry_after: Some(wait),
+            ..
+        } = &self
+        {
+            // Whole seconds, rounded up: a client that waits this long finds room.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }

@@ -19,6 +19,8 @@
 //! - [`admission`]: caps on open connections and worker sessions, globally and per peer.
 //! - [`tls`]: HTTPS and WSS served directly (`--tls-cert`, `--tls-key`).
 //! - [`web`]: the contribute page at `/` and its assets; the `Origin` check of `/ws`.
+//! - [`quota`]: per-tenant quotas (open chunks, module bytes, submissions per minute);
+//!   [`retention`]: the task deleting the results of jobs finished long ago.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
@@ -36,6 +38,8 @@ pub mod inputs;
 pub mod limits;
 pub mod metrics;
 pub mod network;
+pub mod quota;
+pub mod retention;
 pub mod scheduler;
 pub mod session;
 pub mod store;
@@ -93,6 +97,8 @@ pub struct AppState {
     pub networks: Arc<network::NetworkPolicy>,
     /// Open connections and worker sessions, against their caps.
     pub admission: Arc<admission::Admission>,
+    /// Each submitter token's submissions per minute ([`quota`]).
+    pub submissions: Arc<quota::SubmissionRate>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -120,6 +126,9 @@ pub struct ServeOptions {
     /// Serve HTTPS and WSS with this configuration ([`tls::server_config`]) instead of plain
     /// HTTP and WS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Delete the results of jobs finished longer ago than this ([`retention`]); `None`: keep
+    /// them for ever.
+    pub retention: Option<retention::RetentionPolicy>,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -265,8 +274,12 @@ pub async fn serve(
     if !options.no_trust {
         checker::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
     }
+    if let Some(policy) = options.retention {
+        retention::spawn(policy, store.clone(), stop_rx.clone());
+    }
     let limits = Arc::new(options.limits);
     let state = AppState {
+        submissions: Arc::new(quota::SubmissionRate::new(&limits)),
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,
         insights,

@@ -68,6 +68,18 @@ pub struct Limits {
     /// trusted networks before its welcome (`--hello-work-bits`; 0: none). See
     /// [`grid_protocol::work`].
     pub hello_work_bits: u32,
+    /// Open chunks (not yet decided, over its queued and running jobs) one submitter token may
+    /// hold, the job being submitted included (`--max-open-chunks`; 0: no limit). See
+    /// [`crate::quota`].
+    pub max_open_chunks: u64,
+    /// Bytes of modules one submitter token may keep stored (`--max-module-bytes-per-token`;
+    /// 0: no limit).
+    pub max_module_bytes_per_token: u64,
+    /// Job submissions and module uploads one submitter token may send per
+    /// [`Self::submission_window`] (`--max-submissions-per-minute`; 0: no limit).
+    pub max_submissions_per_minute: u32,
+    /// The window of `max_submissions_per_minute`: a minute (shorter only in tests).
+    pub submission_window: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +106,10 @@ impl Default for Limits {
             ws_write_timeout: Duration::from_secs(10),
             ws_max_refusals: 64,
             hello_work_bits: 0,
+            max_open_chunks: crate::quota::DEFAULT_MAX_OPEN_CHUNKS,
+            max_module_bytes_per_token: crate::quota::DEFAULT_MAX_MODULE_BYTES,
+            max_submissions_per_minute: crate::quota::DEFAULT_MAX_SUBMISSIONS_PER_MINUTE,
+            submission_window: Duration::from_secs(60),
         }
     }
 }

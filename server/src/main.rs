@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         limits: fit_open_files(config.limits()),
         public_origins: config.public_origin.clone(),
         tls,
+        retention: config.retention(),
     };
     serve(listener, store, options, shutdown_signal()).await
 }

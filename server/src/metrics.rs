@@ -19,6 +19,9 @@
 //! | `grid_connections_open` | gauge | open TCP connections (see [`crate::admission`]) |
 //! | `grid_connections_refused_total{reason}` | counter | connections closed at accept: `global` or `per_peer` cap |
 //! | `grid_sessions_refused_total{reason}` | counter | `/ws` upgrades answered 429: `global` or `per_peer` cap |
+//! | `grid_quota_refusals_total{quota}` | counter | requests refused over a tenant quota (`max_open_chunks`, `max_module_bytes`, `max_submissions_per_minute`) |
+//! | `grid_retention_rows_deleted_total` | counter | replica and chunk rows the retention deleted |
+//! | `grid_retention_jobs_purged_total` | counter | jobs whose results the retention deleted completely |
 //! | `grid_sessions_closed_total{reason}` | counter | sessions ended, by the error code sent (`slow_reader`, `too_many_refusals`, ...) or `peer` |
 
 use std::sync::OnceLock;
@@ -73,6 +76,18 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        "grid_quota_refusals_total",
+        "Requests refused over a tenant quota."
+    );
+    metrics::describe_counter!(
+        "grid_retention_rows_deleted_total",
+        "Replica and chunk rows deleted by the retention."
+    );
+    metrics::describe_counter!(
+        "grid_retention_jobs_purged_total",
+        "Jobs whose results the retention deleted."
+    );
     metrics::describe_counter!("grid_results_total", "Results recorded.");
     metrics::describe_counter!("grid_results_rejected_total", "Results refused.");
     metrics::describe_counter!("grid_chunks_decided_total", "Chunks accepted or failed.");

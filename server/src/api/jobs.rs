@@ -335,6 +335,7 @@ pub async fn cancel(
             content_type = "application/x-ndjson", body = super::openapi::ResultLine),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+        (status = 410, description = "`results_expired`: the retention (`--retention-days`) deleted this job's results; the job itself remains", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn results(
@@ -343,11 +344,12 @@ pub async fn results(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
-    state
+    let job = state
         .store
         .job(caller.0, id)
         .await?
         .ok_or(Error::NotFound("job"))?;
+    crate::retention::ensure_results_kept(&job)?;
     let store = state.store.clone();
     let pages = stream::unfold(Some(-1), move |after| {
         let store = store.clone();

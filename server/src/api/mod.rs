@@ -2,7 +2,7 @@
 //!
 //! - [`submit`]: submit a job, as JSON or as a multipart form with a dataset file.
 //! - [`jobs`]: list, inspect, cancel jobs and stream their results; the job fields.
-//! - [`modules`]: upload and download WebAssembly task modules.
+//! - [`modules`]: upload, download and delete WebAssembly task modules.
 //! - [`tokens`]: the admin creates, lists and revokes submitter tokens.
 //! - [`health`]: `/healthz` (alive) and `/readyz` (database reachable).
 //! - [`json`]: the JSON extractor that turns every body error into the API's error format.
@@ -59,7 +59,10 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/jobs/{id}/chunks", get(chunks::map))
         .route("/jobs/{id}/image.png", get(image::image))
-        .route("/modules/{id}", get(modules::download))
+        .route(
+            "/modules/{id}",
+            get(modules::download).delete(modules::delete),
+        )
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke).patch(tokens::update))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))

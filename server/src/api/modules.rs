@@ -1,10 +1,17 @@
-//! Task modules: `POST /api/v1/modules` (upload) and `GET /api/v1/modules/{id}` (download).
+//! Task modules: `POST /api/v1/modules` (upload), `GET /api/v1/modules/{id}` (download) and
+//! `DELETE /api/v1/modules/{id}`.
 //!
 //! A module is checked against the task ABI (`grid-task-abi`, `docs/task-abi.md`) before it is
 //! stored, and stored under its content address `sha256:<hex>`: uploading the same bytes again
 //! changes nothing and answers the same id. Downloads need no token — workers fetch modules by
 //! id, and the id is the hash of the bytes, so a response never changes and is cached forever.
 //! Any submitter may run a job on any module whose id it knows.
+//!
+//! Each uploader *holds* the modules it uploaded (`module_uploads`; several tenants may hold
+//! the same bytes), and each hold counts against that token's module-byte quota
+//! ([`crate::quota`]). Deleting drops the caller's hold (the admin's drops every hold); the
+//! bytes go with the last hold, and only if no unfinished job runs the module, so one tenant's
+//! deletion never breaks another tenant's jobs.
 //!
 //! When a job starts, every worker downloads its module at about the same time: the master
 //! keeps recently downloaded modules in memory ([`ModuleCache`]) so that a thousand volunteers
@@ -21,6 +28,7 @@ use serde::Serialize;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::store::ModuleDeletion;
 
 /// Bytes of module kept in memory by [`ModuleCache`].
 const CACHED_MODULE_BYTES: u64 = 64 * 1024 * 1024;
@@ -82,9 +90,11 @@ pub struct UploadedModule {
     responses(
         (status = 201, description = "Stored (or already stored: same id)", body = UploadedModule),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
-        (status = 413, description = "Over the module size limit", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over the module size limit; `quota_exceeded` when this module alone is over the token's module-byte quota", body = super::openapi::ErrorBody),
         (status = 415, description = "Declared as something other than application/wasm", body = super::openapi::ErrorBody),
         (status = 422, description = "Not WebAssembly, or not following the task ABI", body = super::openapi::ErrorBody),
+        (status = 429, description = "`quota_exceeded`: over the token's module-byte quota or its submissions per minute (the message names the quota, its limit and the use); `Retry-After` says when to try again", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn upload(
@@ -93,6 +103,8 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    // Counted before the body is read (module uploads share the submission rate with jobs).
+    state.submissions.take(caller.0)?;
     if let Some(declared) = headers.get(header::CONTENT_TYPE) {
         let media_type = declared
             .to_str()
@@ -133,7 +145,11 @@ pub async fn upload(
     let info = grid_task_abi::check_module(&bytes)
         .map_err(|error| Error::invalid("invalid_module", error.to_string()))?;
     let id = grid_task_abi::module_id(&bytes);
-    let new = state.store.put_module(caller.0, &id, &bytes).await?;
+    let max_bytes = crate::quota::module_byte_limit(&state.limits, caller.0);
+    let new = state
+        .store
+        .put_module(caller.0, &id, &bytes, max_bytes)
+        .await?;
     tracing::info!(module = %id, size = bytes.len(), new, initial_pages = info.initial_pages, "module uploaded");
     let location = format!("/api/v1/modules/{id}");
     Ok((
@@ -208,4 +224,53 @@ pub async fn download(
         bytes,
     )
         .into_response())
+}
+
+/// `DELETE /api/v1/modules/{id}`: drop the caller's hold on a module it uploaded (the admin:
+/// every hold), freeing its bytes from the caller's quota.
+#[utoipa::path(
+    delete,
+    operation_id = "delete_module",
+    summary = "Delete an uploaded task module",
+    description = "Drops the caller's hold on a module it uploaded (the admin's drops every \
+        hold) and gives its bytes back to the caller's module-byte quota. The module's bytes are \
+        deleted once nobody holds it any more. Refused while an unfinished job of the caller runs \
+        it, or, when the bytes would go, while any unfinished job does.",
+    path = "/api/v1/modules/{id}",
+    tag = "modules",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Module id, `sha256:<hex>`")),
+    responses(
+        (status = 204, description = "Deleted (the caller no longer holds it)"),
+        (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such module, or the caller did not upload it", body = super::openapi::ErrorBody),
+        (status = 409, description = "`module_in_use`: an unfinished job runs it", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    if !grid_task_abi::is_module_id(&id) {
+        return Err(Error::NotFound("module"));
+    }
+    match state.store.delete_module(caller.0, &id).await? {
+        ModuleDeletion::NotFound => Err(Error::NotFound("module")),
+        ModuleDeletion::InUse => Err(Error::ConflictWith {
+            code: "module_in_use",
+            message: format!(
+                "module `{id}` is run by an unfinished job: cancel it or wait until it finishes"
+            ),
+        }),
+        ModuleDeletion::Deleted { bytes_removed } => {
+            if bytes_removed {
+                // Other masters' caches keep serving the (immutable) bytes until evicted; the
+                // jobs that could ask for them are all finished.
+                state.module_cache.0.remove(&id);
+            }
+            tracing::info!(module = %id, bytes_removed, "module deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }

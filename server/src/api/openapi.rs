@@ -47,6 +47,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         image::image,
         modules::upload,
         modules::download,
+        modules::delete,
         tokens::create,
         tokens::list,
         tokens::revoke,

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::inputs::{self, InputCollector, Origin};
 use crate::limits::{JOB_PART_BYTES, Limits};
 use crate::scheduler::Event;
-use crate::store::{JobView, NewJob, Program};
+use crate::store::{JobView, NewJob};
 
 /// The multipart form of `POST /api/v1/jobs` (documentation only).
 #[derive(Debug, utoipa::ToSchema)]
@@ -78,9 +78,11 @@ pub fn body_limit(limits: &Limits) -> usize {
         (status = 201, description = "Stored; `Location` names the job", body = JobView),
         (status = 400, description = "The body is not JSON, or not a well-formed multipart form", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
-        (status = 413, description = "Over a limit (inputs, input size, body, dataset file)", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over a limit (inputs, input size, body, dataset file); `quota_exceeded` when this job alone has more chunks than the token's open-chunk quota", body = super::openapi::ErrorBody),
         (status = 415, description = "Neither application/json nor multipart/form-data", body = super::openapi::ErrorBody),
         (status = 422, description = "Unknown kernel or module, invalid input, field or dataset (the message names inputs[i], or the row and column)", body = super::openapi::ErrorBody),
+        (status = 429, description = "`quota_exceeded`: over the token's open-chunk quota or its submissions per minute (the message names the quota, its limit and the use); `Retry-After` says when to try again", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn submit(
@@ -88,6 +90,8 @@ pub async fn submit(
     caller: Caller,
     request: Request,
 ) -> Result<Response> {
+    // Counted before the body is read: a flood of submissions costs no parsing.
+    state.submissions.take(caller.0)?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -113,18 +117,13 @@ pub async fn submit(
             "send a job as application/json, or as multipart/form-data with a dataset file".into(),
         ));
     };
-    if let Program::Module { id, .. } = &job.program
-        && !state.store.module_exists(id).await?
-    {
-        return Err(Error::invalid(
-            "unknown_module",
-            format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
-        ));
-    }
-    // Tenant quotas and fair share: the job is complete here (its owner, program, priority
-    // and chunk count are known) and nothing is stored yet, so this is where a quota check
-    // refuses it.
-    let view = state.store.create_job(caller.0, job).await?;
+    // The open-chunk quota and the module's existence are checked in the insert's transaction
+    // (see `Store::create_job`): nothing is stored on a refusal.
+    let max_open_chunks = crate::quota::open_chunk_limit(&state.limits, caller.0);
+    let view = state
+        .store
+        .create_job(caller.0, job, max_open_chunks)
+        .await?;
     state.scheduler.try_send(Event::WorkAvailable);
     tracing::info!(
         job = view.id,

@@ -276,6 +276,17 @@ fn settle_sql(ms: &str, job_param: &str) -> String {
     )
 }
 
+/// The statement that adds one job's credit to `volunteer_credit` (the job is `$1`, which
+/// SQLite reads as `?1` too), for the retention: it settles a job before deleting its replicas,
+/// with the same claim on `credited_jobs` as [`Insights::credits`].
+pub(crate) fn settle_job_sql(postgres: bool) -> String {
+    if postgres {
+        settle_sql(MS_POSTGRES, "$1")
+    } else {
+        settle_sql(MS_SQLITE, "?1")
+    }
+}
+
 /// Settled credit plus the live credit of unsettled jobs, per volunteer, highest first.
 fn credits_sql(ms: &str, integer: &str, real: &str) -> String {
     format!(

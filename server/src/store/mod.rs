@@ -245,6 +245,10 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the retention (`--retention-days`) deleted its replicas and results; from then on
+    /// `GET /api/v1/jobs/{id}/results` answers 410 `results_expired`. The job and its counters
+    /// stay. Null while they are kept.
+    pub results_deleted_at: Option<DateTime<Utc>>,
 }
 
 /// One finished chunk, as a results line.
@@ -399,6 +403,34 @@ impl Batch {
             && self.leases.is_empty()
             && self.master_checks.is_empty()
     }
+}
+
+/// What deleting a module did (see [`Store::delete_module`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleDeletion {
+    /// No such module, or the caller does not hold it.
+    NotFound,
+    /// An unfinished job runs it (one of the caller's, or anyone's when the bytes would go).
+    InUse,
+    /// The caller's hold on it is gone; `bytes_removed` when nobody holds it any more and its
+    /// bytes were deleted too.
+    Deleted {
+        /// The module's row (its bytes) was deleted.
+        bytes_removed: bool,
+    },
+}
+
+/// One bounded step of the retention on one job (see [`Store::retention_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionStep {
+    /// The job is no longer eligible (not finished, or finished too recently, or done with).
+    Skipped,
+    /// The job's credit was settled and it was marked `results_deleted_at`.
+    Marked,
+    /// This many rows (replicas, then chunks) were deleted; more may remain.
+    Deleted(u64),
+    /// Nothing of the job is left to delete: it is marked purged.
+    Purged,
 }
 
 /// What cancelling a job did.
@@ -567,6 +599,39 @@ pub(crate) const CHUNK_STATES_SQL: &str = "
                         THEN chunk_count - chunks_done - chunks_failed ELSE 0 END), 0)
     FROM jobs";
 
+/// A submitter's open chunks: the undecided chunks of its queued and running jobs, from their
+/// counters (`$1` the token); portable.
+pub(crate) const OPEN_CHUNKS_SQL: &str = "
+    SELECT CAST(COALESCE(SUM(chunk_count - chunks_done - chunks_failed), 0) AS BIGINT)
+    FROM jobs WHERE owner_token_id = $1 AND state IN ('queued', 'running')";
+
+/// Module bytes a submitter holds (`$1` the token, 0 for the admin); portable.
+pub(crate) const HELD_MODULE_BYTES_SQL: &str = "
+    SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM module_uploads WHERE uploader = $1";
+
+/// Whether an unfinished job runs module `$1`: anyone's when `$2`, else only token `$3`'s;
+/// portable.
+pub(crate) const MODULE_IN_USE_SQL: &str = "
+    SELECT EXISTS (SELECT 1 FROM jobs
+                   WHERE kernel = $1 AND state IN ('queued', 'running')
+                     AND ($2 OR owner_token_id = $3))";
+
+/// The `module_uploads.uploader` of an owner: its token id, 0 for the admin.
+pub(crate) fn uploader(owner: Owner) -> i64 {
+    match owner {
+        Owner::Admin => 0,
+        Owner::Submitter(token) => token,
+    }
+}
+
+/// 422 for a module job whose module is not stored.
+pub(crate) fn unknown_module(id: &str) -> crate::error::Error {
+    crate::error::Error::invalid(
+        "unknown_module",
+        format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
+    )
+}
+
 /// Job counters after a review round: `$1` ids, `$2` done, `$3` failed, `$4` revised deltas.
 /// A job whose chunks are all decided becomes done (or failed); one reopened by backtracking
 /// goes back to running. Cancelled jobs keep their state.
@@ -601,8 +666,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Set a token's fair-share weight. `None`: no such token.
     async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<TokenView>>;
 
-    /// Store a job and its chunks.
-    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView>;
+    /// Store a job and its chunks. With `max_open_chunks`, refuse it (429/413
+    /// `quota_exceeded`, nothing stored) when the owner's open chunks (from its unfinished
+    /// jobs' counters) plus this job's would pass it; the check and the insert are serialized
+    /// per owner, so concurrent submissions cannot jointly pass the limit. A module job whose
+    /// module is not stored (or is being deleted) is refused with 422 `unknown_module`.
+    async fn create_job(
+        &self,
+        owner: Owner,
+        job: NewJob,
+        max_open_chunks: Option<u64>,
+    ) -> Result<JobView>;
     /// A job visible to `owner`.
     async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>>;
     /// Jobs visible to `owner`, newest first.
@@ -650,8 +724,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Store an uploaded module checked against the ABI, unless one with this id is stored
-    /// already. Returns whether it was new.
-    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool>;
+    /// already, and note that `owner` holds it (`module_uploads`). With `max_bytes`, refuse it
+    /// (429/413 `quota_exceeded`, nothing stored) when the bytes the owner holds plus this
+    /// module's would pass it (a module it holds already costs nothing more). Returns whether
+    /// the bytes were new.
+    async fn put_module(
+        &self,
+        owner: Owner,
+        id: &str,
+        bytes: &[u8],
+        max_bytes: Option<u64>,
+    ) -> Result<bool>;
+    /// Drop `owner`'s hold on a module (the admin's drops every hold), and its bytes once
+    /// nobody holds it. Refused while an unfinished job of the owner runs it, or, when the
+    /// bytes would go, while any unfinished job does.
+    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion>;
+
+    /// Finished jobs (done, failed, cancelled) whose results are due for deletion: finished
+    /// before `cutoff` and not purged yet, oldest first.
+    async fn retention_candidates(&self, cutoff: DateTime<Utc>, limit: i64) -> Result<Vec<i64>>;
+    /// One short transaction of the retention on `job` (finished before `cutoff`): first
+    /// settle its volunteers' credit and mark it `results_deleted_at`, then delete up to
+    /// `batch_rows` of its replicas, then of its chunks, then mark it purged.
+    async fn retention_step(
+        &self,
+        job: i64,
+        cutoff: DateTime<Utc>,
+        batch_rows: i64,
+    ) -> Result<RetentionStep>;
     /// An uploaded module's bytes.
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
     /// Whether a module with this id is stored.

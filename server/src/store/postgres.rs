@@ -16,8 +16,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, NewJob, Owner, ReadyChunk,
-    ReplicaCounts, Store,
+    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob, Owner,
+    Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -134,7 +134,7 @@ const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, j.state, j.redundancy,
            j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
-           j.created_at, j.started_at, j.finished_at,
+           j.created_at, j.started_at, j.finished_at, j.results_deleted_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
            j.replicas_invalid AS invalid, j.replicas_expired AS expired
     FROM jobs j";
@@ -170,6 +170,7 @@ fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
         created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        results_deleted_at: row.try_get("results_deleted_at")?,
     })
 }
 
@@ -238,7 +239,12 @@ impl Store for PgStore {
         Ok(revoked)
     }
 
-    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {
+    async fn create_job(
+        &self,
+        owner: Owner,
+        job: NewJob,
+        max_open_chunks: Option<u64>,
+    ) -> Result<JobView> {
         let owner_id = match owner {
             Owner::Admin => None,
             Owner::Submitter(id) => Some(id),
@@ -246,6 +252,32 @@ impl Store for PgStore {
         let chunk_count = i32::try_from(job.inputs.len())
             .map_err(|_| Error::TooLarge("too many inputs".into()))?;
         let mut tx = self.pool.begin().await?;
+        if let (Some(limit), Some(token)) = (max_open_chunks, owner_id) {
+            // The tenant's lock first (its other submissions wait here until this one is
+            // stored or refused), then its open chunks from its unfinished jobs' counters.
+            lock_tenant(&mut tx, token).await?;
+            let used: i64 = sqlx::query_scalar(super::OPEN_CHUNKS_SQL)
+                .bind(token)
+                .fetch_one(&mut *tx)
+                .await?;
+            let used = u64::try_from(used).unwrap_or(0);
+            let requested = job.inputs.len() as u64;
+            if used.saturating_add(requested) > limit {
+                return Err(crate::quota::open_chunks_exceeded(limit, used, requested));
+            }
+        }
+        if let Program::Module { id, .. } = &job.program {
+            // Held until the job is stored: a concurrent deletion of the module waits for it
+            // and then sees the job (see `delete_module`).
+            let found: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1 FOR SHARE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Err(super::unknown_module(id));
+            }
+        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, verification, timeout_ms, max_memory_mb,
@@ -485,6 +517,8 @@ impl Store for PgStore {
                     "
                  FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
                  WHERE c.state = 'done' AND c.master_checked = 'agreed'
+                   -- Never a chunk the retention is deleting.
+                   AND j.results_deleted_at IS NULL
                    AND c.ringer_key >= $2 AND c.ringer_key < $3
                    AND c.output_digest IS NOT NULL
                  ORDER BY c.ringer_key LIMIT $1"
@@ -574,25 +608,221 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool> {
+    async fn put_module(
+        &self,
+        owner: Owner,
+        id: &str,
+        bytes: &[u8],
+        max_bytes: Option<u64>,
+    ) -> Result<bool> {
         let uploaded_by = match owner {
             Owner::Admin => None,
             Owner::Submitter(token) => Some(token),
         };
+        let uploader = super::uploader(owner);
         let size =
             i32::try_from(bytes.len()).map_err(|_| Error::TooLarge("module too large".into()))?;
-        let inserted = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        if let (Some(limit), Some(token)) = (max_bytes, uploaded_by) {
+            lock_tenant(&mut tx, token).await?;
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM module_uploads WHERE module_id = $1 AND uploader = $2",
+            )
+            .bind(id)
+            .bind(uploader)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                let used: i64 = sqlx::query_scalar(super::HELD_MODULE_BYTES_SQL)
+                    .bind(uploader)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let used = u64::try_from(used).unwrap_or(0);
+                let requested = bytes.len() as u64;
+                if used.saturating_add(requested) > limit {
+                    return Err(crate::quota::module_bytes_exceeded(limit, used, requested));
+                }
+            }
+        }
+        // DO UPDATE rather than DO NOTHING: it waits for a concurrent deletion of the same
+        // module and then inserts it again, so the hold below never points at a deleted row.
+        let inserted: bool = sqlx::query_scalar(
             "INSERT INTO modules (id, bytes, size, uploaded_by) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO UPDATE SET size = modules.size
+             RETURNING (xmax = 0)",
         )
         .bind(id)
         .bind(bytes)
         .bind(size)
         .bind(uploaded_by)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted > 0)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO module_uploads (module_id, uploader, size) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(uploader)
+        .bind(i64::from(size))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the module first: a job being stored on it holds FOR SHARE until it commits, so
+        // the in-use check below (a later statement, a fresh snapshot) sees that job.
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        let (others, token) = match owner {
+            Owner::Admin => (0, 0),
+            Owner::Submitter(token) => {
+                let dropped = sqlx::query(
+                    "DELETE FROM module_uploads WHERE module_id = $1 AND uploader = $2",
+                )
+                .bind(id)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if dropped == 0 {
+                    return Ok(ModuleDeletion::NotFound);
+                }
+                let others: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM module_uploads WHERE module_id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                (others, token)
+            }
+        };
+        let bytes_go = others == 0;
+        let in_use: bool = sqlx::query_scalar(super::MODULE_IN_USE_SQL)
+            .bind(id)
+            .bind(bytes_go)
+            .bind(token)
+            .fetch_one(&mut *tx)
+            .await?;
+        if in_use {
+            return Ok(ModuleDeletion::InUse);
+        }
+        if bytes_go {
+            sqlx::query("DELETE FROM modules WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ModuleDeletion::Deleted {
+            bytes_removed: bytes_go,
+        })
+    }
+
+    async fn retention_candidates(&self, cutoff: DateTime<Utc>, limit: i64) -> Result<Vec<i64>> {
+        let jobs = sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE finished_at IS NOT NULL AND results_purged_at IS NULL AND finished_at < $1
+               AND state IN ('done', 'failed', 'cancelled')
+             ORDER BY finished_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    async fn retention_step(
+        &self,
+        job: i64,
+        cutoff: DateTime<Utc>,
+        batch_rows: i64,
+    ) -> Result<RetentionStep> {
+        let mut tx = self.pool.begin().await?;
+        let marked: Option<bool> = sqlx::query_scalar(
+            "SELECT results_deleted_at IS NOT NULL FROM jobs
+             WHERE id = $1 AND finished_at < $2 AND results_purged_at IS NULL
+               AND state IN ('done', 'failed', 'cancelled')",
+        )
+        .bind(job)
+        .bind(cutoff)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let step = match marked {
+            None => RetentionStep::Skipped,
+            Some(false) => {
+                // Mark first (it locks the job's row and checks again that the job is final),
+                // then settle its credit, which reads the replicas about to go.
+                let marked = sqlx::query(
+                    "UPDATE jobs SET results_deleted_at = now()
+                     WHERE id = $1 AND results_deleted_at IS NULL
+                       AND state IN ('done', 'failed', 'cancelled')",
+                )
+                .bind(job)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if marked == 0 {
+                    RetentionStep::Skipped
+                } else {
+                    let claimed = sqlx::query(
+                        "INSERT INTO credited_jobs (job_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 1 {
+                        sqlx::query(&super::insights::settle_job_sql(true))
+                            .bind(job)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    RetentionStep::Marked
+                }
+            }
+            Some(true) => {
+                let mut deleted = sqlx::query(
+                    "DELETE FROM replicas WHERE id IN (
+                         SELECT id FROM replicas WHERE job_id = $1 LIMIT $2)",
+                )
+                .bind(job)
+                .bind(batch_rows)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if deleted == 0 {
+                    deleted = sqlx::query(
+                        "DELETE FROM chunks WHERE job_id = $1 AND idx IN (
+                             SELECT idx FROM chunks WHERE job_id = $1 ORDER BY idx LIMIT $2)",
+                    )
+                    .bind(job)
+                    .bind(batch_rows)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                if deleted == 0 {
+                    sqlx::query("UPDATE jobs SET results_purged_at = now() WHERE id = $1")
+                        .bind(job)
+                        .execute(&mut *tx)
+                        .await?;
+                    RetentionStep::Purged
+                } else {
+                    RetentionStep::Deleted(deleted)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(step)
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
@@ -613,6 +843,17 @@ impl Store for PgStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// Serialize one tenant's quota checks with their inserts, across masters: a transaction-scoped
+/// advisory lock on the token (released at commit or rollback). The first key names the quota
+/// locks; ids beyond 32 bits share a lock with another token, which only serializes more.
+async fn lock_tenant(tx: &mut Tx, token: i64) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('grid_quota'), ($1 % 2147483647)::int)")
+        .bind(token)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// Ready-chunk rows (job_id, idx, priority, kernel, input, lease_seconds, wanted, holders) as
 /// dispatch cache entries.
@@ -1213,8 +1454,11 @@ impl ReviewDb for PgReview<'_> {
                  SELECT c.job_id, c.idx, c.state FROM chunks c JOIN hit USING (job_id, idx)
                  WHERE c.state IN ('done', 'failed')
                    -- A cancelled job is nobody's any more: never revive its chunks.
+                   -- Nor one whose results the retention deletes.
                    AND NOT EXISTS (SELECT 1 FROM jobs cj
-                                   WHERE cj.id = c.job_id AND cj.state = 'cancelled')
+                                   WHERE cj.id = c.job_id
+                                     AND (cj.state = 'cancelled'
+                                          OR cj.results_deleted_at IS NOT NULL))
                  FOR UPDATE OF c
              )
              UPDATE chunks c
@@ -1337,6 +1581,9 @@ async fn create_leases(
                 t.ringer, t.origin
          FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[], $7::text[])
               AS t(job_id, idx, worker_id, seconds, ringer, origin)
+         -- A ringer from a stale pool whose chunk the retention deleted is not granted.
+         WHERE NOT t.ringer
+            OR EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = t.job_id AND c.idx = t.idx)
          ON CONFLICT DO NOTHING
          RETURNING id, job_id, chunk_idx, worker_id, ringer",
     )

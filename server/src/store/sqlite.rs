@@ -26,7 +26,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MasterCheckCandidate, NewJob, Owner, ReadyChunk, ReplicaCounts, Store,
+    JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program, ReadyChunk,
+    ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -89,7 +90,7 @@ const JOB_VIEW_SELECT: &str = "
     SELECT j.id, j.name, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, j.state, j.redundancy,
            j.max_replicas, j.priority, j.lease_seconds, j.chunk_count, j.chunks_done, j.chunks_failed,
            j.verification, j.chunks_revised,
-           j.created_at, j.started_at, j.finished_at,
+           j.created_at, j.started_at, j.finished_at, j.results_deleted_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
            j.replicas_invalid AS invalid, j.replicas_expired AS expired
     FROM jobs j";
@@ -125,6 +126,7 @@ fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        results_deleted_at: row.try_get("results_deleted_at")?,
     })
 }
 
@@ -204,12 +206,38 @@ impl Store for SqliteStore {
         Ok(live)
     }
 
-    async fn create_job(&self, owner: Owner, job: NewJob) -> Result<JobView> {
+    async fn create_job(
+        &self,
+        owner: Owner,
+        job: NewJob,
+        max_open_chunks: Option<u64>,
+    ) -> Result<JobView> {
         let owner_id = match owner {
             Owner::Admin => None,
             Owner::Submitter(id) => Some(id),
         };
+        // One connection, one writer: nothing else runs between the checks and the insert.
         let mut tx = self.pool.begin().await?;
+        if let (Some(limit), Some(token)) = (max_open_chunks, owner_id) {
+            let used: i64 = sqlx::query_scalar(super::OPEN_CHUNKS_SQL)
+                .bind(token)
+                .fetch_one(&mut *tx)
+                .await?;
+            let used = u64::try_from(used).unwrap_or(0);
+            let requested = job.inputs.len() as u64;
+            if used.saturating_add(requested) > limit {
+                return Err(crate::quota::open_chunks_exceeded(limit, used, requested));
+            }
+        }
+        if let Program::Module { id, .. } = &job.program {
+            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Err(super::unknown_module(id));
+            }
+        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, created_at, verification,
@@ -459,6 +487,8 @@ impl Store for SqliteStore {
                     "
                  FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
                  WHERE c.state = 'done' AND c.master_checked = 'agreed'
+                   -- Never a chunk the retention is deleting.
+                   AND j.results_deleted_at IS NULL
                    AND c.ringer_key >= ?2 AND c.ringer_key < ?3
                    AND c.output_digest IS NOT NULL
                  ORDER BY c.ringer_key LIMIT ?1"
@@ -629,11 +659,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn put_module(&self, owner: Owner, id: &str, bytes: &[u8]) -> Result<bool> {
+    async fn put_module(
+        &self,
+        owner: Owner,
+        id: &str,
+        bytes: &[u8],
+        max_bytes: Option<u64>,
+    ) -> Result<bool> {
         let uploaded_by = match owner {
             Owner::Admin => None,
             Owner::Submitter(token) => Some(token),
         };
+        let uploader = super::uploader(owner);
+        let mut tx = self.pool.begin().await?;
+        if let Some(limit) = max_bytes.filter(|_| uploaded_by.is_some()) {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM module_uploads WHERE module_id = ?1 AND uploader = ?2",
+            )
+            .bind(id)
+            .bind(uploader)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                let used: i64 = sqlx::query_scalar(super::HELD_MODULE_BYTES_SQL)
+                    .bind(uploader)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let used = u64::try_from(used).unwrap_or(0);
+                let requested = bytes.len() as u64;
+                if used.saturating_add(requested) > limit {
+                    return Err(crate::quota::module_bytes_exceeded(limit, used, requested));
+                }
+            }
+        }
+        let now = Utc::now();
         let inserted = sqlx::query(
             "INSERT INTO modules (id, bytes, size, uploaded_by, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
@@ -642,11 +701,171 @@ impl Store for SqliteStore {
         .bind(bytes)
         .bind(bytes.len() as i64)
         .bind(uploaded_by)
-        .bind(Utc::now())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        sqlx::query(
+            "INSERT INTO module_uploads (module_id, uploader, size, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(uploader)
+        .bind(bytes.len() as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(inserted > 0)
+    }
+
+    async fn delete_module(&self, owner: Owner, id: &str) -> Result<ModuleDeletion> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Ok(ModuleDeletion::NotFound);
+        }
+        let (others, token) = match owner {
+            Owner::Admin => (0, 0),
+            Owner::Submitter(token) => {
+                let dropped = sqlx::query(
+                    "DELETE FROM module_uploads WHERE module_id = ?1 AND uploader = ?2",
+                )
+                .bind(id)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if dropped == 0 {
+                    return Ok(ModuleDeletion::NotFound);
+                }
+                let others: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM module_uploads WHERE module_id = ?1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                (others, token)
+            }
+        };
+        let bytes_go = others == 0;
+        let in_use: bool = sqlx::query_scalar(super::MODULE_IN_USE_SQL)
+            .bind(id)
+            .bind(bytes_go)
+            .bind(token)
+            .fetch_one(&mut *tx)
+            .await?;
+        if in_use {
+            return Ok(ModuleDeletion::InUse);
+        }
+        if bytes_go {
+            sqlx::query("DELETE FROM modules WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ModuleDeletion::Deleted {
+            bytes_removed: bytes_go,
+        })
+    }
+
+    async fn retention_candidates(&self, cutoff: DateTime<Utc>, limit: i64) -> Result<Vec<i64>> {
+        // Timestamps are text here: compare them as instants, whatever their precision.
+        let jobs = sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE finished_at IS NOT NULL AND results_purged_at IS NULL
+               AND julianday(finished_at) < julianday(?1)
+               AND state IN ('done', 'failed', 'cancelled')
+             ORDER BY julianday(finished_at) LIMIT ?2",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    async fn retention_step(
+        &self,
+        job: i64,
+        cutoff: DateTime<Utc>,
+        batch_rows: i64,
+    ) -> Result<RetentionStep> {
+        let mut tx = self.pool.begin().await?;
+        let marked: Option<bool> = sqlx::query_scalar(
+            "SELECT results_deleted_at IS NOT NULL FROM jobs
+             WHERE id = ?1 AND julianday(finished_at) < julianday(?2)
+               AND results_purged_at IS NULL AND state IN ('done', 'failed', 'cancelled')",
+        )
+        .bind(job)
+        .bind(cutoff)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = Utc::now();
+        let step = match marked {
+            None => RetentionStep::Skipped,
+            Some(false) => {
+                // Settle the job's credit from the replicas about to go, then mark it.
+                let claimed = sqlx::query(
+                    "INSERT INTO credited_jobs (job_id, credited_at) VALUES (?1, ?2)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(job)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if claimed == 1 {
+                    sqlx::query(&super::insights::settle_job_sql(false))
+                        .bind(job)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE jobs SET results_deleted_at = ?2 WHERE id = ?1")
+                    .bind(job)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                RetentionStep::Marked
+            }
+            Some(true) => {
+                let mut deleted = sqlx::query(
+                    "DELETE FROM replicas WHERE id IN (
+                         SELECT id FROM replicas WHERE job_id = ?1 LIMIT ?2)",
+                )
+                .bind(job)
+                .bind(batch_rows)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if deleted == 0 {
+                    deleted = sqlx::query(
+                        "DELETE FROM chunks WHERE job_id = ?1 AND idx IN (
+                             SELECT idx FROM chunks WHERE job_id = ?1 ORDER BY idx LIMIT ?2)",
+                    )
+                    .bind(job)
+                    .bind(batch_rows)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                if deleted == 0 {
+                    sqlx::query("UPDATE jobs SET results_purged_at = ?2 WHERE id = ?1")
+                        .bind(job)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    RetentionStep::Purged
+                } else {
+                    RetentionStep::Deleted(deleted)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(step)
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
@@ -1089,8 +1308,11 @@ impl ReviewDb for SqliteReview<'_> {
             "SELECT c.job_id, c.idx, c.state FROM chunks c
              WHERE c.state IN ('done', 'failed')
                -- A cancelled job is nobody's any more: never revive its chunks.
+               -- Nor one whose results the retention deletes.
                AND NOT EXISTS (SELECT 1 FROM jobs cj
-                               WHERE cj.id = c.job_id AND cj.state = 'cancelled')
+                               WHERE cj.id = c.job_id
+                                 AND (cj.state = 'cancelled'
+                                      OR cj.results_deleted_at IS NOT NULL))
                AND (c.accepted_alone_by = ?1
                     OR EXISTS (SELECT 1 FROM replicas r
                                WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
@@ -1189,10 +1411,12 @@ async fn create_leases(
         if !request.ringer && !claimed.contains(&(request.job_id, request.idx)) {
             continue;
         }
+        // A ringer from a stale pool whose chunk the retention deleted is not granted.
         let lease: Option<i64> = sqlx::query_scalar(
             "INSERT INTO replicas
                  (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             WHERE NOT ?7 OR EXISTS (SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2)
              ON CONFLICT DO NOTHING
              RETURNING id",
         )

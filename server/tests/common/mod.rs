@@ -181,6 +181,18 @@ impl TestStore {
         }
     }
 
+    /// Run a statement (tests reach into the database to set up a state, e.g. age a job).
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            TestStore::Postgres(store) => {
+                sqlx::query(sql).execute(store.pool()).await.unwrap();
+            }
+            TestStore::Sqlite(store) => {
+                sqlx::query(sql).execute(store.pool()).await.unwrap();
+            }
+        }
+    }
+
     /// One text from a query.
     pub async fn text(&self, sql: &str) -> String {
         match self {
