@@ -415,7 +415,14 @@ async fn tokens_are_listed_and_revoked(backend: Backend) {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["created_at", "id", "label", "last_used_at", "revoked_at"]
+            [
+                "created_at",
+                "id",
+                "label",
+                "last_used_at",
+                "revoked_at",
+                "weight"
+            ]
         );
     }
 
