@@ -19,7 +19,13 @@ const REQUIREMENTS: &str = "xtask/requirements-test.txt";
 
 /// Create (once) the virtual environment and bring it up to `REQUIREMENTS`; returns the path
 /// of its `python`. pip is skipped when the requirements file has not changed since the last
-/// successful install (a stamp beside the environment holds a copy).
+/// successful install from this checkout (a stamp beside the environment holds a copy and the
+/// workspace root it was installed from).
+///
+/// The root counts because the requirements install the Python client (`clients/python`) as
+/// an editable install, which points at one checkout's directory: several clones sharing one
+/// target directory (CI's fresh clones and a developer's tree, all on `~/.cache/grid-target`)
+/// each re-point it at their own sources when they run.
 pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
     let venv = web::target_dir(root)?.join("python-venv");
     let python = venv.join("bin/python");
@@ -34,6 +40,7 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
     let requirements_path = root.join(REQUIREMENTS);
     let requirements = std::fs::read_to_string(&requirements_path)
         .with_context(|| format!("cannot read {}", requirements_path.display()))?;
+    let requirements = format!("# installed from {}\n{requirements}", root.display());
     let stamp = venv.join("installed-requirements.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(requirements.as_str()) {
         crate::step("installing the test suite's Python packages with pip");
