@@ -60,12 +60,20 @@ async fn the_python_client_passes_its_tests_against_a_real_master_and_workers() 
 
     let server = InProcessServer::start(Backend::Postgres).await;
     let home = tempfile::tempdir().unwrap();
-    let _w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
-    let _w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
+    let w1 = spawn_worker(&server.ws(), 1, &home.path().join("w1.id"));
+    let w2 = spawn_worker(&server.ws(), 1, &home.path().join("w2.id"));
 
     let mut command = tokio::process::Command::new(&python);
     command
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rfE",
+            "--durations=5",
+        ])
         .arg(client.join("tests"))
         .current_dir(&root)
         .env("GRID_URL", server.http())
@@ -79,12 +87,9 @@ async fn the_python_client_passes_its_tests_against_a_real_master_and_workers() 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = command.spawn().unwrap_or_else(|error| {
-        panic!(
-            "cannot start {} (GRID_PYTHON): {error}",
-            python.display()
-        )
-    });
+    let child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {} (GRID_PYTHON): {error}", python.display()));
     let output = tokio::time::timeout(PYTEST_LIMIT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("pytest did not finish within {PYTEST_LIMIT:?}"))
@@ -105,6 +110,8 @@ async fn the_python_client_passes_its_tests_against_a_real_master_and_workers() 
     for word in ["failed", "error", "skipped", "xfail", "deselected"] {
         assert!(!summary.contains(word), "{summary}\n{stdout}");
     }
-    println!("python client: {summary}");
+    // Shown with --nocapture: the tests' dots, the slowest tests and the summary.
+    println!("{stdout}");
+    drop((w1, w2));
     server.stop().await;
 }
