@@ -16,6 +16,12 @@
 //              every chunk.
 //   hostile    one context alone, hostile task modules (endless loop, memory hog, trap) before
 //              normal jobs: everything finishes, the page stays up.
+//   bombs      one context with two threads alone, talking with the Rust test over stdin/stdout
+//              (which measures the memory of Chromium's processes in between): computes the
+//              warm-up jobs it is given and prints WARM, waits for "BOMBS <job-id>,..." (table
+//              bombs), waits for those jobs to end `failed` and prints BOMBED, waits for
+//              "AFTER <job-id>,..." (ordinary jobs) and checks they end `done`, then does the
+//              module scenarios' checks below on the page.
 //   revoke-pause  one context with one thread; jobs: an endless-loop module job (one chunk,
 //              long timeout) and a kernel job. Once the loop runs in the sandbox, the job is
 //              cancelled (the master revokes the running lease): the sandbox must be stopped
@@ -59,6 +65,7 @@ const SCENARIOS = {
   modules: { contexts: 1, jobsMayFail: true, modules: true },
   hostile: { contexts: 1, jobsMayFail: true, modules: true },
   'revoke-pause': { contexts: 1, modules: true, threads: 1 },
+  bombs: { contexts: 1, modules: true, threads: 2, bombs: true },
 };
 
 function log(message) {
@@ -288,6 +295,39 @@ async function main() {
       check(workers.threads === 1, `${workers.threads} thread Web Workers started for one thread`);
       check(volunteer.gaveBack.length === 0, `chunks handed back: ${volunteer.gaveBack.join('; ')}`);
       summary.volunteers.push({ id: seen.id, chunksDone: seen.chunksDone, ...workers });
+      summary.ok = true;
+      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      return;
+    }
+
+    if (scenario.bombs) {
+      const volunteer = volunteers[0];
+      const allEnd = (ids, states, what) => waitJobs(base, token, ids, (all) => all.every((j) => finished(j.state)),
+        what, JOB_TIMEOUT_MS).then((all) => {
+        for (const j of all) check(states.includes(j.state), `${what}: job ${j.id} ended ${j.state}: ${JSON.stringify(j)}`);
+        return all;
+      });
+      await allEnd(ids, ['done'], 'the warm-up jobs');
+      const warm = await waitChunks(volunteer, 1);
+      process.stdout.write('WARM\n');
+      const bombs = (await expectLine('BOMBS')).split(',');
+      await allEnd(bombs, ['failed'], 'the table bomb jobs');
+      process.stdout.write('BOMBED\n');
+      const after = (await expectLine('AFTER')).split(',');
+      await allEnd(after, ['done'], 'the jobs after the bombs');
+      const seen = await waitChunks(volunteer, warm.chunksDone + 1);
+      const { workers, gaveBack } = volunteer;
+      log(`volunteer 0 ${seen.id}: ${seen.chunksDone} chunks, state ${seen.state}, `
+        + `${workers.threads} thread workers, ${workers.sandboxes} sandboxes started`);
+      check(['connected', 'computing'].includes(seen.state), `volunteer 0 state ${seen.state}`);
+      checkClean(volunteer, seen);
+      check(seen.connections === `${seen.threads} / ${seen.threads}`,
+        `connections ${seen.connections} with ${seen.threads} threads`);
+      check(workers.threads === seen.threads,
+        `${workers.threads} thread Web Workers started for ${seen.threads} threads (one was replaced)`);
+      check(workers.sandboxesClosed === 0, `${workers.sandboxesClosed} sandboxes stopped (one died or was replaced)`);
+      check(gaveBack.length === 0, `chunks handed back: ${gaveBack.join('; ')}`);
+      summary.volunteers.push({ id: seen.id, chunksBefore: warm.chunksDone, chunksDone: seen.chunksDone, ...workers });
       summary.ok = true;
       process.stdout.write(`${JSON.stringify(summary)}\n`);
       return;

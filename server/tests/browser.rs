@@ -16,6 +16,9 @@
 //!   100 MiB of standard output), whose failures are the same text in both;
 //! - hostile modules (an endless loop, unbounded memory growth, a trap) fail cleanly in the
 //!   browser alone, and the page goes on to complete module and kernel jobs beside them;
+//! - table bombs (declared and growing) under a 16 MiB cap grow the peak resident memory of
+//!   Chromium's processes by no more than the cap per thread and a small slack, fail with the
+//!   native worker's texts, and the page goes on computing;
 //! - a module chunk whose lease is revoked while it runs is stopped and its slot goes on to
 //!   other work; pausing while one runs stops it and hands its lease back;
 //! - the page shows the master going away, reconnects by itself when it is back, and computes;
@@ -933,6 +936,301 @@ async fn hostile_modules_fail_cleanly_in_the_browser_and_the_page_goes_on() {
     );
 
     // Nothing was handed back or lost: every lease of the browser ended in a result.
+    let unanswered = server
+        .store
+        .count("SELECT count(*) FROM replicas WHERE state <> 'returned'")
+        .await;
+    assert_eq!(unanswered, 0, "{summary}");
+    server.stop().await;
+}
+
+/// One process under the test's Node script: what Chromium calls it and its peak resident
+/// memory so far.
+#[derive(Debug, Clone)]
+struct ProcessPeak {
+    /// `browser`, `zygote`, `renderer`, `gpu-process`, `utility (network.mojom.NetworkService)`…
+    kind: String,
+    /// `VmHWM` of `/proc/<pid>/status`, in KiB.
+    peak_kib: u64,
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid …`; the
+/// command name may hold spaces and parentheses, so it is skipped up to its last `)`).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Chromium's name for a process of its own, from its command line (`--type=…`). Chromium
+/// rewrites the command line of the processes it starts into one text, arguments separated by
+/// spaces, so both NULs and spaces separate arguments here.
+fn chromium_kind(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+        .split(['\0', ' '])
+        .map(str::to_owned)
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|arg| arg.strip_prefix(name).map(str::to_owned))
+    };
+    match (flag("--type="), flag("--utility-sub-type=")) {
+        (Some(kind), Some(sub)) => format!("{kind} ({sub})"),
+        (Some(kind), None) => kind,
+        (None, _) => {
+            let program = args.first().map(String::as_str).unwrap_or_default();
+            let name = program.rsplit('/').next().unwrap_or_default();
+            if name.contains("chrom") {
+                "browser".into()
+            } else {
+                name.to_owned()
+            }
+        }
+    }
+}
+
+/// Every live process descended from `root` (not `root` itself), with its peak resident
+/// memory: the Chromium that `root`, the Node script, launched, and everything Chromium
+/// started (zygotes, renderers, the GPU and utility processes). Web Workers, so the compute
+/// threads and the task-module sandboxes, are threads of the page's renderer process.
+///
+/// With `reset`, each peak is first brought down to the process's present resident memory
+/// (`5` into `/proc/<pid>/clear_refs`), so that a later reading is the peak since now: memory
+/// taken and given back after a higher peak of the page's start would not show otherwise.
+fn browser_peaks(root: u32, reset: bool) -> std::collections::BTreeMap<u32, ProcessPeak> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(parent) = parent_pid(pid) {
+            children.entry(parent).or_default().push(pid);
+        }
+    }
+    let mut peaks = std::collections::BTreeMap::new();
+    let mut todo = children.get(&root).cloned().unwrap_or_default();
+    while let Some(pid) = todo.pop() {
+        todo.extend(children.get(&pid).into_iter().flatten());
+        if reset {
+            let clear_refs = format!("/proc/{pid}/clear_refs");
+            if let Err(error) = std::fs::write(&clear_refs, "5") {
+                // Only a process that ended meanwhile may be passed over.
+                assert!(
+                    !Path::new(&format!("/proc/{pid}")).exists(),
+                    "cannot reset the peak resident memory of process {pid} ({clear_refs}): \
+                     {error}"
+                );
+                continue;
+            }
+        }
+        // A process that ended meanwhile, or a zombie, has no VmHWM.
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let peak_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok());
+        if let Some(peak_kib) = peak_kib {
+            let kind = chromium_kind(pid);
+            peaks.insert(pid, ProcessPeak { kind, peak_kib });
+        }
+    }
+    peaks
+}
+
+/// The memory cap of the table bombs' jobs.
+const BOMB_CAP_MB: u64 = 16;
+/// The page's compute threads in the `bombs` scenario: as many bomb chunks run at once.
+const BOMB_THREADS: u64 = 2;
+/// What Chromium's memory may grow by while the bombs run besides the chunks' caps: allocator
+/// and garbage-collector slack, the bombs' modules fetched and the growing one compiled, the
+/// page's own work. The bombs, had they been run, would need 306 MiB per chunk.
+const BOMB_SLACK_MB: u64 = 48;
+/// The bound on the growth of the peak resident memory of each Chromium process and of their
+/// sum: every thread running a chunk at the cap, and the slack. Measured when this was
+/// written: the page's renderer +0.8 MiB, all nine processes together +0.9 to 1.1 MiB; the
+/// declared bomb given a 512 MiB cap instead (so that it runs) took the renderer up by 1.8 GiB.
+const BOMB_GROWTH_BOUND_KIB: u64 = (BOMB_THREADS * BOMB_CAP_MB + BOMB_SLACK_MB) * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_bombs_leave_chromium_within_their_memory_cap() {
+    let tools = Tools::find();
+    let server = InProcessServer::start(Backend::Postgres).await;
+    tools.check_served(&server.http()).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let echoing = api.upload_module(echo()).await;
+    let bomb = api.upload_module(table_bomb(false)).await;
+    let growing_bomb = api.upload_module(table_bomb(true)).await;
+    let echo_job = |inputs: Value| {
+        let api = &api;
+        let echoing = &echoing;
+        async move {
+            api.submit(json!({
+                "module": echoing, "inputs": inputs, "redundancy": 1, "max_memory_mb": BOMB_CAP_MB,
+            }))
+            .await
+        }
+    };
+
+    // Warm-up: the page loads, both threads start their sandboxes, compile and run a module
+    // under the bombs' cap, and compute a kernel job.
+    let warm_echo = echo_job(json!([1, 2, 3, 4, 5, 6, 7, 8, "warm ✓", {"up": true}])).await;
+    let warm_primes = api
+        .submit(
+            json!({"kernel": "primes", "inputs": primes_inputs(0, 2_000_000, 4), "redundancy": 1}),
+        )
+        .await;
+    let mut child = tokio::process::Command::new(&tools.node)
+        .arg(&tools.script)
+        .args([
+            "bombs",
+            &server.http(),
+            ADMIN_TOKEN,
+            &format!("{warm_echo},{warm_primes}"),
+        ])
+        .env("CHROMIUM", &tools.chromium)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let node = child.id().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    expect_line(&mut lines, "WARM").await;
+    let before = browser_peaks(node, true);
+    assert!(
+        before.values().any(|p| p.kind == "renderer"),
+        "no renderer among the browser's processes: {before:?}"
+    );
+
+    // The bombs, several chunks each: more than the page has threads.
+    let chunks = 6;
+    let inputs: Vec<u64> = (1..=chunks).collect();
+    let bomb_job = api
+        .submit(json!({
+            "module": bomb, "inputs": inputs, "redundancy": 1, "max_memory_mb": BOMB_CAP_MB,
+        }))
+        .await;
+    let growing_bomb_job = api
+        .submit(json!({
+            "module": growing_bomb, "inputs": inputs, "redundancy": 1,
+            "max_memory_mb": BOMB_CAP_MB,
+        }))
+        .await;
+    stdin
+        .write_all(format!("BOMBS {bomb_job},{growing_bomb_job}\n").as_bytes())
+        .await
+        .unwrap();
+    expect_line(&mut lines, "BOMBED").await;
+    let after = browser_peaks(node, false);
+
+    // The page goes on computing ordinary work.
+    let echo_inputs = json!([{"b": 1, "a": [1, 2.5]}, "after the bombs ✓", 42, null]);
+    let after_echo = echo_job(echo_inputs.clone()).await;
+    let primes = primes_inputs(0, 3_000_000, 6);
+    let after_primes = api
+        .submit(json!({"kernel": "primes", "inputs": primes, "redundancy": 1}))
+        .await;
+    stdin
+        .write_all(format!("AFTER {after_echo},{after_primes}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut last = String::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(SCENARIO_TIMEOUT, lines.next_line()).await {
+        last = line;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "browser scenario bombs failed: {last}");
+    let summary: Value = serde_json::from_str(&last).unwrap_or(Value::Null);
+    assert_eq!(summary["ok"], true, "{last}");
+
+    // What the measurements say, process by process.
+    let mut growths = Vec::new();
+    for (pid, now) in &after {
+        let was = before.get(pid).map(|p| p.peak_kib);
+        let growth = now.peak_kib - was.unwrap_or(0).min(now.peak_kib);
+        eprintln!(
+            "chromium process {pid} ({}): resident {} KiB after the warm-up, peak (VmHWM) {} \
+             KiB during the bombs: +{growth} KiB",
+            now.kind,
+            was.map_or("(not running)".into(), |kib| kib.to_string()),
+            now.peak_kib
+        );
+        growths.push((growth, *pid, now.kind.clone()));
+    }
+    let sum_before: u64 = before.values().map(|p| p.peak_kib).sum();
+    let sum_after: u64 = after.values().map(|p| p.peak_kib).sum();
+    let total_growth: u64 = growths.iter().map(|(growth, _, _)| growth).sum();
+    eprintln!(
+        "chromium, {} processes: resident {sum_before} KiB together after the warm-up, peaks \
+         summed {sum_after} KiB during the bombs: +{total_growth} KiB (bound \
+         {BOMB_GROWTH_BOUND_KIB} KiB)",
+        after.len()
+    );
+    // A process that ended in between (a crashed renderer, say) would hide its peak.
+    let gone: Vec<_> = before
+        .iter()
+        .filter(|(pid, _)| !after.contains_key(pid))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "browser processes ended during the bombs: {gone:?}"
+    );
+    let (largest, pid, kind) = growths.iter().max().cloned().unwrap();
+    assert!(
+        largest <= BOMB_GROWTH_BOUND_KIB,
+        "chromium process {pid} ({kind}) grew by {largest} KiB during the table bombs, over \
+         {BOMB_GROWTH_BOUND_KIB} KiB"
+    );
+    assert!(
+        total_growth <= BOMB_GROWTH_BOUND_KIB,
+        "chromium's processes grew by {total_growth} KiB together during the table bombs, \
+         over {BOMB_GROWTH_BOUND_KIB} KiB"
+    );
+
+    // The bombs failed with the native worker's texts.
+    api.assert_all_failed_with(
+        bomb_job,
+        inputs.len(),
+        "memory limit exceeded: the module needs 306 MiB at start (65536 bytes of memory, \
+         320000000 bytes of tables); the limit is 16 MiB",
+    )
+    .await;
+    api.assert_all_failed_with(
+        growing_bomb_job,
+        inputs.len(),
+        "trap: out of bounds table access (memory in use: 1 of 16 MiB)",
+    )
+    .await;
+    // And the work around them is complete and right.
+    for job in [warm_echo, warm_primes, after_echo, after_primes] {
+        let finished = api.wait_finished(job, Duration::from_secs(10)).await;
+        assert_eq!(finished["state"], "done", "{finished}");
+    }
+    let outputs: Vec<Value> = api
+        .results(after_echo)
+        .await
+        .into_iter()
+        .map(|line| line["output"].clone())
+        .collect();
+    assert_eq!(Value::Array(outputs), echo_inputs);
+    let results = api.results(after_primes).await;
+    assert_eq!(
+        primes_total(&results, 6, Some(1)),
+        primes_reference(&primes)
+    );
+    // Nothing was handed back or lost: every lease of the page ended in a result.
     let unanswered = server
         .store
         .count("SELECT count(*) FROM replicas WHERE state <> 'returned'")
