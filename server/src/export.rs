@@ -30,9 +30,9 @@
 //!
 //! One page of results becomes one record batch: one Parquet row group, one Arrow IPC
 //! message. A task reads the pages one after another and encodes each on the blocking pool;
-//! the bytes of each row group go to the response body through a channel of one buffer, so
-//! the export holds one page and its encoding at a time, whatever the size of the job, and a
-//! slow client holds back the reading. A database error after the first bytes aborts the body
+//! the bytes of each row group go to the response body through a channel that holds one of
+//! them, so an export holds about a page, its encoding and the previous one at a time,
+//! whatever the size of the job, and a slow client holds back the reading. A database error after the first bytes aborts the body
 //! (the client sees a broken download, never a truncated file that looks complete).
 
 use std::future::Future;

@@ -396,10 +396,13 @@ async fn a_job_of_several_pages_is_streamed_in_row_groups(backend: Backend) {
     );
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), inputs.len());
+    let lines = api.results(job).await;
+    assert_eq!(lines.len(), inputs.len());
     let does_not_fit = [4_000, 4_001, 4_002, 4_004, 4_005, 4_006, 4_007];
-    for (k, (row, input)) in rows.iter().zip(&inputs).enumerate() {
+    for (k, ((row, input), line)) in rows.iter().zip(&inputs).zip(&lines).enumerate() {
         assert_eq!(row["index"], k, "{row}");
-        assert_eq!(row["agreeing"], 1, "{row}");
+        assert_eq!(&line["output"], input, "{line}");
+        assert_eq!(row["agreeing"], line["agreeing"], "{row}");
         assert_eq!(row["error"], Value::Null, "{row}");
         if does_not_fit.contains(&k) {
             // Kept whole, as JSON text; the typed columns are null.
