@@ -517,7 +517,7 @@ impl ColumnBuilder {
 /// A Parquet or Arrow IPC writer into a buffer that is emptied after each batch.
 enum Encoder {
     Parquet(Box<ArrowWriter<Vec<u8>>>),
-    Arrow(StreamWriter<Vec<u8>>),
+    Arrow(Box<StreamWriter<Vec<u8>>>),
 }
 
 impl Encoder {
@@ -533,7 +533,7 @@ impl Encoder {
                     Some(properties),
                 )?))
             }
-            Format::Arrow => Encoder::Arrow(StreamWriter::try_new(Vec::new(), &schema)?),
+            Format::Arrow => Encoder::Arrow(Box::new(StreamWriter::try_new(Vec::new(), &schema)?)),
         })
     }
 
