@@ -52,7 +52,7 @@ pub enum Command {
     Submit(Box<SubmitArgs>),
     /// Show a job; with a live progress bar until it finishes when watching.
     Status(StatusArgs),
-    /// Write a job's results (NDJSON, exactly as the API gives them).
+    /// Write a job's results (NDJSON, Parquet or Arrow IPC, exactly as the API gives them).
     Results(ResultsArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
@@ -214,6 +214,46 @@ pub struct ResultsArgs {
     /// Write to this file instead of standard output (removed again if the download fails).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Encoding of the results (auto: by the extension of -o, `.parquet` or `.arrow` /
+    /// `.arrows`, else NDJSON).
+    #[arg(long, value_enum, default_value_t = ResultsFormat::Auto)]
+    pub format: ResultsFormat,
+}
+
+/// How `grid results` asks for the results (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    /// By the output file's extension; NDJSON on standard output.
+    Auto,
+    /// One JSON line per finished chunk.
+    Ndjson,
+    /// An Apache Parquet file.
+    Parquet,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+impl ResultsFormat {
+    /// The name the API takes, `auto` resolved against the output file.
+    pub fn name(self, output: Option<&std::path::Path>) -> &'static str {
+        match self {
+            ResultsFormat::Ndjson => "ndjson",
+            ResultsFormat::Parquet => "parquet",
+            ResultsFormat::Arrow => "arrow",
+            ResultsFormat::Auto => {
+                let extension = output
+                    .and_then(|path| path.extension())
+                    .and_then(|extension| extension.to_str())
+                    .map(str::to_ascii_lowercase);
+                match extension.as_deref() {
+                    Some("parquet") => "parquet",
+                    Some("arrow" | "arrows") => "arrow",
+                    _ => "ndjson",
+                }
+            }
+        }
+    }
 }
 
 /// `grid cancel`.

@@ -1,6 +1,7 @@
 //! The `grid` binary end to end against a real master (in-process, embedded SQLite) with real
 //! native workers: tokens, submitting from a range, a JSON file and NDJSON on stdin, watching
-//! a job to the end, downloading results, cancelling, and every kind of error report.
+//! a job to the end, downloading results (NDJSON, and Parquet and Arrow files read by DuckDB
+//! and pyarrow), cancelling, and every kind of error report.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -105,6 +106,113 @@ async fn a_primes_job_from_submit_to_verified_results() {
     assert_eq!(job["state"], "done");
     assert_eq!(job["chunks"]["done"], 10);
 
+    master.stop().await;
+}
+
+/// The test suite's Python (with pyarrow and duckdb), or a clear failure.
+fn python() -> std::path::PathBuf {
+    match std::env::var_os("GRID_PYTHON") {
+        Some(python) => python.into(),
+        None => panic!(
+            "GRID_PYTHON is not set: this test reads the results with DuckDB and pyarrow; run \
+             it through `cargo xtask test` (which installs xtask/requirements-test.txt into a \
+             virtual environment and sets GRID_PYTHON)"
+        ),
+    }
+}
+
+/// DuckDB's `sum(count)` and `count(*)` of a Parquet file, and pyarrow's of an Arrow IPC
+/// stream, as `[sum, rows]`.
+const SUMS: &str = r#"
+import json, sys, duckdb, pyarrow as pa
+parquet, arrow = sys.argv[1], sys.argv[2]
+by_duckdb = duckdb.execute(
+    "SELECT sum(count)::BIGINT, count(*) FROM read_parquet(?)", [parquet]).fetchone()
+with pa.ipc.open_stream(arrow) as reader:
+    table = reader.read_all()
+by_pyarrow = [sum(table.column("count").to_pylist()), table.num_rows]
+print(json.dumps({"duckdb": list(by_duckdb), "pyarrow": by_pyarrow}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_as_parquet_and_arrow_files_are_read_by_duckdb_and_pyarrow() {
+    let master = Grid::start(2).await;
+    let submitted = master
+        .grid(
+            ADMIN_TOKEN,
+            &[
+                "submit",
+                "--kernel",
+                "primes",
+                "--range",
+                "0..1000000",
+                "--chunks",
+                "10",
+            ],
+        )
+        .await;
+    let id = submitted.ok().to_owned();
+    master
+        .grid(
+            ADMIN_TOKEN,
+            &["status", &id, "--watch", "--interval", "0.1"],
+        )
+        .await
+        .ok();
+
+    let dir = tempfile::tempdir().unwrap();
+    // `--format parquet` says it; a `.arrows` file says it by its extension.
+    let parquet = dir.path().join("results.out");
+    let run = master
+        .grid(
+            ADMIN_TOKEN,
+            &[
+                "results",
+                &id,
+                "--format",
+                "parquet",
+                "-o",
+                parquet.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert_eq!(run.ok(), "");
+    assert!(std::fs::read(&parquet).unwrap().starts_with(b"PAR1"));
+    let arrow = dir.path().join("results.arrows");
+    let run = master
+        .grid(
+            ADMIN_TOKEN,
+            &["results", &id, "-o", arrow.to_str().unwrap()],
+        )
+        .await;
+    assert_eq!(run.ok(), "");
+
+    let output = std::process::Command::new(python())
+        .arg("-c")
+        .arg(SUMS)
+        .arg(&parquet)
+        .arg(&arrow)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sums: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        sums,
+        serde_json::json!({
+            "duckdb": [PRIMES_BELOW_A_MILLION, 10],
+            "pyarrow": [PRIMES_BELOW_A_MILLION, 10],
+        })
+    );
+
+    // A format the CLI does not know is refused before anything is sent.
+    let run = master
+        .grid(ADMIN_TOKEN, &["results", &id, "--format", "csv"])
+        .await;
+    assert!(run.failed(2).contains("invalid value 'csv'"), "{run:#?}");
     master.stop().await;
 }
 

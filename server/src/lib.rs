@@ -14,6 +14,7 @@
 //!   reader of a JSON submission's `inputs`); [`datasets`]: inputs from a Parquet, CSV or
 //!   NDJSON file, one row per chunk.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
+//! - [`export`]: a job's results as columns, a Parquet file or an Arrow IPC stream.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`network`]: which network a peer is on (quorum independence, per-network caps).
 //! - [`admission`]: caps on open connections and worker sessions, globally and per peer.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod dashboard;
 pub mod datasets;
 pub mod error;
+pub mod export;
 pub mod inputs;
 pub mod limits;
 pub mod metrics;

@@ -1,5 +1,7 @@
-//! `grid results ID [-o FILE]`: copy `GET /api/v1/jobs/{id}/results` byte for byte to stdout
-//! or a file, chunk by chunk as it arrives (a large job's results never sit in memory).
+//! `grid results ID [-o FILE] [--format ndjson|parquet|arrow]`: copy
+//! `GET /api/v1/jobs/{id}/results?format=...` byte for byte to stdout or a file, chunk by chunk
+//! as it arrives (a large job's results never sit in memory). The format is `--format`, or
+//! else the file's extension (`.parquet`, `.arrow` or `.arrows`; NDJSON otherwise).
 //!
 //! If the download breaks off, the partial file is removed and the command fails: a results
 //! file is either complete or absent. On stdout, a closed pipe (`| head`) simply ends it.
@@ -15,7 +17,8 @@ use crate::error::{Error, Result};
 
 /// Download the results.
 pub async fn run(client: &Client, args: ResultsArgs) -> Result<()> {
-    let path = format!("/api/v1/jobs/{}/results", args.id);
+    let format = args.format.name(args.output.as_deref());
+    let path = format!("/api/v1/jobs/{}/results?format={format}", args.id);
     let response = client.send(client.request(Method::GET, &path)).await?;
     match &args.output {
         None => {

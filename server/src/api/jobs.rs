@@ -1,14 +1,15 @@
 //! Jobs: `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`, `DELETE /api/v1/jobs/{id}`,
-//! `GET /api/v1/jobs/{id}/results` (NDJSON), and the job fields of `POST /api/v1/jobs`
-//! ([`SubmitJob`], checked by [`validate`]; the body itself is read by [`super::submit`]).
+//! `GET /api/v1/jobs/{id}/results` (NDJSON; Parquet and Arrow by [`crate::export`]), and the
+//! job fields of `POST /api/v1/jobs` ([`SubmitJob`], checked by [`validate`]; the body itself
+//! is read by [`super::submit`]).
 //!
 //! Submissions are validated completely (kernel, every input, every field) before anything is
 //! stored; a submitter sees only its own jobs, and someone else's job answers 404.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::header;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
@@ -329,10 +330,18 @@ pub async fn cancel(
     path = "/api/v1/jobs/{id}/results",
     tag = "jobs",
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Job id")),
+    params(
+        ("id" = i64, Path, description = "Job id"),
+        ("format" = Option<String>, Query, description = "`ndjson`, `parquet` (an Apache Parquet file) or `arrow` (an Arrow IPC stream); overrides `Accept`, whose types `application/x-ndjson`, `application/vnd.apache.parquet` and `application/vnd.apache.arrow.stream` choose too (default NDJSON)"),
+    ),
     responses(
-        (status = 200, description = "NDJSON: one ResultLine per finished chunk, in index order",
-            content_type = "application/x-ndjson", body = super::openapi::ResultLine),
+        (status = 200, description = "The finished chunks in index order. NDJSON: one ResultLine per chunk. Parquet (one row group per page of up to 2000 results) and Arrow IPC (one record batch per page): columns `index` (int32), the output, `agreeing` (int32, null for a failed chunk) and `error` (utf8, null for an accepted one). The output is one typed column per key (int64, float64, bool, utf8) when the first page's outputs are objects of one shape with scalar values, followed by an `output` column holding the JSON text of any row that does not fit them (null for those that do); otherwise a single `output` column with every output's JSON text",
+            content(
+                (super::openapi::ResultLine = "application/x-ndjson"),
+                (Vec<u8> = "application/vnd.apache.parquet"),
+                (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            )),
+        (status = 422, description = "`unknown_format`: `format` is not `ndjson`, `parquet` or `arrow`", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
         (status = 410, description = "`results_expired`: the retention (`--retention-days`) deleted this job's results; the job itself remains", body = super::openapi::ErrorBody),
@@ -342,8 +351,11 @@ pub async fn results(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let id = parse_id(&id)?;
+    let format = crate::export::requested(query.as_deref(), &headers)?;
     let job = state
         .store
         .job(caller.0, id)
@@ -351,6 +363,13 @@ pub async fn results(
         .ok_or(Error::NotFound("job"))?;
     crate::retention::ensure_results_kept(&job)?;
     let store = state.store.clone();
+    if let Some(format) = format {
+        let pages = crate::export::pages(move |after| {
+            let store = store.clone();
+            async move { store.results_page(id, after, RESULTS_PAGE).await }
+        });
+        return Ok(crate::export::response(format, id, pages));
+    }
     let pages = stream::unfold(Some(-1), move |after| {
         let store = store.clone();
         async move {
