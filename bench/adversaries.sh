@@ -28,7 +28,7 @@ CHUNKS="${CHUNKS:-10000}"
 HONEST="${HONEST:-8}"
 SEED="${SEED:-7}"
 ATTACKS="${ATTACKS:-sybil colluding-fixed colluding-adaptive sleeper rotate release drop slots}"
-RESOURCE_ATTACKS="${RESOURCE_ATTACKS:-slowloris outbox hungry nul pings volunteers tokens}"
+RESOURCE_ATTACKS="${RESOURCE_ATTACKS:-slowloris outbox hungry nul pings volunteers tokens streams}"
 PYTHON="${GRID_PYTHON:-}"
 if [ -n "$RESOURCE_ATTACKS" ] && [ -z "$PYTHON" ]; then
   PYTHON="$(cd "$BENCH_ROOT" && cargo xtask python 2>/dev/null)"
@@ -83,6 +83,7 @@ run_resource_cell() {
     pings) n=16 ;;
     volunteers) n=8 ;;
     tokens) n=8 ;;
+    streams) n=1024 ;;
     *) echo "bench: unknown resource attack $attack" >&2; exit 1 ;;
   esac
   start_honest_grid

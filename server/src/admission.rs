@@ -5,6 +5,8 @@
 //! |---|---|---|---|
 //! | TCP connections (HTTP and WebSocket alike) | [`Limits::max_connections`] (20,000) | [`Limits::max_connections_per_ip`] (64) per address | accepted and closed at once (a 503 or 429 written if the socket takes it), `grid_connections_refused_total{reason}` |
 //! | worker sessions at `/ws` | [`Limits::max_ws_sessions`] (20,000) | [`Limits::max_ws_sessions_per_network`] (32) per network key | 429 `too_many_sessions` before the upgrade, `grid_sessions_refused_total{reason}` |
+//! | server-sent event streams (job events, dashboard) | [`Limits::max_event_streams`] (256) | [`Limits::max_event_streams_per_network`] (16) per network key | 503 / 429 `too_many_event_streams`, `grid_streams_refused_total{reason}` |
+//! | results downloads (NDJSON results, job image) | [`Limits::max_downloads`] (8) | none | 503 `too_many_downloads` with `Retry-After` |
 //!
 //! Peers on the trusted networks ([`NetworkPolicy::is_trusted`], loopback by default) and listed
 //! reverse proxies (whose connections carry many clients) have no per-peer cap; they still
@@ -40,6 +42,10 @@ pub struct Admission {
     sessions: Arc<Semaphore>,
     per_network: Counts<String>,
     max_per_network: usize,
+    event_streams: Arc<Semaphore>,
+    streams_per_network: Counts<String>,
+    max_streams_per_network: usize,
+    downloads: Arc<Semaphore>,
 }
 
 /// Why a connection or a session was refused.
@@ -75,6 +81,19 @@ pub struct SessionPermit {
     _network: Option<CountGuard<String>>,
 }
 
+/// One event stream's place, held by the stream; dropping it gives the place back.
+#[derive(Debug)]
+pub struct StreamPermit {
+    _global: OwnedSemaphorePermit,
+    _network: Option<CountGuard<String>>,
+}
+
+/// One results download's place, held by the response body while it streams.
+#[derive(Debug)]
+pub struct DownloadPermit {
+    _global: OwnedSemaphorePermit,
+}
+
 impl Admission {
     /// Counters for these limits.
     pub fn new(limits: &Limits) -> Self {
@@ -89,6 +108,14 @@ impl Admission {
             )),
             per_network: Counts::default(),
             max_per_network: limits.max_ws_sessions_per_network,
+            event_streams: Arc::new(Semaphore::new(
+                limits.max_event_streams.min(Semaphore::MAX_PERMITS),
+            )),
+            streams_per_network: Counts::default(),
+            max_streams_per_network: limits.max_event_streams_per_network,
+            downloads: Arc::new(Semaphore::new(
+                limits.max_downloads.min(Semaphore::MAX_PERMITS),
+            )),
         }
     }
 
@@ -138,6 +165,39 @@ impl Admission {
             _global: global,
             _network: network,
         })
+    }
+
+    /// A place for a new server-sent event stream from `network` (`None`: a trusted
+    /// network), or why not.
+    pub fn event_stream(&self, network: Option<&str>) -> Result<StreamPermit, Refused> {
+        let refused = |refused: Refused| {
+            metrics::counter!("grid_streams_refused_total", "reason" => refused.label())
+                .increment(1);
+            refused
+        };
+        let global = self
+            .event_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused(Refused::Global))?;
+        let network = match network {
+            None => None,
+            Some(key) => Some(
+                self.streams_per_network
+                    .acquire(key.to_owned(), self.max_streams_per_network)
+                    .ok_or_else(|| refused(Refused::PerPeer))?,
+            ),
+        };
+        Ok(StreamPermit {
+            _global: global,
+            _network: network,
+        })
+    }
+
+    /// A place for a new results download, or `None` when as many stream as may.
+    pub fn download(&self) -> Option<DownloadPermit> {
+        let global = self.downloads.clone().try_acquire_owned().ok()?;
+        Some(DownloadPermit { _global: global })
     }
 }
 
@@ -331,6 +391,36 @@ mod tests {
         let _again = admission
             .connection(a, &open)
             .expect("a place was given back");
+    }
+
+    #[test]
+    fn event_streams_are_capped_globally_and_per_network_and_downloads_globally() {
+        let admission = Admission::new(&Limits {
+            max_event_streams: 3,
+            max_event_streams_per_network: 2,
+            max_downloads: 1,
+            ..Limits::default()
+        });
+        let first = admission.event_stream(Some("a")).expect("first");
+        let _second = admission.event_stream(Some("a")).expect("second");
+        assert_eq!(
+            admission.event_stream(Some("a")).err(),
+            Some(Refused::PerPeer)
+        );
+        let _trusted = admission.event_stream(None).expect("a trusted network");
+        assert_eq!(
+            admission.event_stream(Some("b")).err(),
+            Some(Refused::Global)
+        );
+        drop(first);
+        let _again = admission
+            .event_stream(Some("a"))
+            .expect("a place was given back");
+
+        let download = admission.download().expect("one download");
+        assert!(admission.download().is_none(), "a second download at once");
+        drop(download);
+        assert!(admission.download().is_some(), "the place was given back");
     }
 
     #[test]

@@ -97,6 +97,21 @@ pub struct Config {
     #[arg(long, env = "GRID_MAX_SESSIONS_PER_NETWORK", default_value_t = 32)]
     pub max_sessions_per_network: usize,
 
+    /// Results downloads (`GET /api/v1/jobs/{id}/results` and the job image) streaming at
+    /// once; more are answered 503 `too_many_downloads` with `Retry-After`.
+    #[arg(long, env = "GRID_MAX_DOWNLOADS", default_value_t = 8)]
+    pub max_downloads: usize,
+
+    /// Server-sent event streams (job events and the dashboard's) open at once; more are
+    /// answered 503 `too_many_event_streams` with `Retry-After`.
+    #[arg(long, env = "GRID_MAX_EVENT_STREAMS", default_value_t = 256)]
+    pub max_event_streams: usize,
+
+    /// Server-sent event streams open at once from one network outside the trusted networks;
+    /// more are answered 429 `too_many_event_streams`.
+    #[arg(long, env = "GRID_MAX_EVENT_STREAMS_PER_NETWORK", default_value_t = 16)]
+    pub max_event_streams_per_network: usize,
+
     /// Proof of work asked of every new worker session outside the trusted networks, in
     /// leading zero bits of a SHA-256 (0 to 32; 0: none). Each session then costs its worker
     /// about 2^bits hashes: 20 bits is about a second of one core natively.
@@ -181,6 +196,12 @@ impl std::fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_sessions", &self.max_sessions)
             .field("max_sessions_per_network", &self.max_sessions_per_network)
+            .field("max_downloads", &self.max_downloads)
+            .field("max_event_streams", &self.max_event_streams)
+            .field(
+                "max_event_streams_per_network",
+                &self.max_event_streams_per_network,
+            )
             .field("hello_work_bits", &self.hello_work_bits)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -216,6 +237,9 @@ impl Config {
             max_connections_per_ip: self.max_connections_per_ip,
             max_ws_sessions: self.max_sessions,
             max_ws_sessions_per_network: self.max_sessions_per_network,
+            max_downloads: self.max_downloads,
+            max_event_streams: self.max_event_streams,
+            max_event_streams_per_network: self.max_event_streams_per_network,
             hello_work_bits: self.hello_work_bits,
             max_open_chunks: self.max_open_chunks,
             max_module_bytes_per_token: self.max_module_bytes_per_token,

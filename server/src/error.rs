@@ -93,6 +93,17 @@ pub enum Error {
         /// The quota, its limit and the current use, for a human.
         message: String,
     },
+    /// 503 with `Retry-After`: the master serves as many of something as it may right now
+    /// (results downloads, event streams); trying again later may succeed.
+    #[error("{message}")]
+    Busy {
+        /// Stable code, e.g. `too_many_downloads`.
+        code: &'static str,
+        /// Seconds a client should wait before trying again.
+        retry_after_seconds: u32,
+        /// What is at which limit, for a human.
+        message: String,
+    },
     /// 503: the request took longer than the request timeout; it may be retried.
     #[error("the request took longer than {0:?}")]
     Timeout(std::time::Duration),
@@ -137,6 +148,7 @@ impl Error {
             }
             Error::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Error::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            Error::Busy { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -185,6 +197,16 @@ impl IntoResponse for Error {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        if let Error::Busy {
+            retry_after_seconds,
+            ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from((*retry_after_seconds).max(1)),
             );
         }
         response

@@ -9,6 +9,15 @@ pub const VOLUNTEER_BODY_BYTES: usize = 4 * 1024;
 /// Limit of the `job` part (the job's fields as JSON) of a multipart job submission, in bytes.
 pub const JOB_PART_BYTES: usize = DEFAULT_BODY_BYTES;
 
+/// Most rows one page of a results download reads from the database.
+pub const RESULTS_PAGE_ROWS: i64 = 2_000;
+/// Most bytes of outputs and errors one page of a results download reads (a page always holds
+/// at least one row, so a single result of up to `max_output_bytes` still goes out).
+pub const RESULTS_PAGE_BYTES: i64 = 8 * 1024 * 1024;
+/// Longest error text sent in a `chunk_failed` event (characters; the whole text is in the
+/// results).
+pub const EVENT_ERROR_CHARS: i64 = 256;
+
 /// Limits enforced by the REST API and the WebSocket sessions.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -56,6 +65,14 @@ pub struct Limits {
     /// Worker sessions at most from one network (see [`crate::network`]) outside the trusted
     /// networks (429 `too_many_sessions` beyond).
     pub max_ws_sessions_per_network: usize,
+    /// Results downloads streaming at once (503 `too_many_downloads` beyond). Each holds at
+    /// most one page ([`RESULTS_PAGE_ROWS`] rows, [`RESULTS_PAGE_BYTES`] of text) in memory.
+    pub max_downloads: usize,
+    /// Server-sent event streams open at once (503 `too_many_event_streams` beyond).
+    pub max_event_streams: usize,
+    /// Server-sent event streams open at once from one network outside the trusted networks
+    /// (429 `too_many_event_streams` beyond).
+    pub max_event_streams_per_network: usize,
     /// Messages queued for one session's socket at most; a session whose queue is full does
     /// not read its messages and is closed (`slow_reader`).
     pub ws_outbox_messages: usize,
@@ -102,6 +119,9 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             max_ws_sessions: 20_000,
             max_ws_sessions_per_network: 32,
+            max_downloads: 8,
+            max_event_streams: 256,
+            max_event_streams_per_network: 16,
             ws_outbox_messages: 1_024,
             ws_write_timeout: Duration::from_secs(10),
             ws_max_refusals: 64,

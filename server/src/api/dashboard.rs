@@ -24,8 +24,10 @@ use futures_util::stream;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::places::{self, ClientNetwork};
 use super::volunteers::{Leaderboard, leaderboard};
 use crate::AppState;
+use crate::admission::StreamPermit;
 use crate::auth::Caller;
 use crate::dashboard::{SAMPLE_INTERVAL, Sample};
 use crate::error::Result;
@@ -73,12 +75,16 @@ impl FromRequestParts<AppState> for MaybeCaller {
             20 newest jobs) when they change.",
             content_type = "text/event-stream", body = Sample),
         (status = 401, description = "A bearer token was sent and is not valid", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_event_streams`: this network holds as many event streams as one may (`--max-event-streams-per-network`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "`too_many_event_streams`: the master serves as many event streams as it may (`--max-event-streams`); try again after `Retry-After` seconds", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
     MaybeCaller(caller): MaybeCaller,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    network: ClientNetwork,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let permit = places::event_stream(&state, &network)?;
     let samples = state.dashboard.subscribe();
     let feed = DashboardEvents {
         shutdown: state.shutdown.clone(),
@@ -90,12 +96,13 @@ pub async fn events(
         ticks: 0,
         last_jobs: None,
         last_board: None,
+        _permit: permit,
     };
     let stream = stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
         Some((Ok(event), feed))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
@@ -118,6 +125,8 @@ struct DashboardEvents {
     last_jobs: Option<String>,
     last_board: Option<String>,
     shutdown: watch::Receiver<bool>,
+    /// This stream's place among the master's streams, given back when it ends.
+    _permit: StreamPermit,
 }
 
 impl DashboardEvents {

@@ -19,6 +19,11 @@
 //! timestamp before another master's commit yet finished after it), the job's decided chunks
 //! are scanned once by index to catch up. The stream ends with the job, or when the master
 //! shuts down.
+//!
+//! Bounds (issue 19, M2): a stream keeps one bit per chunk ([`ChunkSet`], 125 KiB for a
+//! 1,000,000-chunk job), reads errors cut to [`EVENT_ERROR_CHARS`] characters, and holds a
+//! place ([`super::places::event_stream`]): at most `--max-event-streams` (256) at once, and
+//! `--max-event-streams-per-network` (16) from one network outside the trusted ones.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -33,9 +38,13 @@ use futures_util::stream;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::places::{self, ClientNetwork};
 use crate::AppState;
+use crate::admission::StreamPermit;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::limits::EVENT_ERROR_CHARS;
 use crate::store::insights::{DecidedChunk, Insights, JobProgress};
 use crate::store::{Owner, Store};
 
@@ -61,11 +70,14 @@ const PAGE: i64 = 1000;
             content_type = "text/event-stream", body = String),
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_event_streams`: this network holds as many event streams as one may (`--max-event-streams-per-network`)", body = super::openapi::ErrorBody),
+        (status = 503, description = "`too_many_event_streams`: the master serves as many event streams as it may (`--max-event-streams`); try again after `Retry-After` seconds", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
+    network: ClientNetwork,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id: i64 = id.parse().map_err(|_| Error::NotFound("job"))?;
@@ -74,6 +86,7 @@ pub async fn events(
         .job(caller.0, id)
         .await?
         .ok_or(Error::NotFound("job"))?;
+    let permit = places::event_stream(&state, &network)?;
     let mut queue = VecDeque::new();
     queue.push_back(json_event("job", &view));
     let total = usize::try_from(view.chunks.total).unwrap_or(0);
@@ -83,14 +96,14 @@ pub async fn events(
         owner: caller.0,
         id,
         queue,
-        seen: vec![None; total],
-        seen_count: 0,
+        seen: ChunkSet::new(total),
         cursor: None,
         progress: None,
         polled: false,
         catching_up: None,
         ended: false,
         shutdown: state.shutdown.clone(),
+        _permit: permit,
     };
     let stream = stream::unfold(events, |mut events| async move {
         let event = events.next().await?;
@@ -112,10 +125,8 @@ struct JobEvents {
     id: i64,
     /// Events ready to send.
     queue: VecDeque<Event>,
-    /// Per chunk index, when the decision sent for it was taken (micros), if any.
-    seen: Vec<Option<i64>>,
-    /// Chunks with a decision sent.
-    seen_count: usize,
+    /// The chunks with a decision sent.
+    seen: ChunkSet,
     /// The last decided chunk read, in `(finished_at, index)` order.
     cursor: Option<(DateTime<Utc>, i32)>,
     /// The job's counters when last sent.
@@ -128,6 +139,56 @@ struct JobEvents {
     ended: bool,
     /// The master's shutdown signal: streams end with it.
     shutdown: watch::Receiver<bool>,
+    /// This stream's place among the master's streams, given back when it ends.
+    _permit: StreamPermit,
+}
+
+/// A set of chunk indexes, one bit each.
+#[derive(Debug)]
+struct ChunkSet {
+    words: Vec<u64>,
+    capacity: usize,
+    len: usize,
+}
+
+impl ChunkSet {
+    /// An empty set of indexes below `capacity`.
+    fn new(capacity: usize) -> Self {
+        ChunkSet {
+            words: vec![0; capacity.div_ceil(64)],
+            capacity,
+            len: 0,
+        }
+    }
+
+    /// Add `index`; false when it is out of range.
+    fn insert(&mut self, index: usize) -> bool {
+        if index >= self.capacity {
+            return false;
+        }
+        let Some(word) = self.words.get_mut(index / 64) else {
+            return false;
+        };
+        let bit = 1u64 << (index % 64);
+        if *word & bit == 0 {
+            *word |= bit;
+            self.len += 1;
+        }
+        true
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        index < self.capacity
+            && self
+                .words
+                .get(index / 64)
+                .is_some_and(|word| word & (1u64 << (index % 64)) != 0)
+    }
+
+    /// How many indexes are in the set.
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl JobEvents {
@@ -155,22 +216,15 @@ impl JobEvents {
         }
     }
 
-    /// Send a chunk's decision unless this very decision was sent already.
+    /// Send a decision read past the cursor: each is read there once, so each is new (a
+    /// chunk reopened by backtracking and decided again is sent again).
     fn decided(&mut self, chunk: &DecidedChunk) {
-        let Some(slot) = usize::try_from(chunk.index)
-            .ok()
-            .and_then(|i| self.seen.get_mut(i))
-        else {
+        let Some(index) = usize::try_from(chunk.index).ok() else {
             return;
         };
-        let at = chunk.finished_at.timestamp_micros();
-        if *slot == Some(at) {
+        if !self.seen.insert(index) {
             return;
         }
-        if slot.is_none() {
-            self.seen_count += 1;
-        }
-        *slot = Some(at);
         let event = if chunk.state == "done" {
             json_event(
                 "chunk_accepted",
@@ -183,6 +237,19 @@ impl JobEvents {
             )
         };
         self.queue.push_back(event);
+    }
+
+    /// Send a decision found by the scan by index if the cursor missed it for good: its chunk
+    /// has no decision sent, and it lies at or before the cursor (one after the cursor is
+    /// read there next, and sent then).
+    fn missed(&mut self, chunk: &DecidedChunk) {
+        let behind = self
+            .cursor
+            .is_some_and(|cursor| (chunk.finished_at, chunk.index) <= cursor);
+        let sent = usize::try_from(chunk.index).is_ok_and(|index| self.seen.contains(index));
+        if behind && !sent {
+            self.decided(chunk);
+        }
     }
 
     /// One poll of the job's row, or one page of decisions while catching up with it.
@@ -215,7 +282,7 @@ impl JobEvents {
             return Ok(());
         }
         let decided = usize::try_from(progress.chunks.done + progress.chunks.failed).unwrap_or(0);
-        if self.seen_count < decided {
+        if self.seen.len() < decided {
             self.reconcile().await?;
         }
         self.queue.push_back(json_event(
@@ -239,12 +306,29 @@ impl JobEvents {
         loop {
             let page = self.insights.decided_page(self.id, after, PAGE).await?;
             for chunk in &page {
-                self.decided(chunk);
+                self.missed(chunk);
             }
             match page.last() {
                 Some(last) if page.len() as i64 == PAGE => after = last.index,
                 _ => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkSet;
+
+    #[test]
+    fn a_chunk_set_counts_each_index_once_and_refuses_out_of_range() {
+        let mut set = ChunkSet::new(130);
+        assert!(set.insert(0));
+        assert!(set.insert(129));
+        assert!(set.insert(129));
+        assert!(!set.insert(130));
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(129) && !set.contains(64));
+        assert_eq!(ChunkSet::new(1_000_000).words.len() * 8, 125_000);
     }
 }

@@ -201,7 +201,10 @@ pub async fn image(
     let mut canvas = Canvas::new(frame.width, frame.height);
     let mut after = -1;
     loop {
-        let page = state.store.results_page(id, after, RESULTS_PAGE).await?;
+        let page = state
+            .store
+            .results_page(id, after, RESULTS_PAGE, crate::limits::RESULTS_PAGE_BYTES)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.index;
         for result in &page {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::limits::Limits;
+use crate::limits::{Limits, RESULTS_PAGE_BYTES, RESULTS_PAGE_ROWS};
 use crate::scheduler::Event;
 use crate::store::{JobView, NewJob, Program};
 
@@ -33,8 +33,6 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 pub const LEASE_SECONDS_RANGE: std::ops::RangeInclusive<i64> = 5..=86_400;
 /// Default lease length.
 pub const DEFAULT_LEASE_SECONDS: i64 = 300;
-/// Finished chunks read from the database per results page.
-const RESULTS_PAGE: i64 = 2_000;
 
 /// The body of `POST /api/v1/jobs` (as JSON; or its `job` part, without `inputs`, beside a
 /// dataset file in a multipart body).
@@ -322,7 +320,11 @@ pub async fn cancel(
 }
 
 /// `GET /api/v1/jobs/{id}/results`: NDJSON, one line per finished chunk in index order,
-/// streamed page by page so a large job never sits in memory.
+/// streamed page by page so a large job never sits in memory: a page is at most
+/// [`RESULTS_PAGE_ROWS`] rows and [`RESULTS_PAGE_BYTES`] of text (one larger result goes
+/// alone), and at most `max_downloads` stream at once (503 `too_many_downloads` beyond), so
+/// downloads hold at most `max_downloads` pages, each as rows and as text (about
+/// 2 × 8 MiB, so 128 MiB by default), whatever the outputs.
 #[utoipa::path(
     get,
     operation_id = "job_results",
@@ -345,6 +347,7 @@ pub async fn cancel(
         (status = 401, description = "No valid bearer token", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
         (status = 410, description = "`results_expired`: the retention (`--retention-days`) deleted this job's results; the job itself remains", body = super::openapi::ErrorBody),
+        (status = 503, description = "`too_many_downloads`: the master streams as many downloads as it may (`--max-downloads`); try again after `Retry-After` seconds", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn results(
@@ -362,19 +365,33 @@ pub async fn results(
         .await?
         .ok_or(Error::NotFound("job"))?;
     crate::retention::ensure_results_kept(&job)?;
+    // The place is held by the body's stream, so it is given back when the download ends or
+    // its client goes away.
+    let permit = std::sync::Arc::new(super::places::download(&state)?);
     let store = state.store.clone();
     if let Some(format) = format {
         let pages = crate::export::pages(move |after| {
             let store = store.clone();
-            async move { store.results_page(id, after, RESULTS_PAGE).await }
+            let permit = permit.clone();
+            async move {
+                let _permit = permit;
+                store
+                    .results_page(id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
+                    .await
+            }
         });
         return Ok(crate::export::response(format, id, pages));
     }
     let pages = stream::unfold(Some(-1), move |after| {
         let store = store.clone();
+        let permit = permit.clone();
         async move {
+            let _permit = permit;
             let after = after?;
-            match store.results_page(id, after, RESULTS_PAGE).await {
+            match store
+                .results_page(id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
+                .await
+            {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
                     let next = page.last().map(|r| r.index);

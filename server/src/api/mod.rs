@@ -12,6 +12,7 @@
 //!   live feed (server-sent events).
 //! - [`workers`]: the admin lifts a worker identity's blacklist.
 //! - [`openapi`]: the OpenAPI document of all of it.
+//! - [`places`]: the caps on event streams and results downloads, held while they stream.
 
 pub mod chunks;
 pub mod dashboard;
@@ -22,6 +23,7 @@ pub mod jobs;
 pub mod json;
 pub mod modules;
 pub mod openapi;
+pub mod places;
 pub mod submit;
 pub mod tokens;
 pub mod volunteers;

@@ -150,7 +150,10 @@ const PROGRESS_SELECT: &str = "
            created_at, started_at, finished_at
     FROM jobs";
 
-const DECIDED_COLUMNS: &str = "idx, state, agreeing, error, finished_at";
+/// The columns of a [`DecidedChunk`]. The error is cut to its first
+/// [`crate::limits::EVENT_ERROR_CHARS`] characters in the database, so a page of a thousand
+/// decisions stays small whatever the errors (the whole text is in the results).
+const DECIDED_COLUMNS: &str = "idx, state, agreeing, substr(error, 1, 256) AS error, finished_at";
 
 fn progress<R>(row: &R) -> Result<JobProgress, sqlx::Error>
 where
@@ -656,5 +659,21 @@ impl Insights for SqliteStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decided_chunks_read_errors_cut_to_the_event_limit() {
+        let cut = format!(
+            "substr(error, 1, {}) AS error",
+            crate::limits::EVENT_ERROR_CHARS
+        );
+        assert!(
+            super::DECIDED_COLUMNS.contains(&cut),
+            "{}",
+            super::DECIDED_COLUMNS
+        );
     }
 }

@@ -616,6 +616,54 @@ pub(crate) const MODULE_IN_USE_SQL: &str = "
                    WHERE kernel = $1 AND state IN ('queued', 'running')
                      AND ($2 OR owner_token_id = $3))";
 
+/// Sizes of the next finished chunks of a job (`$1` job, `$2` after this index, `$3` at most
+/// this many), in index order: output plus error bytes; portable (SQLite ≥ 3.43 has
+/// `octet_length`).
+pub(crate) const RESULT_SIZES_SQL: &str = "
+    SELECT idx, CAST(COALESCE(octet_length(output), 0) + COALESCE(octet_length(error), 0) AS BIGINT) AS bytes
+    FROM chunks
+    WHERE job_id = $1 AND idx > $2 AND state IN ('done', 'failed')
+    ORDER BY idx LIMIT $3";
+
+/// The finished chunks of a job in an index range (`$1` job, `$2` < idx ≤ `$3`); portable.
+pub(crate) const RESULT_ROWS_SQL: &str = "
+    SELECT idx, output, agreeing, error FROM chunks
+    WHERE job_id = $1 AND idx > $2 AND idx <= $3 AND state IN ('done', 'failed')
+    ORDER BY idx";
+
+/// One row of [`RESULT_ROWS_SQL`], on either backend.
+pub(crate) fn chunk_result<R>(row: &R) -> Result<ChunkResult, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ChunkResult {
+        index: row.try_get("idx")?,
+        output: row.try_get("output")?,
+        agreeing: row.try_get("agreeing")?,
+        error: row.try_get("error")?,
+    })
+}
+
+/// The last index of a results page: `sizes` are `(index, bytes)` in index order; the page
+/// takes them while their sum stays within `max_bytes`, and at least the first. `None` when
+/// there is nothing left.
+pub(crate) fn results_page_end(sizes: &[(i32, i64)], max_bytes: i64) -> Option<i32> {
+    let (first, _) = *sizes.first()?;
+    let mut total = 0i64;
+    let mut end = first;
+    for &(index, bytes) in sizes {
+        total = total.saturating_add(bytes.max(0));
+        if total > max_bytes && index != first {
+            break;
+        }
+        end = index;
+    }
+    Some(end)
+}
+
 /// The `module_uploads.uploader` of an owner: its token id, 0 for the admin.
 pub(crate) fn uploader(owner: Owner) -> i64 {
     match owner {
@@ -683,8 +731,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>>;
     /// Cancel a queued or running job. None if the job is not visible to `owner`.
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>>;
-    /// Finished chunks of a job with index > `after`, in index order.
-    async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>>;
+    /// Finished chunks of a job with index > `after`, in index order: at most `max_rows`, and
+    /// no more than `max_bytes` of output and error text (but always the next one, whatever
+    /// its size). Two reads: the sizes first ([`RESULT_SIZES_SQL`]), then the rows of the
+    /// range that fits ([`RESULT_ROWS_SQL`]), so a page never holds more than it may.
+    async fn results_page(
+        &self,
+        job_id: i64,
+        after: i32,
+        max_rows: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<ChunkResult>>;
 
     /// Ready chunks in dispatch order; with `for_worker` (identity, origin), only those that
     /// worker may take (no replica of it from that identity or that origin).
@@ -756,4 +813,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
     /// Whether a module with this id is stored.
     async fn module_exists(&self, id: &str) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::results_page_end;
+
+    #[test]
+    fn a_results_page_ends_where_its_bytes_would_pass_the_limit() {
+        assert_eq!(results_page_end(&[], 100), None);
+        let sizes = [(0, 40), (1, 40), (2, 40), (5, 1)];
+        assert_eq!(results_page_end(&sizes, 100), Some(1));
+        assert_eq!(results_page_end(&sizes, 121), Some(5));
+        assert_eq!(results_page_end(&sizes, 120), Some(2));
+        // One result larger than the limit still goes out, alone.
+        assert_eq!(results_page_end(&[(7, 1_000), (8, 1)], 100), Some(7));
+    }
 }

@@ -354,27 +354,31 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn results_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<ChunkResult>> {
-        let rows = sqlx::query(
-            "SELECT idx, output, agreeing, error FROM chunks
-             WHERE job_id = ?1 AND idx > ?2 AND state IN ('done', 'failed')
-             ORDER BY idx LIMIT ?3",
-        )
-        .bind(job_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+    async fn results_page(
+        &self,
+        job_id: i64,
+        after: i32,
+        max_rows: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<ChunkResult>> {
+        let sizes: Vec<(i32, i64)> = sqlx::query_as(super::RESULT_SIZES_SQL)
+            .bind(job_id)
+            .bind(after)
+            .bind(max_rows)
+            .fetch_all(&self.pool)
+            .await?;
+        let Some(end) = super::results_page_end(&sizes, max_bytes) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(super::RESULT_ROWS_SQL)
+            .bind(job_id)
+            .bind(after)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await?;
         let results = rows
             .iter()
-            .map(|row| {
-                Ok(ChunkResult {
-                    index: row.try_get("idx")?,
-                    output: row.try_get("output")?,
-                    agreeing: row.try_get("agreeing")?,
-                    error: row.try_get("error")?,
-                })
-            })
+            .map(super::chunk_result)
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(results)
     }
