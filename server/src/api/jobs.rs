@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
@@ -367,46 +367,34 @@ pub async fn results(
     crate::retention::ensure_results_kept(&job)?;
     // The place is held by the body's stream, so it is given back when the download ends or
     // its client goes away.
-    let permit = std::sync::Arc::new(super::places::download(&state)?);
+    let permit = super::places::download(&state)?;
     let store = state.store.clone();
-    if let Some(format) = format {
-        let pages = crate::export::pages(move |after| {
-            let store = store.clone();
-            let permit = permit.clone();
-            async move {
-                let _permit = permit;
-                store
-                    .results_page(id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
-                    .await
-            }
-        });
-        return Ok(crate::export::response(format, id, pages));
-    }
-    let pages = stream::unfold(Some(-1), move |after| {
+    // One page stream for every format; the fetch closure lives as long as the body's
+    // stream, and with it the download's place.
+    let pages = crate::export::pages(move |after| {
+        let _held = &permit;
         let store = store.clone();
-        let permit = permit.clone();
         async move {
-            let _permit = permit;
-            let after = after?;
-            match store
+            store
                 .results_page(id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
                 .await
-            {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let next = page.last().map(|r| r.index);
-                    let mut text = String::new();
-                    for result in &page {
-                        text.push_str(&result_line(result));
-                        text.push('\n');
-                    }
-                    Some((Ok::<_, std::io::Error>(text), next))
-                }
-                Err(error) => {
-                    tracing::error!(?error, job = id, "results stream failed");
-                    Some((Err(std::io::Error::other("results unavailable")), None))
-                }
+        }
+    });
+    if let Some(format) = format {
+        return Ok(crate::export::response(format, id, pages));
+    }
+    let pages = pages.map(move |page| match page {
+        Ok(page) => {
+            let mut text = String::new();
+            for result in &page {
+                text.push_str(&result_line(result));
+                text.push('\n');
             }
+            Ok(text)
+        }
+        Err(error) => {
+            tracing::error!(?error, job = id, "results stream failed");
+            Err(std::io::Error::other("results unavailable"))
         }
     });
     Ok((
