@@ -92,16 +92,22 @@ run_resource_cell() {
   "$PYTHON" "$BENCH_ROOT/bench/attacks.py" "$SERVER_URL" "$attack" --n "$n" \
     >"$BENCH_TMP/attack.out" 2>"$BENCH_TMP/attack.err" &
   attack_pid=$!
+  local attack_started
+  attack_started=$(date +%s.%N)
   sleep 3
   write_echo_job "$CHUNKS" 2
   submit_job
   : >"$BENCH_TMP/health.max"
   watch_health & HEALTH_PID=$!
   wait_job "$JOB_ID" 900 1 || echo "bench: job $JOB_ID did not finish under $attack" >&2
-  local view rss_after rate relative health lost seen
+  local view rss_after rate relative health lost seen cpu
   view="$(job_view "$JOB_ID")"
   rss_after=$(( $(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status") / 1024 ))
   kill "$HEALTH_PID" 2>/dev/null; wait "$HEALTH_PID" 2>/dev/null || true; HEALTH_PID=""
+  # The attacker's own CPU, in cores over its run: it shares the machine's cores with the
+  # master, PostgreSQL and the honest workers, so its share is taken from them too.
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" -v wall="$(calc "$(date +%s.%N) - $attack_started")" \
+    '{ printf "%.2f", ($14 + $15) / hz / wall }' "/proc/$attack_pid/stat" 2>/dev/null || echo "?")
   kill -TERM "$attack_pid" 2>/dev/null; wait "$attack_pid" 2>/dev/null || true
   kill -INT "$LOADGEN_PID" 2>/dev/null; wait "$LOADGEN_PID" 2>/dev/null || true; LOADGEN_PID=""
   lost=$(curl -sS -H "Authorization: Bearer $BENCH_TOKEN" "$SERVER_URL/api/v1/jobs/$JOB_ID/results" \
@@ -110,9 +116,9 @@ run_resource_cell() {
   relative=$(calc "100 * $rate / $BASE_RATE")
   health=$(cat "$BENCH_TMP/health.max" 2>/dev/null || echo "?")
   seen=$(jq -r '"\(.connections) / \(.closed_by_master)"' "$BENCH_TMP/attack.out" 2>/dev/null || echo "?")
-  printf "| %-10s | %5s | %7s %% | %4s | %8s | %8s MiB | %9s | %17s |\n" \
+  printf "| %-10s | %5s | %7s %% | %4s | %8s | %8s MiB | %9s | %17s | %6s |\n" \
     "$attack" "$n" "$(fmt "$relative" 0)" "$lost" "$(echo "$view" | jq -r .state)" \
-    "$rss_before → $rss_after" "$(fmt "$(calc "$health * 1000")" 0) ms" "$seen"
+    "$rss_before → $rss_after" "$(fmt "$(calc "$health * 1000")" 0) ms" "$seen" "$cpu"
   stop_server
   psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null
   BENCH_DB=""
@@ -209,8 +215,8 @@ if [ -n "$RESOURCE_ATTACKS" ]; then
   echo
   echo "Resource attacks (issue 19), each beside the same honest grid; attacker: connections made / closed by the master"
   echo
-  echo "| attack     | conns | honest rate | lost | job      | master RSS before → after | /healthz max | attacker conns / closed |"
-  echo "|------------|-------|-------------|------|----------|---------------------------|--------------|-------------------------|"
+  echo "| attack     | conns | honest rate | lost | job      | master RSS before → after | /healthz max | attacker conns / closed | attacker CPU (cores) |"
+  echo "|------------|-------|-------------|------|----------|---------------------------|--------------|-------------------------|----------------------|"
   for attack in $RESOURCE_ATTACKS; do
     run_resource_cell "$attack"
   done

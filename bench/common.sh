@@ -76,17 +76,18 @@ db_url_for() {
 }
 
 # Start the master: `start_server postgres` (on $DB_URL) or `start_server sqlite` (fresh data
-# directory). Waits for its "listening" line; sets SERVER_PID, SERVER_ADDR, SERVER_URL.
+# directory), with the flags in $SERVER_FLAGS (split on spaces). Waits for its "listening"
+# line; sets SERVER_PID, SERVER_ADDR, SERVER_URL.
 start_server() {
   local kind="$1" log="$BENCH_TMP/server.log"
   : >"$log"
   if [ "$kind" = postgres ]; then
     DATABASE_URL="$DB_URL" GRID_ADMIN_TOKEN="$BENCH_TOKEN" RUST_LOG="${SERVER_LOG:-warn}" \
-      "$SERVER_BIN" --listen 127.0.0.1:0 >"$log" 2>"$BENCH_TMP/server.err" &
+      "$SERVER_BIN" --listen 127.0.0.1:0 ${SERVER_FLAGS:-} >"$log" 2>"$BENCH_TMP/server.err" &
   else
     mkdir -p "$BENCH_TMP/data"
     env -u DATABASE_URL GRID_ADMIN_TOKEN="$BENCH_TOKEN" RUST_LOG="${SERVER_LOG:-warn}" \
-      "$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$BENCH_TMP/data" >"$log" 2>"$BENCH_TMP/server.err" &
+      "$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$BENCH_TMP/data" ${SERVER_FLAGS:-} >"$log" 2>"$BENCH_TMP/server.err" &
   fi
   SERVER_PID=$!
   for _ in $(seq 300); do

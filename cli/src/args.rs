@@ -132,6 +132,11 @@ pub struct SubmitArgs {
     /// Module jobs: read each output as `json` (master default) or `text` (a JSON string).
     #[arg(long, value_enum, conflicts_with = "kernel")]
     pub output: Option<OutputArg>,
+
+    /// Append the results to this Delta Lake table when the job finishes (`file:///...` or
+    /// `s3://bucket/path`, under one of the master's --sink-root).
+    #[arg(long, value_name = "URI")]
+    pub sink: Option<String>,
 }
 
 /// How a module's output is read (a job's `output` field).

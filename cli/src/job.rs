@@ -51,6 +51,24 @@ pub struct Job {
     /// When it reached a final state.
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Its export to a Delta table, when it named a sink.
+    #[serde(default)]
+    pub export: Option<Export>,
+}
+
+/// Where a job's export to its Delta table stands.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Export {
+    /// The table's URI.
+    pub sink: String,
+    /// `pending`, `done`, `failed` or `skipped`.
+    pub state: String,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The table version holding the job's rows.
+    #[serde(default)]
+    pub table_version: Option<i64>,
 }
 
 /// How many chunks a job has and how many are finished.
@@ -164,6 +182,16 @@ impl Job {
         }
         if !settings.is_empty() {
             line("settings", settings.join(", "));
+        }
+        if let Some(export) = &self.export {
+            let mut text = format!("{} to {}", export.state, export.sink);
+            if let Some(version) = export.table_version {
+                let _ = write!(text, " (table version {version})");
+            }
+            if let Some(error) = &export.error {
+                let _ = write!(text, ": {error}");
+            }
+            line("export", text);
         }
         for (key, at) in [
             ("created", &self.created_at),

@@ -163,6 +163,42 @@ pub struct Config {
     #[arg(long, env = "GRID_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
 
+    // Delta Lake sinks (README "Results in your lakehouse").
+    /// Where jobs may name Delta tables for their results (`"sink": {"delta": URI}`): an
+    /// absolute directory, `file:///dir` or `s3://bucket[/prefix]`; repeatable or
+    /// comma-separated. A job's table must lie under one of them. None: no sinks.
+    #[arg(
+        long,
+        env = "GRID_SINK_ROOTS",
+        value_delimiter = ',',
+        value_name = "URI"
+    )]
+    pub sink_root: Vec<String>,
+
+    /// The S3 endpoint for `s3://` sinks, for storage other than AWS
+    /// (`http://127.0.0.1:9000`). Credentials come from the master's environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), never from a job.
+    #[arg(long, env = "GRID_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// The S3 region (default: `AWS_REGION` of the environment, else us-east-1).
+    #[arg(long, env = "GRID_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Allow plain HTTP to the S3 endpoint (local object stores).
+    #[arg(long, env = "GRID_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+
+    /// The S3 access key id (or AWS_ACCESS_KEY_ID, or the environment's other standard
+    /// sources of credentials).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+
+    /// The S3 secret access key (or AWS_SECRET_ACCESS_KEY). Prefer the environment: a flag is
+    /// visible to every user of the machine.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
     /// Log as JSON lines instead of text (or set GRID_LOG_FORMAT=json).
     #[arg(long, env = "GRID_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -216,6 +252,15 @@ impl std::fmt::Debug for Config {
                 &self.max_submissions_per_minute,
             )
             .field("retention_days", &self.retention_days)
+            .field("sink_root", &self.sink_root)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_allow_http", &self.s3_allow_http)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &self.s3_secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -246,6 +291,20 @@ impl Config {
             max_submissions_per_minute: self.max_submissions_per_minute,
             ..Default::default()
         }
+    }
+
+    /// The Delta sinks these settings admit ([`crate::lakehouse`]).
+    pub fn sinks(&self) -> Result<crate::lakehouse::SinkPolicy, String> {
+        crate::lakehouse::SinkPolicy::new(
+            &self.sink_root,
+            crate::lakehouse::S3Settings {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                allow_http: self.s3_allow_http,
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.s3_secret_access_key.clone(),
+            },
+        )
     }
 
     /// The retention these settings describe (`None`: keep everything).

@@ -316,14 +316,15 @@ fn exact_f64(number: &Number) -> Option<f64> {
 
 /// One typed output column: an output key and its kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct TypedField {
+pub(crate) struct TypedField {
     name: String,
     kind: Kind,
 }
 
-/// How the outputs are laid out in columns (see the module's documentation).
+/// How the outputs are laid out in columns (see the module's documentation). The Delta sink
+/// ([`crate::lakehouse::delta`]) lays its rows out the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Layout {
+pub(crate) enum Layout {
     /// One `output` column with the JSON text.
     Json,
     /// One column per output key, then `output` with the JSON text of the rows that do not
@@ -333,7 +334,7 @@ enum Layout {
 
 impl Layout {
     /// The layout a first page of results asks for.
-    fn infer(sample: &[ChunkResult]) -> Layout {
+    pub(crate) fn infer(sample: &[ChunkResult]) -> Layout {
         Self::typed_fields(sample).map_or(Layout::Json, Layout::Typed)
     }
 
@@ -382,7 +383,7 @@ impl Layout {
     }
 
     /// The file's schema.
-    fn schema(&self) -> SchemaRef {
+    pub(crate) fn schema(&self) -> SchemaRef {
         let mut columns = vec![Field::new("index", DataType::Int32, false)];
         if let Layout::Typed(fields) = self {
             for field in fields {
@@ -396,7 +397,7 @@ impl Layout {
     }
 
     /// One page as one record batch.
-    fn batch(&self, page: &[ChunkResult]) -> Result<RecordBatch, ArrowError> {
+    pub(crate) fn batch(&self, page: &[ChunkResult]) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int32Array::from_iter_values(
             page.iter().map(|result| result.index),
         ))];

@@ -14,7 +14,9 @@
 //!   reader of a JSON submission's `inputs`); [`datasets`]: inputs from a Parquet, CSV or
 //!   NDJSON file, one row per chunk.
 //! - [`limits`]: the documented limits; [`error`]: the crate's error type and its HTTP mapping.
-//! - [`export`]: a job's results as columns, a Parquet file or an Arrow IPC stream.
+//! - [`export`]: a job's results as columns, a Parquet file or an Arrow IPC stream;
+//!   [`lakehouse`]: results appended to Delta Lake tables (`file://`, `s3://`) when jobs
+//!   finish, exactly once.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`network`]: which network a peer is on (quorum independence, per-network caps).
 //! - [`admission`]: caps on open connections and worker sessions, globally and per peer.
@@ -37,6 +39,7 @@ pub mod datasets;
 pub mod error;
 pub mod export;
 pub mod inputs;
+pub mod lakehouse;
 pub mod limits;
 pub mod metrics;
 pub mod network;
@@ -101,6 +104,8 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     /// Each submitter token's submissions per minute ([`quota`]).
     pub submissions: Arc<quota::SubmissionRate>,
+    /// Which Delta tables jobs may name as their sink ([`lakehouse`]).
+    pub sinks: Arc<lakehouse::SinkPolicy>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -131,6 +136,9 @@ pub struct ServeOptions {
     /// Delete the results of jobs finished longer ago than this ([`retention`]); `None`: keep
     /// them for ever.
     pub retention: Option<retention::RetentionPolicy>,
+    /// Which Delta tables jobs may name as their sink, and how the master reaches them
+    /// ([`lakehouse`]); the default admits none.
+    pub sinks: lakehouse::SinkPolicy,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -279,9 +287,19 @@ pub async fn serve(
     if let Some(policy) = options.retention {
         retention::spawn(policy, store.clone(), stop_rx.clone());
     }
+    let sinks = Arc::new(options.sinks);
+    // Every master exports: a job submitted with a sink through a master started before its
+    // roots were configured is still exported by the others.
+    lakehouse::exporter::spawn(
+        store.clone(),
+        sinks.clone(),
+        scheduler.master_id().clone(),
+        stop_rx.clone(),
+    );
     let limits = Arc::new(options.limits);
     let state = AppState {
         submissions: Arc::new(quota::SubmissionRate::new(&limits)),
+        sinks,
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
         store,
         insights,

@@ -91,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         public_origins: config.public_origin.clone(),
         tls,
         retention: config.retention(),
+        sinks: config
+            .sinks()
+            .map_err(|error| anyhow::anyhow!("invalid sink settings: {error}"))?,
     };
     serve(listener, store, options, shutdown_signal()).await
 }

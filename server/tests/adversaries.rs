@@ -39,6 +39,7 @@ on_both_backends!(
     an_engine_split_module_blames_nobody,
     backtracking_never_revives_a_cancelled_job,
     a_huge_slot_count_buys_a_hoarder_nothing,
+    hoarders_that_hand_work_back_undone_are_benched,
     colluders_cannot_poison_the_spot_checks,
     rotating_liars_are_caught_on_their_first_assignments,
     holding_leases_to_the_deadline_inflates_no_credit,
@@ -734,6 +735,80 @@ async fn a_huge_slot_count_buys_a_hoarder_nothing(backend: Backend) {
     );
     server.stop().await;
     hoarder.abort();
+    peers.iter().for_each(JoinHandle::abort);
+}
+
+/// Review H5 (measured by `bench/adversaries.sh`'s `hungry`: 16 % of the honest rate): 16
+/// sessions on networks of their own take every lease they can and hand it back undone every
+/// second, so the chunks they touch bounce between them and never reach the honest workers
+/// at the end of a job. Each hand-back without a result benches the origin (15 s, then twice
+/// as long each time): the honest workers finish the job, and the hoarders get a few
+/// assignments each, not one a second.
+async fn hoarders_that_hand_work_back_undone_are_benched(backend: Backend) {
+    let server = untrusting_master(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    // Assignments to hoarders after their first hand-back.
+    let assigned = Arc::new(AtomicU32::new(0));
+    let hoarders: Vec<JoinHandle<()>> = (0..16)
+        .map(|i| {
+            let ws = server.ws();
+            let counter = assigned.clone();
+            tokio::spawn(async move {
+                let mut peer = Peer::join_from(
+                    &ws,
+                    ip(&format!("127.0.{}.1", 100 + i)),
+                    &format!("hoarder-{i}"),
+                    64,
+                )
+                .await;
+                let mut held = Vec::new();
+                let mut released = false;
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        frame = peer.socket.next() => {
+                            let Some(Ok(Message::Text(text))) = frame else { return };
+                            if let Ok(MasterMessage::Assign { lease, .. }) =
+                                MasterMessage::from_json(&text)
+                            {
+                                if released {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                }
+                                held.push(lease);
+                            }
+                        }
+                        _ = tick.tick() => {
+                            if !held.is_empty() {
+                                let leases = std::mem::take(&mut held);
+                                peer.send(&WorkerMessage::Release { leases }).await;
+                                released = true;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = inputs(400, "bench");
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": expected, "redundancy": 2}))
+        .await;
+    // The hoarders connected first: they take their first 8 each before anyone else.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peers = honest_peers(&server, &["127.0.1.1", "127.0.2.1", "127.0.3.1"], 2);
+    let finished = api.wait_finished(job, Duration::from_secs(60)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(forged_and_check(&api.results(job).await, &expected), 0);
+    // Benched 15 s after their first hand-back (then 30 s): one more each at most while the
+    // job runs. Without the bench a hoarder with one credit took a chunk every second.
+    let after = assigned.load(Ordering::Relaxed);
+    assert!(
+        after <= 16 * 2,
+        "the hoarders were assigned {after} leases after handing work back (2 each at most)"
+    );
+    server.stop().await;
+    hoarders.iter().for_each(JoinHandle::abort);
     peers.iter().for_each(JoinHandle::abort);
 }
 

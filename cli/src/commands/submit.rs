@@ -41,6 +41,14 @@ struct Fields<'a> {
     max_memory_mb: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sink: Option<Sink<'a>>,
+}
+
+/// `"sink": {"delta": URI}`.
+#[derive(Debug, Serialize)]
+struct Sink<'a> {
+    delta: &'a str,
 }
 
 /// Where the inputs come from, as the command line says.
@@ -71,6 +79,7 @@ fn fields_json(args: &SubmitArgs) -> Result<Vec<u8>> {
         timeout_ms: args.timeout_ms,
         max_memory_mb: args.max_memory_mb,
         output: args.output.map(|output| output.name()),
+        sink: args.sink.as_deref().map(|delta| Sink { delta }),
     };
     serde_json::to_vec(&fields)
         .map_err(|error| Error::Usage(format!("cannot encode the job fields: {error}")))

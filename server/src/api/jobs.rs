@@ -70,6 +70,18 @@ pub struct SubmitJob {
     /// `fixed` (default): every chunk needs `redundancy` agreeing results; `adaptive`: a
     /// trusted worker's result may be accepted alone, spot-checked at random.
     verification: Option<String>,
+    /// Append the results to a Delta Lake table when the job finishes (one commit, exactly
+    /// once). The URI must lie under one of the master's `--sink-root`s.
+    sink: Option<SinkSpec>,
+}
+
+/// Where a job's results go when it finishes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// The Delta table's URI: `file:///...` or `s3://bucket/path`, created on first use.
+    #[schema(example = "s3://lake/grid/results", max_length = 1024)]
+    delta: String,
 }
 
 fn in_range(field: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<i32> {
@@ -220,6 +232,7 @@ pub(crate) fn validate(limits: &Limits, body: SubmitJob) -> Result<NewJob> {
         lease_seconds,
         verification,
         inputs: Vec::new(),
+        sink: body.sink.map(|sink| sink.delta),
     })
 }
 

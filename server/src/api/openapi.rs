@@ -70,6 +70,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
         Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
         TokenView, tokens::NewToken, tokens::TokenChange,
+        crate::store::ExportView, super::jobs::SinkSpec,
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -99,7 +99,7 @@ pub async fn submit(
         .unwrap_or("")
         .to_ascii_lowercase();
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    let job = if essence == "application/json" || essence.ends_with("+json") {
+    let mut job = if essence == "application/json" || essence.ends_with("+json") {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -117,6 +117,9 @@ pub async fn submit(
             "send a job as application/json, or as multipart/form-data with a dataset file".into(),
         ));
     };
+    if let Some(sink) = job.sink.take() {
+        job.sink = Some(state.sinks.admit(&sink)?);
+    }
     // The open-chunk quota and the module's existence are checked in the insert's transaction
     // (see `Store::create_job`): nothing is stored on a refusal.
     let max_open_chunks = crate::quota::open_chunk_limit(&state.limits, caller.0);

@@ -142,6 +142,9 @@ pub struct NewJob {
     pub verification: &'static str,
     /// Canonical JSON text of each chunk input, in index order.
     pub inputs: Vec<String>,
+    /// The Delta table its results are appended to when it finishes (a URI the master's
+    /// `--sink-root` admits, see [`crate::lakehouse`]).
+    pub sink: Option<String>,
 }
 
 impl NewJob {
@@ -249,6 +252,91 @@ pub struct JobView {
     /// `GET /api/v1/jobs/{id}/results` answers 410 `results_expired`. The job and its counters
     /// stay. Null while they are kept.
     pub results_deleted_at: Option<DateTime<Utc>>,
+    /// The export of its results to the Delta table it named (`sink`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportView>,
+}
+
+/// Where a job's export to its Delta table stands ([`crate::lakehouse`]).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct ExportView {
+    /// The table's URI, as the job named it.
+    #[schema(example = "s3://lake/grid/results")]
+    pub sink: String,
+    /// `pending` (until the job finishes and the export has committed), `done`, `failed`
+    /// (given up after 5 attempts: see `error`) or `skipped` (the job was cancelled).
+    #[schema(example = "done")]
+    pub state: String,
+    /// Attempts so far (a failed one is retried after a back-off).
+    pub attempts: i32,
+    /// Why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The table version whose commit holds the job's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<i64>,
+    /// When the export committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_at: Option<DateTime<Utc>>,
+}
+
+/// An export this master has claimed: it writes job `job_id`'s results to `sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportClaim {
+    /// The finished job.
+    pub job_id: i64,
+    /// Its Delta table's URI.
+    pub sink: String,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+}
+
+/// The export columns of a job view row (`j.sink`, `j.export_*`, `j.exported_at`), on either
+/// backend: `None` when the job named no sink.
+pub(crate) fn export_view<R>(row: &R) -> Result<Option<ExportView>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let Some(sink) = row.try_get::<Option<String>, _>("sink")? else {
+        return Ok(None);
+    };
+    Ok(Some(ExportView {
+        sink,
+        state: row
+            .try_get::<Option<String>, _>("export_state")?
+            .unwrap_or_else(|| "pending".into()),
+        attempts: row.try_get("export_attempts")?,
+        error: row.try_get("export_error")?,
+        table_version: row.try_get("export_version")?,
+        exported_at: row.try_get("exported_at")?,
+    }))
+}
+
+/// Most attempts at one export before it is given up as failed.
+pub const EXPORT_MAX_ATTEMPTS: i32 = 5;
+
+/// [`Store::export_done`]; portable: `$1` job, `$2` table version, `$3` now.
+pub(crate) const EXPORT_DONE_SQL: &str = "
+    UPDATE jobs SET export_state = 'done', export_version = $2, exported_at = $3,
+                    export_error = NULL, export_master = NULL
+    WHERE id = $1";
+
+/// [`Store::export_failed`]; portable: `$1` job, `$2` master, `$3` error, `$4` most attempts,
+/// `$5` no retry before. A claim another master took over is left to it.
+pub(crate) const EXPORT_FAILED_SQL: &str = "
+    UPDATE jobs
+    SET export_state = CASE WHEN export_attempts >= $4 THEN 'failed' ELSE export_state END,
+        export_error = $3, export_master = NULL, export_not_before = $5
+    WHERE id = $1 AND export_master = $2 AND export_state = 'pending'";
+
+/// Reasons are kept short in the job view.
+pub(crate) fn export_error_text(error: &str) -> String {
+    error.chars().take(512).collect()
 }
 
 /// One finished chunk, as a results line.
@@ -809,6 +897,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cutoff: DateTime<Utc>,
         batch_rows: i64,
     ) -> Result<RetentionStep>;
+    /// Claim the oldest export that is due: a finished (done or failed) job with a sink whose
+    /// export is pending, not backing off, and not claimed by a live master (on the embedded
+    /// database: by this process). At most one master holds a claim at a time.
+    async fn claim_export(&self, master_id: &str) -> Result<Option<ExportClaim>>;
+    /// The export of `job_id` committed as table version `table_version`.
+    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()>;
+    /// This master's attempt at exporting `job_id` failed with `error`: retry after `backoff`,
+    /// or give up (`failed`) once [`EXPORT_MAX_ATTEMPTS`] attempts have been made.
+    async fn export_failed(
+        &self,
+        job_id: i64,
+        master_id: &str,
+        error: &str,
+        backoff: std::time::Duration,
+    ) -> Result<()>;
     /// An uploaded module's bytes.
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
     /// Whether a module with this id is stored.

@@ -16,8 +16,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob, Owner,
-    Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
+    ExportClaim, JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion,
+    NewJob, Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -106,7 +106,9 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         let changed = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = now()
+            "UPDATE jobs SET state = 'cancelled', finished_at = now(),
+                             export_state = CASE WHEN export_state = 'pending' THEN 'skipped'
+                                                 ELSE export_state END
              WHERE id = $1 AND state IN ('queued', 'running')",
         )
         .bind(id)
@@ -136,7 +138,9 @@ const JOB_VIEW_SELECT: &str = "
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at, j.results_deleted_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
-           j.replicas_invalid AS invalid, j.replicas_expired AS expired
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired,
+           j.sink, j.export_state, j.export_attempts, j.export_error, j.export_version,
+           j.exported_at
     FROM jobs j";
 
 fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
@@ -171,6 +175,7 @@ fn job_view(row: &PgRow) -> Result<JobView, sqlx::Error> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         results_deleted_at: row.try_get("results_deleted_at")?,
+        export: super::export_view(row)?,
     })
 }
 
@@ -281,8 +286,10 @@ impl Store for PgStore {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, verification, timeout_ms, max_memory_mb,
-                               module_output)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                               module_output, sink, export_state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                     CASE WHEN $13::text IS NULL THEN NULL ELSE 'pending' END)
+             RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
@@ -296,6 +303,7 @@ impl Store for PgStore {
         .bind(job.program.stored_limits().0)
         .bind(job.program.stored_limits().1)
         .bind(job.program.stored_output())
+        .bind(&job.sink)
         .fetch_one(&mut *tx)
         .await?;
         let initial_wanted = job.initial_wanted();
@@ -735,6 +743,7 @@ impl Store for PgStore {
             "SELECT id FROM jobs
              WHERE finished_at IS NOT NULL AND results_purged_at IS NULL AND finished_at < $1
                AND state IN ('done', 'failed', 'cancelled')
+               AND (export_state IS NULL OR export_state <> 'pending')
              ORDER BY finished_at LIMIT $2",
         )
         .bind(cutoff)
@@ -827,6 +836,65 @@ impl Store for PgStore {
         };
         tx.commit().await?;
         Ok(step)
+    }
+
+    async fn claim_export(&self, master_id: &str) -> Result<Option<ExportClaim>> {
+        // A claim of a master whose heartbeat is stale (it died mid-export) is taken over; the
+        // table's transaction identifier keeps the retry from appending the job twice.
+        let row = sqlx::query(
+            "UPDATE jobs SET export_master = $1, export_attempts = export_attempts + 1
+             WHERE id = (
+                 SELECT j.id FROM jobs j
+                 WHERE j.export_state = 'pending' AND j.state IN ('done', 'failed')
+                   AND (j.export_not_before IS NULL OR j.export_not_before <= now())
+                   AND (j.export_master IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM masters m
+                        WHERE m.id = j.export_master
+                          AND m.heartbeat_at > now() - make_interval(secs => $2)))
+                 ORDER BY j.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, sink, export_attempts",
+        )
+        .bind(master_id)
+        .bind(super::MASTER_TIMEOUT_SECONDS as f64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| -> Result<ExportClaim, sqlx::Error> {
+                Ok(ExportClaim {
+                    job_id: row.try_get("id")?,
+                    sink: row.try_get("sink")?,
+                    attempt: row.try_get("export_attempts")?,
+                })
+            })
+            .transpose()?)
+    }
+
+    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()> {
+        sqlx::query(super::EXPORT_DONE_SQL)
+            .bind(job_id)
+            .bind(table_version)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn export_failed(
+        &self,
+        job_id: i64,
+        master_id: &str,
+        error: &str,
+        backoff: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(super::EXPORT_FAILED_SQL)
+            .bind(job_id)
+            .bind(master_id)
+            .bind(super::export_error_text(error))
+            .bind(super::EXPORT_MAX_ATTEMPTS)
+            .bind(Utc::now() + backoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {

@@ -26,8 +26,8 @@ use super::review::{
 };
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program, ReadyChunk,
-    ReplicaCounts, RetentionStep, Store,
+    ExportClaim, JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program,
+    ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::verifier::QuorumPolicy;
@@ -92,7 +92,9 @@ const JOB_VIEW_SELECT: &str = "
            j.verification, j.chunks_revised,
            j.created_at, j.started_at, j.finished_at, j.results_deleted_at,
            j.replicas_issued AS issued, j.replicas_returned AS returned,
-           j.replicas_invalid AS invalid, j.replicas_expired AS expired
+           j.replicas_invalid AS invalid, j.replicas_expired AS expired,
+           j.sink, j.export_state, j.export_attempts, j.export_error, j.export_version,
+           j.exported_at
     FROM jobs j";
 
 fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
@@ -127,6 +129,7 @@ fn job_view(row: &SqliteRow) -> Result<JobView, sqlx::Error> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         results_deleted_at: row.try_get("results_deleted_at")?,
+        export: super::export_view(row)?,
     })
 }
 
@@ -241,8 +244,10 @@ impl Store for SqliteStore {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (owner_token_id, name, kernel, redundancy, max_replicas, priority,
                                lease_seconds, chunk_count, created_at, verification,
-                               timeout_ms, max_memory_mb, module_output)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
+                               timeout_ms, max_memory_mb, module_output, sink, export_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                     CASE WHEN ?14 IS NULL THEN NULL ELSE 'pending' END)
+             RETURNING id",
         )
         .bind(owner_id)
         .bind(&job.name)
@@ -257,6 +262,7 @@ impl Store for SqliteStore {
         .bind(job.program.stored_limits().0)
         .bind(job.program.stored_limits().1)
         .bind(job.program.stored_output())
+        .bind(&job.sink)
         .fetch_one(&mut *tx)
         .await?;
         let initial_wanted = job.initial_wanted();
@@ -336,11 +342,16 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1")
-                .bind(id)
-                .bind(Utc::now())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2,
+                                 export_state = CASE WHEN export_state = 'pending' THEN 'skipped'
+                                                     ELSE export_state END
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         let job = self
@@ -783,6 +794,7 @@ impl Store for SqliteStore {
              WHERE finished_at IS NOT NULL AND results_purged_at IS NULL
                AND julianday(finished_at) < julianday(?1)
                AND state IN ('done', 'failed', 'cancelled')
+               AND (export_state IS NULL OR export_state <> 'pending')
              ORDER BY julianday(finished_at) LIMIT ?2",
         )
         .bind(cutoff)
@@ -870,6 +882,63 @@ impl Store for SqliteStore {
         };
         tx.commit().await?;
         Ok(step)
+    }
+
+    async fn claim_export(&self, master_id: &str) -> Result<Option<ExportClaim>> {
+        // One master per embedded database: a claim by another id is a previous process's,
+        // which died mid-export.
+        let row = sqlx::query(
+            "UPDATE jobs SET export_master = ?1, export_attempts = export_attempts + 1
+             WHERE id = (
+                 SELECT j.id FROM jobs j
+                 WHERE j.export_state = 'pending' AND j.state IN ('done', 'failed')
+                   AND (j.export_not_before IS NULL
+                        OR julianday(j.export_not_before) <= julianday(?2))
+                   AND (j.export_master IS NULL OR j.export_master <> ?1)
+                 ORDER BY j.id LIMIT 1)
+             RETURNING id, sink, export_attempts",
+        )
+        .bind(master_id)
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| -> Result<ExportClaim, sqlx::Error> {
+                Ok(ExportClaim {
+                    job_id: row.try_get("id")?,
+                    sink: row.try_get("sink")?,
+                    attempt: row.try_get("export_attempts")?,
+                })
+            })
+            .transpose()?)
+    }
+
+    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()> {
+        sqlx::query(super::EXPORT_DONE_SQL)
+            .bind(job_id)
+            .bind(table_version)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn export_failed(
+        &self,
+        job_id: i64,
+        master_id: &str,
+        error: &str,
+        backoff: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(super::EXPORT_FAILED_SQL)
+            .bind(job_id)
+            .bind(master_id)
+            .bind(super::export_error_text(error))
+            .bind(super::EXPORT_MAX_ATTEMPTS)
+            .bind(Utc::now() + backoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
