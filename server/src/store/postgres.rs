@@ -399,11 +399,26 @@ impl Store for PgStore {
         max_rows: i64,
         max_bytes: i64,
     ) -> Result<Vec<ChunkResult>> {
+        // The statistics of a big job are those its insert took (`ANALYZE` after it: every
+        // chunk open) until autovacuum catches up, so the planner believes no chunk of it is
+        // finished and scans the whole table for each page: 0.7 s a page, 6 minutes for the
+        // export of 1,000,000 chunks (measured). The primary key (job_id, idx) serves these
+        // reads in order and stops after a page; the planner is told to take it.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('enable_seqscan', 'off', true),
+                    set_config('enable_bitmapscan', 'off', true),
+                    set_config('enable_sort', 'off', true),
+                    set_config('max_parallel_workers_per_gather', '0', true),
+                    set_config('jit', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let sizes: Vec<(i32, i64)> = sqlx::query_as(super::RESULT_SIZES_SQL)
             .bind(job_id)
             .bind(after)
             .bind(max_rows)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
         let Some(end) = super::results_page_end(&sizes, max_bytes) else {
             return Ok(Vec::new());
@@ -412,8 +427,9 @@ impl Store for PgStore {
             .bind(job_id)
             .bind(after)
             .bind(end)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         let results = rows
             .iter()
             .map(super::chunk_result)
