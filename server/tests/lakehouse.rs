@@ -2,7 +2,7 @@
 //! results appended by the master to Delta tables on the local file system and on an S3
 //! server (moto's, started here on a loopback port), read back by PyPI's `deltalake` (delta-rs)
 //! and DuckDB. A master killed with SIGKILL during an export leaves the job in the table
-//! exactly once after its restart. Python comes from `GRID_PYTHON` (`cargo xtask test` sets it).
+//! exactly once after its restart (that job's inputs are uploaded as a Parquet dataset). Python comes from `GRID_PYTHON` (`cargo xtask test` sets it).
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
@@ -247,6 +247,16 @@ async fn finished_jobs_are_appended_to_their_delta_table_once_each(backend: Back
     server.stop().await;
 }
 
+/// Writes the JSON array of `{start, end}` objects in argv[2] as a Parquet file at argv[1].
+const WRITE_RANGES: &str = r#"
+import json, sys, pyarrow as pa, pyarrow.parquet as pq
+rows = json.loads(sys.argv[2])
+pq.write_table(pa.table({
+    "start": pa.array([r["start"] for r in rows], pa.int64()),
+    "end": pa.array([r["end"] for r in rows], pa.int64()),
+}), sys.argv[1])
+"#;
+
 /// Creates the bucket `lake` on moto's server at ENDPOINT once it answers.
 const CREATE_BUCKET: &str = r#"
 import boto3, time
@@ -349,11 +359,43 @@ async fn a_master_killed_during_an_export_leaves_the_job_in_the_table_once(backe
 
     let w1 = spawn_worker(&ws, 2, &dir.path().join("w1.id"));
     let w2 = spawn_worker(&ws, 2, &dir.path().join("w2.id"));
+    // The inputs come as a Parquet dataset (one row per chunk), as an analyst would upload them.
     let chunks = 2_000u64;
     let inputs = primes_inputs(0, 2_000_000, chunks);
-    let job = api
-        .submit(json!({"kernel": "primes", "inputs": inputs, "sink": {"delta": table}}))
-        .await;
+    let dataset = dir.path().join("ranges.parquet");
+    let status = Command::new(python())
+        .arg("-c")
+        .arg(WRITE_RANGES)
+        .arg(&dataset)
+        .arg(serde_json::to_string(&inputs).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pyarrow could not write the dataset");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "job",
+            reqwest::multipart::Part::text(
+                json!({"kernel": "primes", "sink": {"delta": table}}).to_string(),
+            )
+            .mime_str("application/json")
+            .unwrap(),
+        )
+        .part(
+            "inputs",
+            reqwest::multipart::Part::bytes(std::fs::read(&dataset).unwrap())
+                .file_name("ranges.parquet"),
+        );
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/jobs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let job = response.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
     let view = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(view["state"], "done", "{view}");
     drop((w1, w2));
