@@ -268,6 +268,8 @@ mod tests {
             "http://lake/grid".to_owned(),
             "not a uri".to_owned(),
             format!("s3://lake/grid/{}", "x".repeat(MAX_SINK_URI_BYTES)),
+            "s3://lake/grid/a\u{0}b".to_owned(),
+            format!("file://{root}/a\u{0}b\u{1b}[2J"),
         ] {
             assert_eq!(code(policy.admit(&invalid)), "invalid_sink", "{invalid}");
         }
