@@ -1,5 +1,5 @@
 // End-to-end scenarios of the contribute page in headless Chromium, driven by
-// server/tests/browser.rs (which starts the master, submits the jobs and checks the API after).
+// server/tests/integration/browser.rs (which starts the master, submits the jobs and checks the API after).
 //
 //   node frontend/tests/browser.mjs <scenario> <base-url> <admin-token> <job-id>[,<job-id>...]
 //

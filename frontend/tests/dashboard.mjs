@@ -1,5 +1,5 @@
 // The dashboard, job, API and contribute pages in headless Chromium, driven by
-// server/tests/dashboard_browser.rs (which starts the master, submits a mandelbrot job, and
+// server/tests/integration/dashboard_browser.rs (which starts the master, submits a mandelbrot job, and
 // starts hand-driven volunteers once this script prints `ready`).
 //
 //   node frontend/tests/dashboard.mjs <base-url> <admin-token> <job-id> <volunteer-id> <display-name>

@@ -6,8 +6,8 @@
 //! - [`session`]: one worker's WebSocket session at `/ws`.
 //! - [`scheduler`]: the single task that owns leases and hands out work, committing each round
 //!   as one batch; [`scheduler::dispatch`] is its in-memory cache of ready chunks.
-//! - [`checker`]: the master's own spot-checks of accepted kernel chunks (independent answers).
-//! - [`verifier`]: the quorum rule deciding when a chunk is accepted or failed.
+//! - [`trust`]: everything that decides whom to believe: the quorum rule, the review of each
+//!   commit (verdicts, reputation, blacklisting, backtracking) and the master's own checks.
 //! - [`store`]: durable state behind the [`store::Store`] trait; [`store::postgres`] implements it.
 //!   [`store::insights`] holds the read-mostly queries of dashboards and volunteers.
 //! - [`inputs`]: a job's chunk inputs gathered one at a time under the limits (the streaming
@@ -32,7 +32,6 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
-pub mod checker;
 pub mod config;
 pub mod dashboard;
 pub mod datasets;
@@ -49,7 +48,7 @@ pub mod scheduler;
 pub mod session;
 pub mod store;
 pub mod tls;
-pub mod verifier;
+pub mod trust;
 pub mod web;
 
 use std::future::Future;
@@ -282,7 +281,7 @@ pub async fn serve(
     let drain = scheduler.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     if !options.no_trust {
-        checker::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
+        trust::master_checks::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
     }
     if let Some(policy) = options.retention {
         retention::spawn(policy, store.clone(), stop_rx.clone());

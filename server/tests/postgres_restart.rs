@@ -1,7 +1,9 @@
-//! PostgreSQL restarted mid-job: the master reconnects and loses nothing. Alone in its test
-//! binary because it restarts the server every other test talks to.
+//! PostgreSQL restarted mid-job: the master reconnects and loses nothing. The one test binary
+//! besides `integration`, because it restarts the server every other test talks to (cargo runs
+//! test binaries one after another, the tests inside one binary side by side).
 #![allow(clippy::unwrap_used)]
 
+#[path = "integration/common/mod.rs"]
 mod common;
 
 use std::process::Command;

@@ -22,7 +22,7 @@
 //!
 //! Everything but [`browser`] and [`module_runner`] is plain Rust and is unit tested natively
 //! (`cargo test -p grid-worker-wasm`); the browser parts are exercised end to end in headless
-//! Chromium by `server/tests/browser.rs`.
+//! Chromium by `server/tests/integration/browser.rs`.
 
 pub mod backoff;
 pub mod browser;

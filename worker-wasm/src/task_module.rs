@@ -373,7 +373,7 @@ mod tests {
         let Prepared::FailsAtStart(failure) = prepare(&task_for(&bomb, 16), &bomb).unwrap() else {
             panic!("the table bomb would run");
         };
-        // The same bytes as `grid-worker`'s (worker/tests/modules.rs).
+        // The same bytes as `grid-worker`'s (worker/tests/integration/modules.rs).
         assert_eq!(
             Outcome::from(failure),
             Outcome::Err(

@@ -7,7 +7,7 @@ They need, in the environment:
 - ``GRID_MODULES``: the directory of the example task modules (``<target>/task-modules``,
   built by ``cargo xtask modules``).
 
-``server/tests/python_client.rs`` starts such a master and two native workers and runs these
+``server/tests/integration/python_client.rs`` starts such a master and two native workers and runs these
 tests (``cargo xtask test`` runs that). A missing variable fails the run: nothing is skipped.
 """
 
@@ -28,7 +28,7 @@ def _env(name: str) -> str:
     if not value:
         raise pytest.UsageError(
             f"{name} is not set: these tests run against a real master (GRID_URL, GRID_TOKEN: "
-            "its admin token, GRID_MODULES: <target>/task-modules); server/tests/python_client.rs "
+            "its admin token, GRID_MODULES: <target>/task-modules); server/tests/integration/python_client.rs "
             "sets them up (cargo xtask test runs it)"
         )
     return value

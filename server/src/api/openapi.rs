@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json` (no token) and rendered by the page `/api.html`.
 //!
 //! Every route of [`crate::routes`] is in it, pages and the worker WebSocket included (those
-//! are described by the annotated stubs at the end of this file); `server/tests/openapi.rs`
+//! are described by the annotated stubs at the end of this file); `server/tests/integration/openapi.rs`
 //! fails when a route is missing.
 
 use std::sync::OnceLock;

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::store::{
     Batch, BatchOutcome, ExpirySweep, LeaseEnd, LeaseRequest, ResultSubmission, Store,
 };
+use crate::trust;
 use dispatch::{DispatchCache, Proposal, Taker};
 
 /// Identifies one WebSocket session within this master process.
@@ -46,20 +47,6 @@ const CACHE_LOAD_LIMIT: usize = 4096;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Capacity of the scheduler's inbox; sessions wait (backpressure) when it is full.
 const INBOX_CAPACITY: usize = 65_536;
-/// A session's assignments are all ringers while the pool has any, until it was sent
-/// [`NEW_WORKER_RINGERS`] of them: a worker proves itself on answers the master knows before
-/// its word counts (a liar is caught before it can collude), and an honest one earns trust.
-const NEW_WORKER_RINGER_RATE: f64 = 1.0;
-/// Ringers a session gets at [`NEW_WORKER_RINGER_RATE`]: enough to earn trust.
-const NEW_WORKER_RINGERS: u32 = crate::verifier::TRUST_THRESHOLD;
-/// Afterwards, this share of assignments are ringers.
-const RINGER_RATE: f64 = 0.02;
-/// Ringer candidates loaded at once.
-const RINGER_POOL_SIZE: i64 = 256;
-/// How often the ringer pool and the blacklist are reloaded; more often while the pool is
-/// empty, so the first accepted answers become spot-checks quickly.
-const TRUST_REFRESH: Duration = Duration::from_secs(5);
-const TRUST_REFRESH_EMPTY_POOL: Duration = Duration::from_millis(250);
 /// How far back the poll for cancellations made through other masters looks.
 const CANCEL_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
@@ -125,11 +112,11 @@ pub enum Event {
         /// The revoked leases.
         leases: Vec<LeaseId>,
     },
-    /// The master computed accepted chunks itself (see [`crate::checker`]): whether each
+    /// The master computed accepted chunks itself (see [`crate::trust::master_checks`]): whether each
     /// accepted output is right.
     MasterChecked {
         /// What it computed.
-        checks: Vec<crate::store::review::MasterCheck>,
+        checks: Vec<crate::trust::review::MasterCheck>,
     },
     /// Graceful shutdown: assign nothing more; `drained` fires once no lease is outstanding.
     Drain {
@@ -764,10 +751,10 @@ impl Scheduler {
             let mut ringers = Vec::new();
             if let Some(session) = self.sessions.get_mut(&session_id) {
                 while ringers.len() < proposals.len() {
-                    let rate = if session.ringers_sent < NEW_WORKER_RINGERS {
-                        NEW_WORKER_RINGER_RATE
+                    let rate = if session.ringers_sent < trust::NEW_WORKER_RINGERS {
+                        trust::NEW_WORKER_RINGER_RATE
                     } else {
-                        RINGER_RATE
+                        trust::RINGER_RATE
                     };
                     if rand::random::<f64>() >= rate {
                         break;
@@ -809,9 +796,9 @@ impl Scheduler {
     /// Reload the ringer pool and the blacklist now and then (other masters blacklist too).
     async fn refresh_trust(&mut self) -> Result<(), Error> {
         let interval = if self.ringers.is_empty() {
-            TRUST_REFRESH_EMPTY_POOL
+            trust::TRUST_REFRESH_EMPTY_POOL
         } else {
-            TRUST_REFRESH
+            trust::TRUST_REFRESH
         };
         if self.batch.trust_off
             || self
@@ -821,7 +808,7 @@ impl Scheduler {
             return Ok(());
         }
         self.trust_loaded_at = Some(std::time::Instant::now());
-        let pool = self.store.ringer_pool(RINGER_POOL_SIZE).await?;
+        let pool = self.store.ringer_pool(trust::RINGER_POOL_SIZE).await?;
         self.ringers.load(pool, false);
         // The blacklist of the identities connected here (other masters blacklist too): as
         // many as the sessions, however many identities have been burned.

@@ -6,7 +6,7 @@
 //! changed into a [`ReplicaTally`], and the commit adds the tally to the jobs rows once, in
 //! its last statement (job ids in order, so concurrent masters lock jobs rows in one order).
 //! The chunk counters (`chunks_done`, `_failed`, `_revised`) are kept by the review
-//! ([`super::review`]) as before. [`RECOUNT_SQL`] recounts from the replicas (the migration's
+//! ([`crate::trust::review`]) as before. [`RECOUNT_SQL`] recounts from the replicas (the migration's
 //! backfill and the tests' check).
 
 use std::collections::BTreeMap;

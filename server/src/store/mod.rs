@@ -3,18 +3,16 @@
 //! - [`Store`]: every operation the master performs on its database.
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
-//! - [`review`]: the verification step both share inside a commit.
 //! - [`counters`]: the replica counters kept on each job's row, which job views read.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
 //!
-//! The verification decision itself is not here: the store loads a chunk's replicas and asks
-//! [`crate::verifier::decide`], so every backend decides the same way.
+//! Trust is not here: each backend implements [`crate::trust::review::ReviewDb`] over its open
+//! transaction, and [`crate::trust::review::reconcile`] decides, the same way for every backend.
 
 pub mod counters;
 pub mod insights;
 pub mod postgres;
-pub mod review;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -25,6 +23,7 @@ use grid_protocol::LeaseId;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::trust::review;
 
 /// Who owns a job: the admin, or the submitter token with this id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

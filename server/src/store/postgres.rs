@@ -11,16 +11,16 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::counters::ReplicaTally;
-use super::review::{
-    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
-};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     ExportClaim, JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion,
     NewJob, Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
-use crate::verifier::QuorumPolicy;
+use crate::trust::review::{
+    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
+};
+use crate::trust::verifier::QuorumPolicy;
 
 /// Rows per `INSERT ... SELECT FROM UNNEST` when storing a job's chunks.
 const CHUNK_INSERT_BATCH: usize = 20_000;
@@ -1145,7 +1145,7 @@ struct PgReview<'t> {
     tally: &'t mut ReplicaTally,
 }
 
-/// Run verification and trust over the touched chunks (see [`super::review`]).
+/// Run verification and trust over the touched chunks (see [`crate::trust::review`]).
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
@@ -1441,7 +1441,7 @@ impl ReviewDb for PgReview<'_> {
         .bind(&valid)
         .bind(&invalid)
         .bind(&vouched)
-        .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
+        .bind(crate::trust::VALID_RESULTS_PER_FORGIVEN_INVALID)
         .bind(&forgiven)
         .fetch_all(&mut **self.tx)
         .await?;
@@ -1476,7 +1476,7 @@ impl ReviewDb for PgReview<'_> {
              RETURNING id",
         )
         .bind(workers)
-        .bind(review::PROVEN_LIE)
+        .bind(crate::trust::PROVEN_LIE)
         .fetch_all(&mut **self.tx)
         .await?;
         Ok(lifted)

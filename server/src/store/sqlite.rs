@@ -21,16 +21,16 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::counters::ReplicaTally;
-use super::review::{
-    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
-};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
     ExportClaim, JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program,
     ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
-use crate::verifier::QuorumPolicy;
+use crate::trust::review::{
+    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
+};
+use crate::trust::verifier::QuorumPolicy;
 
 /// SQLite-backed [`Store`].
 /// The `holders` column of a ready chunk `c`, as a JSON array (see the PostgreSQL store).
@@ -1008,7 +1008,7 @@ struct SqliteReview<'t> {
     tally: &'t mut ReplicaTally,
 }
 
-/// Run verification and trust over the touched chunks (see [`super::review`]).
+/// Run verification and trust over the touched chunks (see [`crate::trust::review`]).
 async fn reconcile(
     tx: &mut Tx,
     touched: &BTreeSet<(i64, i32)>,
@@ -1283,7 +1283,7 @@ impl ReviewDb for SqliteReview<'_> {
             .bind(delta.valid)
             .bind(delta.invalid)
             .bind(delta.vouched)
-            .bind(review::VALID_RESULTS_PER_FORGIVEN_INVALID)
+            .bind(crate::trust::VALID_RESULTS_PER_FORGIVEN_INVALID)
             .bind(delta.forgiven)
             .fetch_optional(&mut **self.tx)
             .await?;
@@ -1319,7 +1319,7 @@ impl ReviewDb for SqliteReview<'_> {
                    AND blacklist_reason NOT LIKE $2 || '%'",
             )
             .bind(worker)
-            .bind(review::PROVEN_LIE)
+            .bind(crate::trust::PROVEN_LIE)
             .execute(&mut **self.tx)
             .await?
             .rows_affected();

@@ -1,0 +1,188 @@
+//! Operations: Prometheus metrics that move when work is done, readiness, JSON logs, and a
+//! SIGTERM during a job that loses nothing.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
+    primes_total, spawn_server_process, spawn_worker,
+};
+use grid_protocol::{Outcome, WorkerMessage};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    metrics_parse_and_move_when_a_job_runs,
+    sigterm_during_a_job_loses_nothing
+);
+
+async fn scrape(server: &InProcessServer) -> prometheus_parse::Scrape {
+    let response = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("/metrics is Prometheus text")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter(|sample| label.is_none_or(|(k, v)| sample.labels.get(k) == Some(v)))
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn metrics_parse_and_move_when_a_job_runs(backend: Backend) {
+    let server = InProcessServer::start(backend).await;
+    let api = Api::new(&server.http(), ADMIN_TOKEN);
+    let before = scrape(&server).await;
+    let results_before = value(&before, "grid_results_total", None);
+    let accepted_before = value(
+        &before,
+        "grid_chunks_decided_total",
+        Some(("outcome", "accepted")),
+    );
+
+    let job = api
+        .submit(json!({"kernel": "echo", "inputs": [1, 2, 3, 4, 5], "redundancy": 1}))
+        .await;
+    let mut peer = Peer::join(&server.ws(), "metrics-peer", 5).await;
+    for _ in 0..5 {
+        let (lease, input) = peer.next_assignment().await;
+        peer.send(&WorkerMessage::Result {
+            lease,
+            outcome: Outcome::Ok(input),
+        })
+        .await;
+    }
+    let finished = api.wait_finished(job, Duration::from_secs(20)).await;
+    assert_eq!(finished["state"], "done");
+
+    let after = scrape(&server).await;
+    assert!(value(&after, "grid_results_total", None) >= results_before + 5.0);
+    assert!(
+        value(
+            &after,
+            "grid_chunks_decided_total",
+            Some(("outcome", "accepted"))
+        ) >= accepted_before + 5.0
+    );
+    // Gauges read from this master's own database.
+    assert_eq!(value(&after, "grid_chunks", Some(("state", "done"))), 5.0);
+    assert_eq!(value(&after, "grid_chunks", Some(("state", "open"))), 0.0);
+    assert!(value(&after, "grid_workers_connected", Some(("kind", "native"))) >= 1.0);
+    assert!(
+        after
+            .samples
+            .iter()
+            .any(|sample| sample.metric == "grid_db_commit_seconds_count"),
+        "the commit latency histogram is exported"
+    );
+
+    let ready = reqwest::get(format!("{}/readyz", server.http()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    server.stop().await;
+}
+
+async fn sigterm_during_a_job_loses_nothing(backend: Backend) {
+    let home = Home::new(backend).await;
+    let (mut master, addr) = spawn_server_process(&home, "127.0.0.1:0");
+    let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
+    let ws = format!("ws://{addr}/ws");
+    let inputs = primes_inputs(100_000_000_000, 100_000_000_000 + 40 * 30_000_000, 40);
+    let expected = primes_reference(&inputs);
+    let identities = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
+    let _w2 = spawn_worker(&ws, 1, &identities.path().join("w2.id"));
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+    loop {
+        let (_, body) = api.get(&format!("/api/v1/jobs/{job}")).await;
+        if body["chunks"]["done"].as_i64().unwrap_or(0) >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = master.terminate();
+        (status, master)
+    })
+    .await
+    .unwrap();
+    let (status, _master) = status;
+    let status = status.expect("grid-server did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    let (_restarted, _) = spawn_server_process(&home, &addr.to_string());
+    let finished = api.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(job).await;
+    assert_eq!(primes_total(&results, 40, None), expected);
+}
+
+#[test]
+fn json_logs_are_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grid-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("GRID_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (first_line, line_read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stderr).lines().next();
+        let _ = first_line.send(line);
+    });
+    let line = line_read.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line
+        .expect("no log line on stderr within 30 s")
+        .expect("stderr closed")
+        .unwrap();
+    let parsed: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert!(
+        parsed.get("level").is_some() && parsed.get("fields").is_some(),
+        "{parsed}"
+    );
+    // The embedded deployment keeps a generated admin token, readable by its owner only.
+    let token = dir.path().join("admin-token");
+    assert!(token.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "admin-token must not be readable by others"
+        );
+    }
+}
