@@ -98,8 +98,8 @@ pub enum Error {
     JobEnded {
         /// Job id.
         id: i64,
-        /// `failed` or `cancelled`.
-        state: String,
+        /// Failed or cancelled.
+        state: grid_protocol::states::JobState,
     },
 }
 

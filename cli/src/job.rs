@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use grid_protocol::states::{ExportState, JobState};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,8 +24,8 @@ pub struct Job {
     /// Uploaded module id, for module jobs.
     #[serde(default)]
     pub module: Option<Value>,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// Agreeing distinct workers needed per chunk.
     #[serde(default)]
     pub redundancy: Option<i64>,
@@ -61,8 +62,8 @@ pub struct Job {
 pub struct Export {
     /// The table's URI.
     pub sink: String,
-    /// `pending`, `done`, `failed` or `skipped`.
-    pub state: String,
+    /// Pending, done, failed or skipped.
+    pub state: ExportState,
     /// Why the last attempt failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -105,12 +106,12 @@ pub struct JobList {
 impl Job {
     /// Whether the job will not change any more.
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "failed" | "cancelled")
+        self.state.is_finished()
     }
 
     /// Whether the job ended without success (`failed` or `cancelled`).
     pub fn is_unsuccessful(&self) -> bool {
-        matches!(self.state.as_str(), "failed" | "cancelled")
+        matches!(self.state, JobState::Failed | JobState::Cancelled)
     }
 
     /// What the job runs: the kernel name, or `module ID`.
@@ -214,7 +215,7 @@ pub fn table(jobs: &[Job]) -> String {
         .map(|job| {
             [
                 job.id.to_string(),
-                job.state.clone(),
+                job.state.to_string(),
                 job.progress(),
                 job.program(),
                 job.name.clone().unwrap_or_default(),

@@ -10,14 +10,13 @@
 
 import uPlot from './uPlot.esm.js';
 import {
-  $, apiFetch, chunkLegend, drawChunkMap, el, errorText, follow, formatNumber, percent,
-  tokenForm,
+  $, apiFetch, chunkLegend, drawChunkMap, el, errorText, FINISHED_JOB_STATES as FINISHED,
+  follow, formatNumber, percent, tokenForm,
 } from './sse.js';
 
 /** Samples kept on the plot: ten minutes at one a second. */
 const WINDOW = 600;
 const MAP_REFRESH_MS = 2000;
-const FINISHED = ['done', 'failed', 'cancelled'];
 
 // A module job's program is its id, `sha256:` and 64 hex digits: show the start of it.
 function programLabel(program) {

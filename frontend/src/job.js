@@ -6,15 +6,14 @@
 // URL (the page's Content-Security-Policy allows images from this origin and data: only).
 
 import {
-  $, apiFetch, chunkLegend, drawChunkMap, el, errorText, follow, formatNumber, percent,
-  tokenForm,
+  $, apiFetch, chunkLegend, drawChunkMap, el, errorText, FINISHED_JOB_STATES as FINISHED,
+  follow, formatNumber, percent, tokenForm,
 } from './sse.js';
 
 const EVENTS_SHOWN = 200;
 const PICTURE_EVERY_MS = 1500;
 /** The chunk map is read again this often while the job runs (events say nothing of leases). */
 const MAP_REFRESH_MS = 3000;
-const FINISHED = ['done', 'failed', 'cancelled'];
 
 class JobPage {
   constructor() {

@@ -4,6 +4,10 @@
 
 const TOKEN_KEY = 'grid.api-token';
 
+/** The job states a job does not leave (the master's `JobState::FINISHED`; a test of the
+ * master checks this line against it). */
+export const FINISHED_JOB_STATES = ['done', 'failed', 'cancelled'];
+
 export const $ = (id) => document.getElementById(id);
 
 /** The API token saved in this browser, or ''. */

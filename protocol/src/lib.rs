@@ -15,11 +15,16 @@
 //! runs; the master keeps that many assignments plus a small prefetch outstanding. Each
 //! [`WorkerMessage::Result`] frees one credit.
 //!
+//! [`states`] holds the domain's states (job, chunk, replica, verdict, verification), shared by
+//! the master, the CLI and the tests.
+//!
 //! With the `tls` feature, [`tls`] holds the TLS client settings the native clients
 //! (`grid-worker`, `grid-loadgen`) share for `wss://` masters.
 
 #[cfg(feature = "tls")]
 pub mod tls;
+
+pub mod states;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

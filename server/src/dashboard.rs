@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use grid_protocol::states::ChunkState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -279,7 +280,7 @@ async fn decided_total(store: &dyn Store) -> Result<i64> {
         .chunk_states()
         .await?
         .iter()
-        .filter(|(state, _)| matches!(*state, "done" | "failed"))
+        .filter(|(state, _)| state.is_decided())
         .map(|(_, count)| count)
         .sum())
 }
@@ -292,11 +293,10 @@ async fn take_sample(
     let mut chunks = ChunkTotals::default();
     for (state, count) in inner.store.chunk_states().await? {
         match state {
-            "open" => chunks.open = count,
-            "done" => chunks.done = count,
-            "failed" => chunks.failed = count,
-            "cancelled" => chunks.cancelled = count,
-            _ => {}
+            ChunkState::Open => chunks.open = count,
+            ChunkState::Done => chunks.done = count,
+            ChunkState::Failed => chunks.failed = count,
+            ChunkState::Cancelled => chunks.cancelled = count,
         }
     }
     let rendered = crate::metrics::install()

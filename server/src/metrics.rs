@@ -145,7 +145,7 @@ fn describe() {
 )]
 pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse> {
     for (chunk_state, count) in state.store.chunk_states().await? {
-        metrics::gauge!("grid_chunks", "state" => chunk_state).set(count as f64);
+        metrics::gauge!("grid_chunks", "state" => chunk_state.as_str()).set(count as f64);
     }
     let body = install().map(PrometheusHandle::render).unwrap_or_default();
     Ok((

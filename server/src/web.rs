@@ -318,6 +318,32 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
+    /// The pages stop following a job in the states the master calls finished: one list,
+    /// written in `sse.js` and checked against [`grid_protocol::states::JobState::FINISHED`].
+    #[test]
+    fn the_pages_finished_job_states_are_the_masters() {
+        let shared = include_str!("../../frontend/src/sse.js");
+        let names: Vec<String> = grid_protocol::states::JobState::FINISHED
+            .iter()
+            .map(|state| format!("'{state}'"))
+            .collect();
+        let line = format!("export const FINISHED_JOB_STATES = [{}];", names.join(", "));
+        assert!(
+            shared.contains(&line),
+            "frontend/src/sse.js must say `{line}`"
+        );
+        for page in [
+            include_str!("../../frontend/src/job.js"),
+            include_str!("../../frontend/src/dashboard.js"),
+        ] {
+            assert!(page.contains("FINISHED_JOB_STATES as FINISHED"));
+            assert!(
+                !page.contains("'cancelled'"),
+                "a page lists job states of its own"
+            );
+        }
+    }
+
     fn asset(bytes: &'static [u8]) -> Asset {
         use sha2::Digest;
         Asset {

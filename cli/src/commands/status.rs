@@ -118,7 +118,7 @@ async fn follow(
 fn show(bar: &ProgressBar, job: &Job) {
     bar.set_length(job.chunks.total);
     bar.set_position(job.chunks.done);
-    let mut message = job.state.clone();
+    let mut message = job.state.to_string();
     if job.chunks.failed > 0 {
         message.push_str(&format!(", {} failed", job.chunks.failed));
     }

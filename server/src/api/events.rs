@@ -35,6 +35,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use futures_util::stream;
+use grid_protocol::states::ChunkState;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -225,7 +226,7 @@ impl JobEvents {
         if !self.seen.insert(index) {
             return;
         }
-        let event = if chunk.state == "done" {
+        let event = if chunk.state == ChunkState::Done {
             json_event(
                 "chunk_accepted",
                 &json!({"index": chunk.index, "agreeing": chunk.agreeing}),

@@ -12,6 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use grid_protocol::states::Verification;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
@@ -214,14 +215,13 @@ pub(crate) fn validate(limits: &Limits, body: SubmitJob) -> Result<NewJob> {
         floor.max(*LEASE_SECONDS_RANGE.start())..=*LEASE_SECONDS_RANGE.end(),
     )?;
     let verification = match body.verification.as_deref() {
-        None | Some("fixed") => "fixed",
-        Some("adaptive") => "adaptive",
-        Some(other) => {
-            return Err(Error::invalid(
+        None => Verification::Fixed,
+        Some(text) => text.parse().map_err(|_| {
+            Error::invalid(
                 "invalid_field",
-                format!("verification must be `fixed` or `adaptive`, not `{other}`"),
-            ));
-        }
+                format!("verification must be `fixed` or `adaptive`, not `{text}`"),
+            )
+        })?,
     };
     Ok(NewJob {
         name: body.name,

@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use grid_protocol::states::{ReplicaState, Verdict};
+
 /// Changes to one job's replica counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaDelta {
@@ -51,15 +53,15 @@ impl ReplicaTally {
     }
 
     /// A lease ended in `state` (only `expired` is counted).
-    pub fn ended(&mut self, job: i64, ringer: bool, state: &str) {
-        if !ringer && state == "expired" {
+    pub fn ended(&mut self, job: i64, ringer: bool, state: ReplicaState) {
+        if !ringer && state == ReplicaState::Expired {
             self.entry(job).expired += 1;
         }
     }
 
     /// A verdict changed from `was` to `now`.
-    pub fn verdict(&mut self, job: i64, ringer: bool, was: Option<&str>, now: Option<&str>) {
-        let invalid = |verdict: Option<&str>| i64::from(verdict == Some("invalid"));
+    pub fn verdict(&mut self, job: i64, ringer: bool, was: Option<Verdict>, now: Option<Verdict>) {
+        let invalid = |verdict: Option<Verdict>| i64::from(verdict == Some(Verdict::Invalid));
         let change = invalid(now) - invalid(was);
         if !ringer && change != 0 {
             self.entry(job).invalid += change;
@@ -113,12 +115,12 @@ mod tests {
         tally.returned(1, true);
         assert!(tally.is_empty());
         tally.issued(2, false);
-        tally.ended(2, false, "revoked");
-        tally.ended(2, false, "expired");
-        tally.verdict(2, false, None, Some("invalid"));
-        tally.verdict(2, false, Some("invalid"), Some("valid"));
-        tally.verdict(2, false, Some("invalid"), None);
-        tally.verdict(2, false, Some("valid"), Some("valid"));
+        tally.ended(2, false, ReplicaState::Revoked);
+        tally.ended(2, false, ReplicaState::Expired);
+        tally.verdict(2, false, None, Some(Verdict::Invalid));
+        tally.verdict(2, false, Some(Verdict::Invalid), Some(Verdict::Valid));
+        tally.verdict(2, false, Some(Verdict::Invalid), None);
+        tally.verdict(2, false, Some(Verdict::Valid), Some(Verdict::Valid));
         assert_eq!(
             tally.deltas().collect::<Vec<_>>(),
             vec![(

@@ -13,6 +13,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use grid_protocol::states::{ChunkState, JobState};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -30,8 +31,8 @@ pub struct JobProgress {
     pub name: Option<String>,
     /// Kernel name, or the module id (`sha256:...`) of a module job.
     pub kernel: String,
-    /// queued, running, done, failed or cancelled.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// Chunk counters.
     pub chunks: ChunkCounts,
     /// When it was submitted.
@@ -45,7 +46,7 @@ pub struct JobProgress {
 impl JobProgress {
     /// Whether the job reached a final state.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "failed" | "cancelled")
+        self.state.is_finished()
     }
 }
 
@@ -54,8 +55,8 @@ impl JobProgress {
 pub struct DecidedChunk {
     /// Chunk index.
     pub index: i32,
-    /// `done` (accepted) or `failed`.
-    pub state: String,
+    /// Done (accepted) or failed.
+    pub state: ChunkState,
     /// Distinct workers that agreed, when accepted.
     pub agreeing: Option<i32>,
     /// Why it failed, when failed.
@@ -163,6 +164,7 @@ where
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> JobState: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(JobProgress {
         id: row.try_get("id")?,
@@ -188,6 +190,7 @@ where
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> ChunkState: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(DecidedChunk {
         index: row.try_get("idx")?,
@@ -198,13 +201,13 @@ where
     })
 }
 
-fn map_letter(state: &str, leased: bool) -> u8 {
+fn map_letter(state: ChunkState, leased: bool) -> u8 {
     match state {
-        "done" => map_letter::DONE,
-        "failed" => map_letter::FAILED,
-        "cancelled" => map_letter::CANCELLED,
-        _ if leased => map_letter::RUNNING,
-        _ => map_letter::WAITING,
+        ChunkState::Done => map_letter::DONE,
+        ChunkState::Failed => map_letter::FAILED,
+        ChunkState::Cancelled => map_letter::CANCELLED,
+        ChunkState::Open if leased => map_letter::RUNNING,
+        ChunkState::Open => map_letter::WAITING,
     }
 }
 
@@ -391,7 +394,7 @@ impl Insights for PgStore {
     }
 
     async fn chunk_map(&self, job_id: i64) -> Result<Vec<u8>> {
-        let rows: Vec<(String, bool)> = sqlx::query_as(
+        let rows: Vec<(ChunkState, bool)> = sqlx::query_as(
             "SELECT c.state,
                     c.state = 'open' AND EXISTS (
                         SELECT 1 FROM replicas r
@@ -403,7 +406,7 @@ impl Insights for PgStore {
         .await?;
         Ok(rows
             .iter()
-            .map(|(state, leased)| map_letter(state, *leased))
+            .map(|(state, leased)| map_letter(*state, *leased))
             .collect())
     }
 
@@ -571,7 +574,7 @@ impl Insights for SqliteStore {
     }
 
     async fn chunk_map(&self, job_id: i64) -> Result<Vec<u8>> {
-        let rows: Vec<(String, bool)> = sqlx::query_as(
+        let rows: Vec<(ChunkState, bool)> = sqlx::query_as(
             "SELECT c.state,
                     c.state = 'open' AND EXISTS (
                         SELECT 1 FROM replicas r
@@ -583,7 +586,7 @@ impl Insights for SqliteStore {
         .await?;
         Ok(rows
             .iter()
-            .map(|(state, leased)| map_letter(state, *leased))
+            .map(|(state, leased)| map_letter(*state, *leased))
             .collect())
     }
 

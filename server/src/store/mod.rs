@@ -20,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use grid_protocol::LeaseId;
+use grid_protocol::states::{ChunkState, ExportState, JobState, ReplicaState, Verification};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -138,7 +139,7 @@ pub struct NewJob {
     /// Lease length for each replica.
     pub lease_seconds: i32,
     /// `fixed` or `adaptive`.
-    pub verification: &'static str,
+    pub verification: Verification,
     /// Canonical JSON text of each chunk input, in index order.
     pub inputs: Vec<String>,
     /// The Delta table its results are appended to when it finishes (a URI the master's
@@ -149,7 +150,7 @@ pub struct NewJob {
 impl NewJob {
     /// Replicas each chunk wants at first: adaptive jobs start with one.
     pub fn initial_wanted(&self) -> i32 {
-        if self.verification == "adaptive" {
+        if self.verification == Verification::Adaptive {
             1
         } else {
             self.redundancy
@@ -225,8 +226,8 @@ pub struct JobView {
     /// How module outputs are read (module jobs): `json` or `text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
-    /// queued, running, done, failed or cancelled.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// Agreeing distinct workers needed per chunk.
     pub redundancy: i32,
     /// Most results gathered per chunk.
@@ -235,8 +236,8 @@ pub struct JobView {
     pub priority: i32,
     /// Lease length in seconds.
     pub lease_seconds: i32,
-    /// `fixed` or `adaptive`.
-    pub verification: String,
+    /// How its chunks are verified.
+    pub verification: Verification,
     /// Chunk counters.
     pub chunks: ChunkCounts,
     /// Replica counters.
@@ -262,10 +263,9 @@ pub struct ExportView {
     /// The table's URI, as the job named it.
     #[schema(example = "s3://lake/grid/results")]
     pub sink: String,
-    /// `pending` (until the job finishes and the export has committed), `done`, `failed`
-    /// (given up after 5 attempts: see `error`) or `skipped` (the job was cancelled).
-    #[schema(example = "done")]
-    pub state: String,
+    /// Pending until the job finishes and the export has committed; failed after 5 attempts
+    /// (see `error`); skipped when the job was cancelled.
+    pub state: ExportState,
     /// Attempts so far (a failed one is retried after a back-off).
     pub attempts: i32,
     /// Why the last attempt failed.
@@ -300,6 +300,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> ExportState: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let Some(sink) = row.try_get::<Option<String>, _>("sink")? else {
         return Ok(None);
@@ -307,8 +308,8 @@ where
     Ok(Some(ExportView {
         sink,
         state: row
-            .try_get::<Option<String>, _>("export_state")?
-            .unwrap_or_else(|| "pending".into()),
+            .try_get::<Option<ExportState>, _>("export_state")?
+            .unwrap_or(ExportState::Pending),
         attempts: row.try_get("export_attempts")?,
         error: row.try_get("export_error")?,
         table_version: row.try_get("export_version")?,
@@ -418,6 +419,17 @@ pub enum LeaseEnd {
     /// The session ended because this master is shutting down: not the worker's doing, so it
     /// may take the chunk again (stored as `revoked`).
     MasterLeft,
+}
+
+impl LeaseEnd {
+    /// The state the replica is left in.
+    pub fn state(self) -> ReplicaState {
+        match self {
+            LeaseEnd::WorkerGone => ReplicaState::Expired,
+            LeaseEnd::Released => ReplicaState::Released,
+            LeaseEnd::MasterLeft => ReplicaState::Revoked,
+        }
+    }
 }
 
 /// A lease the scheduler wants to create.
@@ -863,7 +875,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Commit one scheduler round atomically.
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
     /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.
-    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>>;
+    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
 

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use grid_protocol::states::{ChunkState, JobState, ReplicaState, Verdict, Verification};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::counters::ReplicaTally;
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    ExportClaim, JobView, LeaseEnd, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion,
-    NewJob, Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
+    ExportClaim, JobView, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob,
+    Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::trust::review::{
@@ -73,7 +74,7 @@ impl PgStore {
     ) -> Result<Option<(bool, Vec<i64>)>, sqlx::Error> {
         let (is_admin, owner_id) = owner_filter(owner);
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(
+        let state: Option<JobState> = sqlx::query_scalar(
             "SELECT state FROM jobs WHERE id = $1 AND ($2 OR owner_token_id = $3)",
         )
         .bind(id)
@@ -84,7 +85,7 @@ impl PgStore {
         let Some(state) = state else {
             return Ok(None);
         };
-        if state != "queued" && state != "running" {
+        if state.is_finished() {
             return Ok(Some((false, Vec::new())));
         }
         let revoked: Vec<i64> = sqlx::query_scalar(
@@ -618,16 +619,16 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>> {
+    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>> {
         let (open, done, failed, cancelled): (i64, i64, i64, i64) =
             sqlx::query_as(super::CHUNK_STATES_SQL)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(vec![
-            ("open", open),
-            ("done", done),
-            ("failed", failed),
-            ("cancelled", cancelled),
+            (ChunkState::Open, open),
+            (ChunkState::Done, done),
+            (ChunkState::Failed, failed),
+            (ChunkState::Cancelled, cancelled),
         ])
     }
 
@@ -1067,11 +1068,7 @@ async fn end_leases(
     let states: Vec<&str> = batch
         .ended
         .iter()
-        .map(|(_, end)| match end {
-            LeaseEnd::WorkerGone => "expired",
-            LeaseEnd::Released => "released",
-            LeaseEnd::MasterLeft => "revoked",
-        })
+        .map(|(_, end)| end.state().as_str())
         .collect();
     let rows = sqlx::query(
         "UPDATE replicas r SET state = t.state
@@ -1085,8 +1082,8 @@ async fn end_leases(
     .await?;
     for row in rows {
         let job: i64 = row.try_get("job_id")?;
-        let state: String = row.try_get("state")?;
-        tally.ended(job, row.try_get("ringer")?, &state);
+        let state: ReplicaState = row.try_get("state")?;
+        tally.ended(job, row.try_get("ringer")?, state);
         touched.insert((job, row.try_get("chunk_idx")?));
     }
     Ok(())
@@ -1131,8 +1128,8 @@ async fn sweep_expired(
     for row in rows {
         outcome.expired.push(row.try_get("id")?);
         let job: i64 = row.try_get("job_id")?;
-        let state: String = row.try_get("state")?;
-        tally.ended(job, row.try_get("ringer")?, &state);
+        let state: ReplicaState = row.try_get("state")?;
+        tally.ended(job, row.try_get("ringer")?, state);
         touched.insert((job, row.try_get("chunk_idx")?));
     }
     Ok(())
@@ -1206,7 +1203,7 @@ impl ReviewDb for PgReview<'_> {
             let redundancy: i32 = row.try_get("redundancy")?;
             let max_replicas: i32 = row.try_get("max_replicas")?;
             let quorum: Option<i32> = row.try_get("quorum")?;
-            let verification: String = row.try_get("verification")?;
+            let verification: Verification = row.try_get("verification")?;
             chunks.insert(
                 (row.try_get("job_id")?, row.try_get("idx")?),
                 ChunkRow {
@@ -1215,7 +1212,7 @@ impl ReviewDb for PgReview<'_> {
                     policy: QuorumPolicy {
                         redundancy: u32::try_from(redundancy).unwrap_or(1),
                         max_replicas: u32::try_from(max_replicas).unwrap_or(1),
-                        adaptive: verification == "adaptive",
+                        adaptive: verification == Verification::Adaptive,
                         quorum: quorum.and_then(|q| u32::try_from(q).ok()),
                     },
                     output_digest: digest_of(row.try_get("output_digest")?),
@@ -1355,9 +1352,9 @@ impl ReviewDb for PgReview<'_> {
         Ok(())
     }
 
-    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
+    async fn set_verdicts(&mut self, verdicts: &[(i64, Verdict)]) -> Result<()> {
         let leases: Vec<i64> = verdicts.iter().map(|v| v.0).collect();
-        let valid: Vec<bool> = verdicts.iter().map(|v| v.1).collect();
+        let valid: Vec<bool> = verdicts.iter().map(|v| v.1 == Verdict::Valid).collect();
         // The verdicts before (locked, so they are the latest) count the change exactly.
         let rows = sqlx::query(
             "WITH t AS (SELECT * FROM UNNEST($1::bigint[], $2::bool[]) AS t(id, valid)),
@@ -1374,14 +1371,10 @@ impl ReviewDb for PgReview<'_> {
         .fetch_all(&mut **self.tx)
         .await?;
         for row in rows {
-            let was: Option<String> = row.try_get("was")?;
-            let now: Option<String> = row.try_get("now")?;
-            self.tally.verdict(
-                row.try_get("job_id")?,
-                row.try_get("ringer")?,
-                was.as_deref(),
-                now.as_deref(),
-            );
+            let was: Option<Verdict> = row.try_get("was")?;
+            let now: Option<Verdict> = row.try_get("now")?;
+            self.tally
+                .verdict(row.try_get("job_id")?, row.try_get("ringer")?, was, now);
         }
         Ok(())
     }
@@ -1503,7 +1496,7 @@ impl ReviewDb for PgReview<'_> {
         let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
         for row in rows {
             self.tally
-                .verdict(row.try_get("job_id")?, false, Some("invalid"), None);
+                .verdict(row.try_get("job_id")?, false, Some(Verdict::Invalid), None);
             *withdrawn.entry(row.try_get("worker_id")?).or_default() += 1;
         }
         Ok(withdrawn)
@@ -1563,10 +1556,10 @@ impl ReviewDb for PgReview<'_> {
         .await?;
         let mut chunks = Vec::with_capacity(rows.len());
         for row in rows {
-            let was: String = row.try_get("was")?;
+            let was: ChunkState = row.try_get("was")?;
             chunks.push((
                 (row.try_get("job_id")?, row.try_get("idx")?),
-                was == "failed",
+                was == ChunkState::Failed,
             ));
         }
         let judged: Vec<i64> = sqlx::query_scalar(
@@ -1580,7 +1573,7 @@ impl ReviewDb for PgReview<'_> {
         .await?;
         for job in judged {
             // From valid or none to invalid: one more either way.
-            self.tally.verdict(job, false, None, Some("invalid"));
+            self.tally.verdict(job, false, None, Some(Verdict::Invalid));
         }
         let rows = sqlx::query(
             "UPDATE replicas SET state = 'revoked'

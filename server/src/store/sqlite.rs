@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use grid_protocol::states::{ChunkState, JobState, ReplicaState, Verdict, Verification};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -23,8 +24,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use super::counters::ReplicaTally;
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    ExportClaim, JobView, LeaseEnd, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program,
-    ReadyChunk, ReplicaCounts, RetentionStep, Store,
+    ExportClaim, JobView, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program, ReadyChunk,
+    ReplicaCounts, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::trust::review::{
@@ -314,7 +315,7 @@ impl Store for SqliteStore {
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
         let (is_admin, owner_id) = owner_filter(owner);
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(
+        let state: Option<JobState> = sqlx::query_scalar(
             "SELECT state FROM jobs WHERE id = ?1 AND (?2 OR owner_token_id = ?3)",
         )
         .bind(id)
@@ -325,7 +326,7 @@ impl Store for SqliteStore {
         let Some(state) = state else {
             return Ok(None);
         };
-        let cancelled = state == "queued" || state == "running";
+        let cancelled = !state.is_finished();
         let mut revoked = Vec::new();
         if cancelled {
             revoked = sqlx::query_scalar(
@@ -595,11 +596,7 @@ impl Store for SqliteStore {
             }
         }
         for (lease, end) in &batch.ended {
-            let state = match end {
-                LeaseEnd::WorkerGone => "expired",
-                LeaseEnd::Released => "released",
-                LeaseEnd::MasterLeft => "revoked",
-            };
+            let state = end.state();
             let row = sqlx::query(
                 "UPDATE replicas SET state = ?2 WHERE id = ?1 AND state = 'leased'
                  RETURNING job_id, chunk_idx, ringer",
@@ -636,8 +633,8 @@ impl Store for SqliteStore {
             for row in rows {
                 outcome.expired.push(row.try_get("id")?);
                 let job: i64 = row.try_get("job_id")?;
-                let state: String = row.try_get("state")?;
-                tally.ended(job, row.try_get("ringer")?, &state);
+                let state: ReplicaState = row.try_get("state")?;
+                tally.ended(job, row.try_get("ringer")?, state);
                 touched.insert((job, row.try_get("chunk_idx")?));
             }
         }
@@ -656,16 +653,16 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn chunk_states(&self) -> Result<Vec<(&'static str, i64)>> {
+    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>> {
         let (open, done, failed, cancelled): (i64, i64, i64, i64) =
             sqlx::query_as(super::CHUNK_STATES_SQL)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(vec![
-            ("open", open),
-            ("done", done),
-            ("failed", failed),
-            ("cancelled", cancelled),
+            (ChunkState::Open, open),
+            (ChunkState::Done, done),
+            (ChunkState::Failed, failed),
+            (ChunkState::Cancelled, cancelled),
         ])
     }
 
@@ -1055,7 +1052,7 @@ impl ReviewDb for SqliteReview<'_> {
             let redundancy: i64 = row.try_get("redundancy")?;
             let max_replicas: i64 = row.try_get("max_replicas")?;
             let quorum: Option<i64> = row.try_get("quorum")?;
-            let verification: String = row.try_get("verification")?;
+            let verification: Verification = row.try_get("verification")?;
             chunks.insert(
                 (job_id, idx),
                 ChunkRow {
@@ -1064,7 +1061,7 @@ impl ReviewDb for SqliteReview<'_> {
                     policy: QuorumPolicy {
                         redundancy: u32::try_from(redundancy).unwrap_or(1),
                         max_replicas: u32::try_from(max_replicas).unwrap_or(1),
-                        adaptive: verification == "adaptive",
+                        adaptive: verification == Verification::Adaptive,
                         quorum: quorum.and_then(|q| u32::try_from(q).ok()),
                     },
                     output_digest: digest_of(row.try_get("output_digest")?),
@@ -1196,11 +1193,10 @@ impl ReviewDb for SqliteReview<'_> {
         Ok(())
     }
 
-    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
-        for (lease, valid) in verdicts {
-            let now = if *valid { "valid" } else { "invalid" };
+    async fn set_verdicts(&mut self, verdicts: &[(i64, Verdict)]) -> Result<()> {
+        for &(lease, now) in verdicts {
             // One writer at a time here: the verdict read first is the one replaced.
-            let before: Option<(i64, bool, Option<String>)> =
+            let before: Option<(i64, bool, Option<Verdict>)> =
                 sqlx::query_as("SELECT job_id, ringer, verdict FROM replicas WHERE id = ?1")
                     .bind(lease)
                     .fetch_optional(&mut **self.tx)
@@ -1211,7 +1207,7 @@ impl ReviewDb for SqliteReview<'_> {
                 .execute(&mut **self.tx)
                 .await?;
             if let Some((job, ringer, was)) = before {
-                self.tally.verdict(job, ringer, was.as_deref(), Some(now));
+                self.tally.verdict(job, ringer, was, Some(now));
             }
         }
         Ok(())
@@ -1349,7 +1345,8 @@ impl ReviewDb for SqliteReview<'_> {
             .fetch_all(&mut **self.tx)
             .await?;
             for worker in workers {
-                self.tally.verdict(job_id, false, Some("invalid"), None);
+                self.tally
+                    .verdict(job_id, false, Some(Verdict::Invalid), None);
                 *withdrawn.entry(worker).or_default() += 1;
             }
         }
@@ -1398,7 +1395,7 @@ impl ReviewDb for SqliteReview<'_> {
         let mut chunks = Vec::with_capacity(rows.len());
         for row in rows {
             let key: ChunkKey = (row.try_get("job_id")?, row.try_get("idx")?);
-            let was: String = row.try_get("state")?;
+            let was: ChunkState = row.try_get("state")?;
             sqlx::query(
                 "UPDATE chunks
                  SET state = 'open', wanted = 0, output = NULL, error = NULL, agreeing = NULL,
@@ -1412,7 +1409,7 @@ impl ReviewDb for SqliteReview<'_> {
             .bind(key.1)
             .execute(&mut **self.tx)
             .await?;
-            chunks.push((key, was == "failed"));
+            chunks.push((key, was == ChunkState::Failed));
         }
         let judged: Vec<i64> = sqlx::query_scalar(
             "UPDATE replicas SET verdict = 'invalid'
@@ -1425,7 +1422,7 @@ impl ReviewDb for SqliteReview<'_> {
         .await?;
         for job in judged {
             // From valid or none to invalid: one more either way.
-            self.tally.verdict(job, false, None, Some("invalid"));
+            self.tally.verdict(job, false, None, Some(Verdict::Invalid));
         }
         let rows = sqlx::query(
             "UPDATE replicas SET state = 'revoked'

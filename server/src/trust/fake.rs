@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use grid_protocol::states::{ChunkState, ReplicaState, Verdict};
 
 use super::review::{
     Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb,
@@ -57,7 +58,7 @@ impl FakeDb {
             key,
             FakeChunk {
                 row: ChunkRow {
-                    state: "open".into(),
+                    state: ChunkState::Open,
                     wanted: i32::try_from(policy.redundancy).unwrap_or(i32::MAX),
                     policy,
                     output_digest: None,
@@ -74,24 +75,24 @@ impl FakeDb {
 
     /// A returned result of `worker` (from its own network) for `key`; returns its lease.
     pub fn returned(&mut self, key: ChunkKey, worker: &str, digest: [u8; 32]) -> i64 {
-        self.replica(key, worker, "returned", Some(digest), false)
+        self.replica(key, worker, ReplicaState::Returned, Some(digest), false)
     }
 
     /// A returned spot-check ringer of `worker` for the already accepted `key`.
     pub fn ringer(&mut self, key: ChunkKey, worker: &str, digest: [u8; 32]) -> i64 {
-        self.replica(key, worker, "returned", Some(digest), true)
+        self.replica(key, worker, ReplicaState::Returned, Some(digest), true)
     }
 
     /// A live lease of `worker` on `key`.
     pub fn leased(&mut self, key: ChunkKey, worker: &str) -> i64 {
-        self.replica(key, worker, "leased", None, false)
+        self.replica(key, worker, ReplicaState::Leased, None, false)
     }
 
     fn replica(
         &mut self,
         key: ChunkKey,
         worker: &str,
-        state: &str,
+        state: ReplicaState,
         digest: Option<[u8; 32]>,
         ringer: bool,
     ) -> i64 {
@@ -105,7 +106,7 @@ impl FakeDb {
             lease: self.next_lease,
             chunk: key,
             worker_id: worker.to_owned(),
-            state: state.to_owned(),
+            state,
             digest,
             is_error: false,
             ringer,
@@ -117,15 +118,16 @@ impl FakeDb {
     }
 
     /// The verdict of one lease.
-    pub fn verdict(&self, lease: i64) -> Option<&str> {
+    pub fn verdict(&self, lease: i64) -> Option<&'static str> {
         self.replicas
             .iter()
             .find(|r| r.lease == lease)
-            .and_then(|r| r.verdict.as_deref())
+            .and_then(|r| r.verdict)
+            .map(Verdict::as_str)
     }
 
     /// The state of one lease.
-    pub fn lease_state(&self, lease: i64) -> &str {
+    pub fn lease_state(&self, lease: i64) -> &'static str {
         self.replicas
             .iter()
             .find(|r| r.lease == lease)
@@ -133,8 +135,8 @@ impl FakeDb {
     }
 
     /// A chunk's state.
-    pub fn state(&self, key: ChunkKey) -> &str {
-        &self.chunks[&key].row.state
+    pub fn state(&self, key: ChunkKey) -> &'static str {
+        self.chunks[&key].row.state.as_str()
     }
 
     /// Whether a worker is blacklisted.
@@ -189,7 +191,11 @@ impl ReviewDb for FakeDb {
     async fn accept(&mut self, accepted: &[Accepted]) -> Result<()> {
         for a in accepted {
             let chunk = self.chunk(a.chunk);
-            chunk.row.state = if a.is_error { "failed" } else { "done" }.into();
+            chunk.row.state = if a.is_error {
+                ChunkState::Failed
+            } else {
+                ChunkState::Done
+            };
             chunk.row.wanted = 0;
             chunk.row.output_digest = Some(a.digest);
             if a.quorum.is_some() {
@@ -204,7 +210,7 @@ impl ReviewDb for FakeDb {
     async fn fail(&mut self, failed: &[(ChunkKey, String)]) -> Result<()> {
         for (key, reason) in failed {
             let chunk = self.chunk(*key);
-            chunk.row.state = "failed".into();
+            chunk.row.state = ChunkState::Failed;
             chunk.row.wanted = 0;
             chunk.error = Some(reason.clone());
         }
@@ -222,10 +228,10 @@ impl ReviewDb for FakeDb {
         Ok(())
     }
 
-    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()> {
-        for (lease, valid) in verdicts {
-            if let Some(r) = self.replicas.iter_mut().find(|r| r.lease == *lease) {
-                r.verdict = Some(if *valid { "valid" } else { "invalid" }.into());
+    async fn set_verdicts(&mut self, verdicts: &[(i64, Verdict)]) -> Result<()> {
+        for &(lease, verdict) in verdicts {
+            if let Some(r) = self.replicas.iter_mut().find(|r| r.lease == lease) {
+                r.verdict = Some(verdict);
             }
         }
         Ok(())
@@ -234,8 +240,8 @@ impl ReviewDb for FakeDb {
     async fn revoke_live(&mut self, keys: &[ChunkKey]) -> Result<Vec<i64>> {
         let mut revoked = Vec::new();
         for r in self.replicas.iter_mut() {
-            if keys.contains(&r.chunk) && r.state == "leased" && !r.ringer {
-                r.state = "revoked".into();
+            if keys.contains(&r.chunk) && r.state == ReplicaState::Leased && !r.ringer {
+                r.state = ReplicaState::Revoked;
                 revoked.push(r.lease);
             }
         }
@@ -293,15 +299,15 @@ impl ReviewDb for FakeDb {
         let helped: BTreeSet<ChunkKey> = self
             .replicas
             .iter()
-            .filter(|r| r.worker_id == worker && r.verdict.as_deref() == Some("valid") && !r.ringer)
+            .filter(|r| r.worker_id == worker && r.verdict == Some(Verdict::Valid) && !r.ringer)
             .map(|r| r.chunk)
             .collect();
         let mut reopened = Vec::new();
         for (key, chunk) in self.chunks.iter_mut() {
-            let decided = chunk.row.state == "done" || chunk.row.state == "failed";
+            let decided = chunk.row.state.is_decided();
             if decided && (helped.contains(key) || chunk.alone_by.as_deref() == Some(worker)) {
-                reopened.push((*key, chunk.row.state == "failed"));
-                chunk.row.state = "open".into();
+                reopened.push((*key, chunk.row.state == ChunkState::Failed));
+                chunk.row.state = ChunkState::Open;
                 chunk.row.wanted = 0;
                 chunk.row.output_digest = None;
                 chunk.row.policy.quorum = chunk
@@ -317,11 +323,12 @@ impl ReviewDb for FakeDb {
         }
         let mut revoked = Vec::new();
         for r in self.replicas.iter_mut().filter(|r| r.worker_id == worker) {
-            if r.state == "returned" && !r.ringer && r.verdict.as_deref() != Some("invalid") {
-                r.verdict = Some("invalid".into());
+            if r.state == ReplicaState::Returned && !r.ringer && r.verdict != Some(Verdict::Invalid)
+            {
+                r.verdict = Some(Verdict::Invalid);
             }
-            if r.state == "leased" {
-                r.state = "revoked".into();
+            if r.state == ReplicaState::Leased {
+                r.state = ReplicaState::Revoked;
                 revoked.push((r.lease, r.chunk));
             }
         }
@@ -331,7 +338,7 @@ impl ReviewDb for FakeDb {
     async fn set_master_checked(&mut self, checks: &[(ChunkKey, bool)]) -> Result<()> {
         for (key, agreed) in checks {
             let chunk = self.chunk(*key);
-            if chunk.row.state == "done" {
+            if chunk.row.state == ChunkState::Done {
                 chunk.master_checked = Some(*agreed);
             }
         }
@@ -361,7 +368,7 @@ impl ReviewDb for FakeDb {
         let mut withdrawn: BTreeMap<String, i32> = BTreeMap::new();
         for r in self.replicas.iter_mut() {
             if chunks.contains(&r.chunk)
-                && r.verdict.as_deref() == Some("invalid")
+                && r.verdict == Some(Verdict::Invalid)
                 && !r.ringer
                 && r.worker_id != except
             {

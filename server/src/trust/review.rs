@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use grid_protocol::states::{ChunkState, ReplicaState, Verdict};
 
 use super::{BLACKLIST_AFTER_INVALID, PROVEN_LIE};
 use crate::error::Result;
@@ -38,8 +39,8 @@ pub struct MasterCheck {
 /// A chunk row as the reviewer needs it.
 #[derive(Debug, Clone)]
 pub struct ChunkRow {
-    /// `open`, `done`, `failed` or `cancelled`: only open chunks are decided.
-    pub state: String,
+    /// Only open chunks are decided.
+    pub state: ChunkState,
     /// Replicas currently wanted.
     pub wanted: i32,
     /// The job's quorum policy with the chunk's fixed quorum.
@@ -59,16 +60,16 @@ pub struct ReplicaRow {
     pub chunk: ChunkKey,
     /// The worker.
     pub worker_id: String,
-    /// `leased`, `returned`, `expired`, `released` or `revoked`.
-    pub state: String,
+    /// Leased, returned, or ended without a result.
+    pub state: ReplicaState,
     /// Outcome digest, when returned.
     pub digest: Option<[u8; 32]>,
     /// Whether the outcome is an error.
     pub is_error: bool,
     /// A spot-check of an already accepted chunk.
     pub ringer: bool,
-    /// `valid`, `invalid`, or none yet.
-    pub verdict: Option<String>,
+    /// None yet, or what the grid concluded of its result.
+    pub verdict: Option<Verdict>,
     /// The worker's network, or its identity on a trusted network (none on old rows).
     pub origin: Option<String>,
     /// The worker's kind (`native` or `browser`), as last seen.
@@ -139,7 +140,7 @@ pub trait ReviewDb: Send {
     /// Set chunks' wanted replicas, and their quorum when fixed now.
     async fn set_wanted(&mut self, wanted: &[(ChunkKey, i32, Option<i32>)]) -> Result<()>;
     /// Set replica verdicts.
-    async fn set_verdicts(&mut self, verdicts: &[(i64, bool)]) -> Result<()>;
+    async fn set_verdicts(&mut self, verdicts: &[(i64, Verdict)]) -> Result<()>;
     /// Revoke the live leases of these chunks, returning them.
     async fn revoke_live(&mut self, keys: &[ChunkKey]) -> Result<Vec<i64>>;
     /// Add to jobs' done/failed counters (negative when backtracking reopens chunks, counted in
@@ -235,11 +236,11 @@ async fn refute<D: ReviewDb>(
     let chunks = db.load_chunks(&keys).await?;
     let replicas = db.load_replicas(&keys).await?;
     let mut caught: BTreeMap<String, String> = BTreeMap::new();
-    let mut withdrawn: Vec<(i64, bool)> = Vec::new();
+    let mut withdrawn: Vec<(i64, Verdict)> = Vec::new();
     let mut forgiven: BTreeMap<String, ReputationDelta> = BTreeMap::new();
     for row in replicas
         .iter()
-        .filter(|r| !r.ringer && r.state == "returned")
+        .filter(|r| !r.ringer && r.state == ReplicaState::Returned)
     {
         let accepted = chunks.get(&row.chunk).and_then(|c| c.output_digest);
         if accepted.is_some() && row.digest == accepted {
@@ -250,9 +251,9 @@ async fn refute<D: ReviewDb>(
                 )
             });
         } else if row.digest == refuted.get(&row.chunk).copied()
-            && row.verdict.as_deref() == Some("invalid")
+            && row.verdict == Some(Verdict::Invalid)
         {
-            withdrawn.push((row.lease, true));
+            withdrawn.push((row.lease, Verdict::Valid));
             let delta = forgiven.entry(row.worker_id.clone()).or_default();
             delta.valid += 1;
             delta.forgiven += 1;
@@ -385,8 +386,8 @@ impl Standings {
 /// What one round concluded, before any of it is written.
 #[derive(Debug, Default)]
 struct Findings {
-    /// Verdicts on returned replicas: `(lease, valid)`.
-    verdicts: Vec<(i64, bool)>,
+    /// Verdicts on returned replicas.
+    verdicts: Vec<(i64, Verdict)>,
     /// Reputation changes per worker.
     reputation: BTreeMap<String, ReputationDelta>,
     /// Chunks accepted (done, or failed with an agreed error).
@@ -433,8 +434,8 @@ fn judge_ringers(
     outcome: &mut BatchOutcome,
 ) {
     for ringer in replicas.iter().filter(|r| r.ringer) {
-        let (Some(digest), None, "returned") =
-            (ringer.digest, &ringer.verdict, ringer.state.as_str())
+        let (Some(digest), None, ReplicaState::Returned) =
+            (ringer.digest, ringer.verdict, ringer.state)
         else {
             continue;
         };
@@ -442,7 +443,7 @@ fn judge_ringers(
             continue;
         };
         let valid = digest == expected;
-        findings.verdicts.push((ringer.lease, valid));
+        findings.verdicts.push((ringer.lease, Verdict::of(valid)));
         let delta = findings
             .reputation
             .entry(ringer.worker_id.clone())
@@ -473,7 +474,7 @@ fn decide_open_chunks(
     }
     let standing_of = |worker: &str| standings.of(worker);
     for (&key, chunk) in chunks {
-        if chunk.state != "open" {
+        if chunk.state != ChunkState::Open {
             continue;
         }
         let rows = by_chunk.get(&key).map(Vec::as_slice).unwrap_or(&[]);
@@ -571,23 +572,23 @@ fn judge_quorum(
     let trusted_origins: BTreeSet<&str> = rows
         .iter()
         .filter(|row| {
-            row.state == "returned"
+            row.state == ReplicaState::Returned
                 && row.digest == Some(digest)
                 && standings.of(&row.worker_id).is_trusted()
         })
         .map(|row| row.origin())
         .collect();
     for row in rows {
-        if row.state != "returned" || row.verdict.is_some() {
+        if row.state != ReplicaState::Returned || row.verdict.is_some() {
             continue;
         }
         if standings.of(&row.worker_id) == Standing::Blacklisted {
-            findings.verdicts.push((row.lease, false));
+            findings.verdicts.push((row.lease, Verdict::Invalid));
             continue;
         }
         if let Some(d) = row.digest {
             let valid = d == digest;
-            findings.verdicts.push((row.lease, valid));
+            findings.verdicts.push((row.lease, Verdict::of(valid)));
             let delta = findings
                 .reputation
                 .entry(row.worker_id.clone())
@@ -640,8 +641,8 @@ async fn write_findings<D: ReviewDb>(
         outcome.revoked.extend(db.revoke_live(&decided).await?);
     }
     if !verdicts.is_empty() {
-        for (_, valid) in &verdicts {
-            if *valid {
+        for (_, verdict) in &verdicts {
+            if *verdict == Verdict::Valid {
                 outcome.valid_replicas += 1;
             } else {
                 outcome.invalid_replicas += 1;
@@ -682,7 +683,7 @@ fn engine_split(
     let mut dissenting = BTreeSet::new();
     let mut dissenting_origins = BTreeSet::new();
     for row in rows {
-        let (Some(digest), "returned") = (row.digest, row.state.as_str()) else {
+        let (Some(digest), ReplicaState::Returned) = (row.digest, row.state) else {
             continue;
         };
         if standing_of(&row.worker_id) == Standing::Blacklisted {
@@ -701,9 +702,9 @@ fn engine_split(
 }
 
 fn status(row: &ReplicaRow) -> ReplicaStatus {
-    match (row.state.as_str(), row.digest) {
-        ("leased", _) => ReplicaStatus::Live,
-        ("returned", Some(digest)) => ReplicaStatus::Returned {
+    match (row.state, row.digest) {
+        (ReplicaState::Leased, _) => ReplicaStatus::Live,
+        (ReplicaState::Returned, Some(digest)) => ReplicaStatus::Returned {
             digest,
             is_error: row.is_error,
         },
