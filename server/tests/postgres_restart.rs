@@ -36,7 +36,14 @@ async fn postgres_restarted_mid_job_loses_nothing() {
     let (_master, addr) = spawn_server_process(&home, "127.0.0.1:0");
     let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
     let ws = format!("ws://{addr}/ws");
-    let inputs = primes_inputs(400_000_000_000, 400_000_000_000 + 60 * 40_000_000, 60);
+    // Enough chunks that the job outlasts the restart on a fast machine (60 finished within
+    // the restart's few seconds once): about 15 s of work for the two workers.
+    const CHUNKS: u64 = 240;
+    let inputs = primes_inputs(
+        400_000_000_000,
+        400_000_000_000 + CHUNKS * 40_000_000,
+        CHUNKS,
+    );
     let expected = primes_reference(&inputs);
     let identities = tempfile::tempdir().unwrap();
     let _w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
@@ -49,12 +56,12 @@ async fn postgres_restarted_mid_job_loses_nothing() {
     }
     tokio::task::spawn_blocking(restart_postgres).await.unwrap();
     assert!(
-        api.done_chunks(job).await < 60,
+        api.done_chunks(job).await < CHUNKS as i64,
         "the job ended before the restart"
     );
 
     let finished = api.wait_finished(job, Duration::from_secs(180)).await;
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
-    assert_eq!(primes_total(&results, 60, None), expected);
+    assert_eq!(primes_total(&results, CHUNKS, None), expected);
 }
