@@ -3,6 +3,7 @@
 //! - [`Store`]: every operation the master performs on its database.
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
+//! - [`commit`]: one batch committed, the steps written once over a per-backend port.
 //! - [`counters`]: the replica counters kept on each job's row, which job views read.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
@@ -10,6 +11,7 @@
 //! Trust is not here: each backend implements [`crate::trust::review::ReviewDb`] over its open
 //! transaction, and [`crate::trust::review::reconcile`] decides, the same way for every backend.
 
+pub mod commit;
 pub mod counters;
 pub mod insights;
 pub mod postgres;

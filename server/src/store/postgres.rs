@@ -7,19 +7,20 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use grid_protocol::states::{ChunkState, JobState, ReplicaState, Verdict, Verification};
+use grid_protocol::states::{ChunkState, JobState, Verdict, Verification};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
 use super::{
-    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    ExportClaim, JobView, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob,
-    Owner, Program, ReadyChunk, ReplicaCounts, RetentionStep, Store,
+    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
+    LeaseEnd, LeaseRequest, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob,
+    Owner, Program, ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::trust::review::{
-    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
+    Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
 use crate::trust::verifier::QuorumPolicy;
 
@@ -595,26 +596,14 @@ impl Store for PgStore {
 
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
         let mut tx = self.pool.begin().await?;
-        let mut outcome = BatchOutcome::default();
-        let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
-        let mut tally = ReplicaTally::default();
-
-        record_workers(&mut tx, batch).await?;
-        record_results(&mut tx, batch, &mut outcome, &mut touched, &mut tally).await?;
-        end_leases(&mut tx, batch, &mut touched, &mut tally).await?;
-        sweep_expired(&mut tx, batch, &mut outcome, &mut touched, &mut tally).await?;
-        reconcile(
-            &mut tx,
-            &touched,
-            &batch.master_checks,
-            &mut outcome,
-            batch.trust_off,
-            &mut tally,
+        let outcome = commit_batch(
+            &mut PgBatch {
+                tx: &mut tx,
+                tally: ReplicaTally::default(),
+            },
+            batch,
         )
         .await?;
-        create_leases(&mut tx, batch, &mut outcome, &mut tally).await?;
-        count_replicas(&mut tx, &tally).await?;
-
         tx.commit().await?;
         Ok(outcome)
     }
@@ -983,185 +972,238 @@ fn ready_rows(rows: &[PgRow]) -> Result<Vec<ReadyChunk>> {
     Ok(chunks)
 }
 
-async fn record_workers(tx: &mut Tx, batch: &Batch) -> Result<()> {
-    if batch.workers_seen.is_empty() {
-        return Ok(());
-    }
-    // ON CONFLICT DO UPDATE may not touch a row twice in one statement: deduplicate first.
-    let unique: BTreeMap<&str, &str> = batch
-        .workers_seen
-        .iter()
-        .map(|(id, kind)| (&**id, *kind))
-        .collect();
-    let ids: Vec<&str> = unique.keys().copied().collect();
-    let kinds: Vec<&str> = unique.values().copied().collect();
-    sqlx::query(
-        "INSERT INTO workers (id, kind) SELECT * FROM UNNEST($1::text[], $2::text[])
-         ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, last_seen = now()",
-    )
-    .bind(&ids)
-    .bind(&kinds)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn record_results(
-    tx: &mut Tx,
-    batch: &Batch,
-    outcome: &mut BatchOutcome,
-    touched: &mut BTreeSet<(i64, i32)>,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if batch.results.is_empty() {
-        return Ok(());
-    }
-    let leases: Vec<i64> = batch.results.iter().map(|r| r.lease).collect();
-    let workers: Vec<&str> = batch.results.iter().map(|r| &*r.worker_id).collect();
-    let digests: Vec<Vec<u8>> = batch.results.iter().map(|r| r.digest.to_vec()).collect();
-    let errors: Vec<bool> = batch.results.iter().map(|r| r.is_error).collect();
-    let texts: Vec<&str> = batch.results.iter().map(|r| r.text.as_str()).collect();
-    let rows = sqlx::query(
-        "UPDATE replicas r
-         SET state = 'returned', returned_at = now(), outcome_digest = t.digest,
-             outcome_is_error = t.is_error, outcome = t.text
-         FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bool[], $5::text[])
-              AS t(id, worker_id, digest, is_error, text)
-         WHERE r.id = t.id AND r.worker_id = t.worker_id AND r.state = 'leased'
-         RETURNING r.id, r.job_id, r.chunk_idx, r.ringer",
-    )
-    .bind(&leases)
-    .bind(&workers)
-    .bind(&digests)
-    .bind(&errors)
-    .bind(&texts)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut recorded = BTreeSet::new();
-    for row in rows {
-        let lease: i64 = row.try_get("id")?;
-        recorded.insert(lease);
-        let job: i64 = row.try_get("job_id")?;
-        tally.returned(job, row.try_get("ringer")?);
-        touched.insert((job, row.try_get("chunk_idx")?));
-    }
-    for lease in leases {
-        if recorded.contains(&lease) {
-            outcome.recorded.push(lease);
-        } else {
-            outcome.refused.push(lease);
-        }
-    }
-    Ok(())
-}
-
-async fn end_leases(
-    tx: &mut Tx,
-    batch: &Batch,
-    touched: &mut BTreeSet<(i64, i32)>,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if batch.ended.is_empty() {
-        return Ok(());
-    }
-    let leases: Vec<i64> = batch.ended.iter().map(|(lease, _)| *lease).collect();
-    let states: Vec<&str> = batch
-        .ended
-        .iter()
-        .map(|(_, end)| end.state().as_str())
-        .collect();
-    let rows = sqlx::query(
-        "UPDATE replicas r SET state = t.state
-         FROM UNNEST($1::bigint[], $2::text[]) AS t(id, state)
-         WHERE r.id = t.id AND r.state = 'leased'
-         RETURNING r.job_id, r.chunk_idx, r.ringer, r.state",
-    )
-    .bind(&leases)
-    .bind(&states)
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in rows {
-        let job: i64 = row.try_get("job_id")?;
-        let state: ReplicaState = row.try_get("state")?;
-        tally.ended(job, row.try_get("ringer")?, state);
-        touched.insert((job, row.try_get("chunk_idx")?));
-    }
-    Ok(())
-}
-
-async fn sweep_expired(
-    tx: &mut Tx,
-    batch: &Batch,
-    outcome: &mut BatchOutcome,
-    touched: &mut BTreeSet<(i64, i32)>,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if batch.sweep == ExpirySweep::None {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO masters (id) VALUES ($1)
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-    )
-    .bind(&*batch.master_id)
-    .execute(&mut **tx)
-    .await?;
-    // Overdue leases, and leases of masters that stopped heartbeating (killed, or cut off):
-    // their workers have failed over or are gone, so the chunks are reissued.
-    // Leases past their deadline are the worker's doing ('expired': that worker and its network
-    // never get the chunk again); those of dead masters are not ('revoked': they free their
-    // origin, so a master's restart strands no chunk).
-    let rows = sqlx::query(
-        "UPDATE replicas r
-         SET state = CASE WHEN r.deadline < now() THEN 'expired' ELSE 'revoked' END
-         WHERE r.state = 'leased'
-           AND (r.deadline < now()
-                OR r.master_id IS NULL
-                OR NOT EXISTS (SELECT 1 FROM masters m
-                               WHERE m.id = r.master_id
-                                 AND m.heartbeat_at > now() - $1 * interval '1 second'))
-         RETURNING r.id, r.job_id, r.chunk_idx, r.ringer, r.state",
-    )
-    .bind(MASTER_TIMEOUT_SECONDS as f64)
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in rows {
-        outcome.expired.push(row.try_get("id")?);
-        let job: i64 = row.try_get("job_id")?;
-        let state: ReplicaState = row.try_get("state")?;
-        tally.ended(job, row.try_get("ringer")?, state);
-        touched.insert((job, row.try_get("chunk_idx")?));
-    }
-    Ok(())
-}
-
-/// The reviewer's view of an open PostgreSQL transaction: set-based statements over arrays.
-struct PgReview<'t> {
+/// An open PostgreSQL transaction as a commit and its review see it: set-based statements
+/// over arrays (`UNNEST`), a few per step whatever the batch's size.
+struct PgBatch<'t> {
     tx: &'t mut Tx,
     /// The replica counters' changes of this commit.
-    tally: &'t mut ReplicaTally,
+    tally: ReplicaTally,
 }
 
-/// Run verification and trust over the touched chunks (see [`crate::trust::review`]).
-async fn reconcile(
-    tx: &mut Tx,
-    touched: &BTreeSet<(i64, i32)>,
-    master_checks: &[review::MasterCheck],
-    outcome: &mut BatchOutcome,
-    trust_off: bool,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if touched.is_empty() && master_checks.is_empty() {
-        return Ok(());
+/// The rows a `RETURNING id, job_id, chunk_idx, ringer, state` statement changed.
+fn changed_replicas(rows: &[PgRow]) -> Result<Vec<ChangedReplica>> {
+    rows.iter()
+        .map(|row| {
+            Ok(ChangedReplica {
+                lease: row.try_get("id")?,
+                chunk: (row.try_get("job_id")?, row.try_get("chunk_idx")?),
+                ringer: row.try_get("ringer")?,
+                state: row.try_get("state")?,
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl CommitTx for PgBatch<'_> {
+    fn tally(&mut self) -> &mut ReplicaTally {
+        &mut self.tally
     }
-    review::reconcile(
-        &mut PgReview { tx, tally },
-        touched,
-        master_checks,
-        outcome,
-        trust_off,
-    )
-    .await
+
+    async fn record_workers(&mut self, seen: &[(Arc<str>, &'static str)]) -> Result<()> {
+        // ON CONFLICT DO UPDATE may not touch a row twice in one statement: deduplicate first.
+        let unique: BTreeMap<&str, &str> = seen.iter().map(|(id, kind)| (&**id, *kind)).collect();
+        let ids: Vec<&str> = unique.keys().copied().collect();
+        let kinds: Vec<&str> = unique.values().copied().collect();
+        sqlx::query(
+            "INSERT INTO workers (id, kind) SELECT * FROM UNNEST($1::text[], $2::text[])
+             ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, last_seen = now()",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_results(
+        &mut self,
+        results: &[ResultSubmission],
+    ) -> Result<Vec<ChangedReplica>> {
+        let leases: Vec<i64> = results.iter().map(|r| r.lease).collect();
+        let workers: Vec<&str> = results.iter().map(|r| &*r.worker_id).collect();
+        let digests: Vec<Vec<u8>> = results.iter().map(|r| r.digest.to_vec()).collect();
+        let errors: Vec<bool> = results.iter().map(|r| r.is_error).collect();
+        let texts: Vec<&str> = results.iter().map(|r| r.text.as_str()).collect();
+        let rows = sqlx::query(
+            "UPDATE replicas r
+             SET state = 'returned', returned_at = now(), outcome_digest = t.digest,
+                 outcome_is_error = t.is_error, outcome = t.text
+             FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bool[], $5::text[])
+                  AS t(id, worker_id, digest, is_error, text)
+             WHERE r.id = t.id AND r.worker_id = t.worker_id AND r.state = 'leased'
+             RETURNING r.id, r.job_id, r.chunk_idx, r.ringer, r.state",
+        )
+        .bind(&leases)
+        .bind(&workers)
+        .bind(&digests)
+        .bind(&errors)
+        .bind(&texts)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        changed_replicas(&rows)
+    }
+
+    async fn end_leases(&mut self, ended: &[(i64, LeaseEnd)]) -> Result<Vec<ChangedReplica>> {
+        let leases: Vec<i64> = ended.iter().map(|(lease, _)| *lease).collect();
+        let states: Vec<&str> = ended.iter().map(|(_, end)| end.state().as_str()).collect();
+        let rows = sqlx::query(
+            "UPDATE replicas r SET state = t.state
+             FROM UNNEST($1::bigint[], $2::text[]) AS t(id, state)
+             WHERE r.id = t.id AND r.state = 'leased'
+             RETURNING r.id, r.job_id, r.chunk_idx, r.ringer, r.state",
+        )
+        .bind(&leases)
+        .bind(&states)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        changed_replicas(&rows)
+    }
+
+    async fn sweep_expired(
+        &mut self,
+        _sweep: ExpirySweep,
+        master_id: &str,
+    ) -> Result<Vec<ChangedReplica>> {
+        sqlx::query(
+            "INSERT INTO masters (id) VALUES ($1)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(master_id)
+        .execute(&mut **self.tx)
+        .await?;
+        // Overdue leases, and leases of masters that stopped heartbeating (killed, or cut
+        // off): their workers have failed over or are gone, so the chunks are reissued. Leases
+        // past their deadline are the worker's doing ('expired': that worker and its network
+        // never get the chunk again); those of dead masters are not ('revoked': they free
+        // their origin, so a master's restart strands no chunk). At start-up the same rule
+        // holds: this master's previous process is one of the dead once its heartbeat is stale.
+        let rows = sqlx::query(
+            "UPDATE replicas r
+             SET state = CASE WHEN r.deadline < now() THEN 'expired' ELSE 'revoked' END
+             WHERE r.state = 'leased'
+               AND (r.deadline < now()
+                    OR r.master_id IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM masters m
+                                   WHERE m.id = r.master_id
+                                     AND m.heartbeat_at > now() - $1 * interval '1 second'))
+             RETURNING r.id, r.job_id, r.chunk_idx, r.ringer, r.state",
+        )
+        .bind(MASTER_TIMEOUT_SECONDS as f64)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        changed_replicas(&rows)
+    }
+
+    async fn claim_replicas(
+        &mut self,
+        wanted: &BTreeMap<ChunkKey, i32>,
+    ) -> Result<BTreeSet<ChunkKey>> {
+        let (jobs, indexes) = key_columns(wanted.keys());
+        let counts: Vec<i32> = wanted.values().copied().collect();
+        let rows = sqlx::query(
+            "UPDATE chunks c SET wanted = c.wanted - t.n
+             FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(job_id, idx, n)
+             WHERE c.job_id = t.job_id AND c.idx = t.idx AND c.state = 'open' AND c.wanted >= t.n
+             RETURNING c.job_id, c.idx",
+        )
+        .bind(&jobs)
+        .bind(&indexes)
+        .bind(&counts)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("job_id")?, row.try_get("idx")?)))
+            .collect()
+    }
+
+    async fn insert_leases(
+        &mut self,
+        requests: &[&LeaseRequest],
+        master_id: &str,
+    ) -> Result<Vec<Option<i64>>> {
+        let job_ids: Vec<i64> = requests.iter().map(|r| r.job_id).collect();
+        let indexes: Vec<i32> = requests.iter().map(|r| r.idx).collect();
+        let workers: Vec<&str> = requests.iter().map(|r| &*r.worker_id).collect();
+        let seconds: Vec<i32> = requests.iter().map(|r| r.lease_seconds).collect();
+        let ringers: Vec<bool> = requests.iter().map(|r| r.ringer).collect();
+        let origins: Vec<Option<&str>> = requests.iter().map(|r| r.origin.as_deref()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id, ringer, origin)
+             SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5,
+                    t.ringer, t.origin
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[], $7::text[])
+                  AS t(job_id, idx, worker_id, seconds, ringer, origin)
+             -- A ringer from a stale pool whose chunk the retention deleted is not granted.
+             WHERE NOT t.ringer
+                OR EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = t.job_id AND c.idx = t.idx)
+             ON CONFLICT DO NOTHING
+             RETURNING id, job_id, chunk_idx, worker_id",
+        )
+        .bind(&job_ids)
+        .bind(&indexes)
+        .bind(&workers)
+        .bind(&seconds)
+        .bind(master_id)
+        .bind(&ringers)
+        .bind(&origins)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            by_key.insert(
+                (
+                    row.try_get("job_id")?,
+                    row.try_get("chunk_idx")?,
+                    row.try_get("worker_id")?,
+                ),
+                row.try_get("id")?,
+            );
+        }
+        Ok(requests
+            .iter()
+            .map(|r| by_key.remove(&(r.job_id, r.idx, r.worker_id.to_string())))
+            .collect())
+    }
+
+    async fn mark_started(&mut self, jobs: &BTreeSet<i64>) -> Result<()> {
+        let jobs: Vec<i64> = jobs.iter().copied().collect();
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = now()
+             WHERE id = ANY($1) AND state = 'queued'",
+        )
+        .bind(&jobs)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// In job id order, as every writer of jobs rows locks them.
+    async fn count_replicas(&mut self) -> Result<()> {
+        if self.tally.is_empty() {
+            return Ok(());
+        }
+        let (jobs, issued, returned, invalid, expired) = self.tally.columns();
+        sqlx::query(
+            "UPDATE jobs j
+             SET replicas_issued = j.replicas_issued + t.issued,
+                 replicas_returned = j.replicas_returned + t.returned,
+                 replicas_invalid = j.replicas_invalid + t.invalid,
+                 replicas_expired = j.replicas_expired + t.expired
+             FROM (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                        $5::bigint[]) AS u(id, issued, returned, invalid, expired)
+                   ORDER BY id) t
+             WHERE j.id = t.id",
+        )
+        .bind(&jobs)
+        .bind(&issued)
+        .bind(&returned)
+        .bind(&invalid)
+        .bind(&expired)
+        .execute(&mut **self.tx)
+        .await?;
+        Ok(())
+    }
 }
 
 fn key_columns<'a>(keys: impl Iterator<Item = &'a ChunkKey>) -> (Vec<i64>, Vec<i32>) {
@@ -1169,7 +1211,7 @@ fn key_columns<'a>(keys: impl Iterator<Item = &'a ChunkKey>) -> (Vec<i64>, Vec<i
 }
 
 #[async_trait]
-impl ReviewDb for PgReview<'_> {
+impl ReviewDb for PgBatch<'_> {
     async fn load_chunks(
         &mut self,
         keys: &BTreeSet<ChunkKey>,
@@ -1591,153 +1633,4 @@ impl ReviewDb for PgReview<'_> {
         }
         Ok((chunks, revoked))
     }
-}
-
-/// Create the requested leases: claim the wanted replicas on each chunk (only if the chunk is
-/// still open and still wants that many — another master or a decision may have taken them),
-/// then insert one replica per request. The partial unique index refuses a second live replica
-/// for one worker; chunks where that happened are reconciled so `wanted` stays exact.
-async fn create_leases(
-    tx: &mut Tx,
-    batch: &Batch,
-    outcome: &mut BatchOutcome,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if batch.leases.is_empty() {
-        return Ok(());
-    }
-    // Ringers need no claim: their chunk is already accepted.
-    let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
-    for request in batch.leases.iter().filter(|r| !r.ringer) {
-        *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
-    }
-    let claim_jobs: Vec<i64> = per_chunk.keys().map(|k| k.0).collect();
-    let claim_idx: Vec<i32> = per_chunk.keys().map(|k| k.1).collect();
-    let claim_n: Vec<i32> = per_chunk.values().copied().collect();
-    let claimed_rows = sqlx::query(
-        "UPDATE chunks c SET wanted = c.wanted - t.n
-         FROM UNNEST($1::bigint[], $2::int[], $3::int[]) AS t(job_id, idx, n)
-         WHERE c.job_id = t.job_id AND c.idx = t.idx AND c.state = 'open' AND c.wanted >= t.n
-         RETURNING c.job_id, c.idx",
-    )
-    .bind(&claim_jobs)
-    .bind(&claim_idx)
-    .bind(&claim_n)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut claimed = BTreeSet::new();
-    for row in claimed_rows {
-        claimed.insert((
-            row.try_get::<i64, _>("job_id")?,
-            row.try_get::<i32, _>("idx")?,
-        ));
-    }
-    let granted: Vec<usize> = (0..batch.leases.len())
-        .filter(|&i| {
-            let request = &batch.leases[i];
-            request.ringer || claimed.contains(&(request.job_id, request.idx))
-        })
-        .collect();
-    if granted.is_empty() {
-        return Ok(());
-    }
-    let ringers: Vec<bool> = granted.iter().map(|&i| batch.leases[i].ringer).collect();
-    let origins: Vec<Option<&str>> = granted
-        .iter()
-        .map(|&i| batch.leases[i].origin.as_deref())
-        .collect();
-    let job_ids: Vec<i64> = granted.iter().map(|&i| batch.leases[i].job_id).collect();
-    let indexes: Vec<i32> = granted.iter().map(|&i| batch.leases[i].idx).collect();
-    let workers: Vec<&str> = granted
-        .iter()
-        .map(|&i| &*batch.leases[i].worker_id)
-        .collect();
-    let seconds: Vec<i32> = granted
-        .iter()
-        .map(|&i| batch.leases[i].lease_seconds)
-        .collect();
-    let rows = sqlx::query(
-        "INSERT INTO replicas (job_id, chunk_idx, worker_id, deadline, master_id, ringer, origin)
-         SELECT t.job_id, t.idx, t.worker_id, now() + t.seconds * interval '1 second', $5,
-                t.ringer, t.origin
-         FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::int[], $6::bool[], $7::text[])
-              AS t(job_id, idx, worker_id, seconds, ringer, origin)
-         -- A ringer from a stale pool whose chunk the retention deleted is not granted.
-         WHERE NOT t.ringer
-            OR EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = t.job_id AND c.idx = t.idx)
-         ON CONFLICT DO NOTHING
-         RETURNING id, job_id, chunk_idx, worker_id, ringer",
-    )
-    .bind(&job_ids)
-    .bind(&indexes)
-    .bind(&workers)
-    .bind(&seconds)
-    .bind(&*batch.master_id)
-    .bind(&ringers)
-    .bind(&origins)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut by_key: HashMap<(i64, i32, String), i64> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        tally.issued(row.try_get("job_id")?, row.try_get("ringer")?);
-        by_key.insert(
-            (
-                row.try_get("job_id")?,
-                row.try_get("chunk_idx")?,
-                row.try_get("worker_id")?,
-            ),
-            row.try_get("id")?,
-        );
-    }
-    let mut conflicted = BTreeSet::new();
-    for &i in &granted {
-        let request = &batch.leases[i];
-        let key = (request.job_id, request.idx, request.worker_id.to_string());
-        match by_key.remove(&key) {
-            Some(lease) => outcome.created.push(CreatedLease { lease, request: i }),
-            None => {
-                conflicted.insert((request.job_id, request.idx));
-            }
-        }
-    }
-    if !conflicted.is_empty() {
-        reconcile(tx, &conflicted, &[], outcome, batch.trust_off, tally).await?;
-    }
-    let started: BTreeSet<i64> = job_ids.iter().copied().collect();
-    let started: Vec<i64> = started.into_iter().collect();
-    sqlx::query(
-        "UPDATE jobs SET state = 'running', started_at = now()
-         WHERE id = ANY($1) AND state = 'queued'",
-    )
-    .bind(&started)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Add a commit's replica counter changes to the jobs rows (in job id order).
-async fn count_replicas(tx: &mut Tx, tally: &ReplicaTally) -> Result<()> {
-    if tally.is_empty() {
-        return Ok(());
-    }
-    let (jobs, issued, returned, invalid, expired) = tally.columns();
-    sqlx::query(
-        "UPDATE jobs j
-         SET replicas_issued = j.replicas_issued + t.issued,
-             replicas_returned = j.replicas_returned + t.returned,
-             replicas_invalid = j.replicas_invalid + t.invalid,
-             replicas_expired = j.replicas_expired + t.expired
-         FROM (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                                    $5::bigint[]) AS u(id, issued, returned, invalid, expired)
-               ORDER BY id) t
-         WHERE j.id = t.id",
-    )
-    .bind(&jobs)
-    .bind(&issued)
-    .bind(&returned)
-    .bind(&invalid)
-    .bind(&expired)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

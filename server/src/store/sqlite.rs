@@ -15,21 +15,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use grid_protocol::states::{ChunkState, JobState, ReplicaState, Verdict, Verification};
+use grid_protocol::states::{ChunkState, JobState, Verdict, Verification};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
+use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
 use super::{
-    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, CreatedLease, ExpirySweep,
-    ExportClaim, JobView, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program, ReadyChunk,
-    ReplicaCounts, RetentionStep, Store,
+    Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
+    LeaseEnd, LeaseRequest, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program,
+    ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::trust::review::{
-    self, Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
+    Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
 use crate::trust::verifier::QuorumPolicy;
 
@@ -553,102 +554,14 @@ impl Store for SqliteStore {
 
     async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
         let mut tx = self.pool.begin().await?;
-        let mut outcome = BatchOutcome::default();
-        let mut touched: BTreeSet<(i64, i32)> = BTreeSet::new();
-        let mut tally = ReplicaTally::default();
-        let now = Utc::now();
-
-        for (worker_id, kind) in &batch.workers_seen {
-            sqlx::query(
-                "INSERT INTO workers (id, kind, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, last_seen = excluded.last_seen",
-            )
-            .bind(&**worker_id)
-            .bind(*kind)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for result in &batch.results {
-            let row = sqlx::query(
-                "UPDATE replicas
-                 SET state = 'returned', returned_at = ?3, outcome_digest = ?4,
-                     outcome_is_error = ?5, outcome = ?6
-                 WHERE id = ?1 AND worker_id = ?2 AND state = 'leased'
-                 RETURNING job_id, chunk_idx, ringer",
-            )
-            .bind(result.lease)
-            .bind(&*result.worker_id)
-            .bind(now)
-            .bind(&result.digest[..])
-            .bind(result.is_error)
-            .bind(&result.text)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                Some(row) => {
-                    outcome.recorded.push(result.lease);
-                    let job: i64 = row.try_get("job_id")?;
-                    tally.returned(job, row.try_get("ringer")?);
-                    touched.insert((job, row.try_get("chunk_idx")?));
-                }
-                None => outcome.refused.push(result.lease),
-            }
-        }
-        for (lease, end) in &batch.ended {
-            let state = end.state();
-            let row = sqlx::query(
-                "UPDATE replicas SET state = ?2 WHERE id = ?1 AND state = 'leased'
-                 RETURNING job_id, chunk_idx, ringer",
-            )
-            .bind(lease)
-            .bind(state)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                let job: i64 = row.try_get("job_id")?;
-                tally.ended(job, row.try_get("ringer")?, state);
-                touched.insert((job, row.try_get("chunk_idx")?));
-            }
-        }
-        let deadline_before = match batch.sweep {
-            ExpirySweep::None => None,
-            ExpirySweep::Overdue => Some(now_ms()),
-            ExpirySweep::Startup => Some(i64::MAX),
-        };
-        if let Some(before) = deadline_before {
-            // Leases past their deadline are the worker's doing ('expired': that worker and
-            // its network never get the chunk again); the previous process's leases at start-up
-            // are the master's ('revoked': they free their origin).
-            let rows = sqlx::query(
-                "UPDATE replicas
-                 SET state = CASE WHEN deadline_ms < ?2 THEN 'expired' ELSE 'revoked' END
-                 WHERE state = 'leased' AND deadline_ms < ?1
-                 RETURNING id, job_id, chunk_idx, ringer, state",
-            )
-            .bind(before)
-            .bind(now_ms())
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                outcome.expired.push(row.try_get("id")?);
-                let job: i64 = row.try_get("job_id")?;
-                let state: ReplicaState = row.try_get("state")?;
-                tally.ended(job, row.try_get("ringer")?, state);
-                touched.insert((job, row.try_get("chunk_idx")?));
-            }
-        }
-        reconcile(
-            &mut tx,
-            &touched,
-            &batch.master_checks,
-            &mut outcome,
-            batch.trust_off,
-            &mut tally,
+        let outcome = commit_batch(
+            &mut SqliteBatch {
+                tx: &mut tx,
+                tally: ReplicaTally::default(),
+            },
+            batch,
         )
         .await?;
-        create_leases(&mut tx, batch, &mut outcome, &mut tally).await?;
-        count_replicas(&mut tx, &tally).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -998,37 +911,216 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
     Ok(chunks)
 }
 
-/// The reviewer's view of an open SQLite transaction: simple per-row statements.
-struct SqliteReview<'t> {
+/// An open SQLite transaction as a commit and its review see it: a statement per row (one
+/// writer at a time, no round trips: the database is in this process).
+struct SqliteBatch<'t> {
     tx: &'t mut Tx,
     /// The replica counters' changes of this commit.
-    tally: &'t mut ReplicaTally,
-}
-
-/// Run verification and trust over the touched chunks (see [`crate::trust::review`]).
-async fn reconcile(
-    tx: &mut Tx,
-    touched: &BTreeSet<(i64, i32)>,
-    master_checks: &[review::MasterCheck],
-    outcome: &mut BatchOutcome,
-    trust_off: bool,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if touched.is_empty() && master_checks.is_empty() {
-        return Ok(());
-    }
-    review::reconcile(
-        &mut SqliteReview { tx, tally },
-        touched,
-        master_checks,
-        outcome,
-        trust_off,
-    )
-    .await
+    tally: ReplicaTally,
 }
 
 #[async_trait]
-impl ReviewDb for SqliteReview<'_> {
+impl CommitTx for SqliteBatch<'_> {
+    fn tally(&mut self) -> &mut ReplicaTally {
+        &mut self.tally
+    }
+
+    async fn record_workers(&mut self, seen: &[(Arc<str>, &'static str)]) -> Result<()> {
+        let now = Utc::now();
+        for (worker_id, kind) in seen {
+            sqlx::query(
+                "INSERT INTO workers (id, kind, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, last_seen = excluded.last_seen",
+            )
+            .bind(&**worker_id)
+            .bind(*kind)
+            .bind(now)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn record_results(
+        &mut self,
+        results: &[ResultSubmission],
+    ) -> Result<Vec<ChangedReplica>> {
+        let now = Utc::now();
+        let mut stored = Vec::with_capacity(results.len());
+        for result in results {
+            let row = sqlx::query(
+                "UPDATE replicas
+                 SET state = 'returned', returned_at = $3, outcome_digest = $4,
+                     outcome_is_error = $5, outcome = $6
+                 WHERE id = $1 AND worker_id = $2 AND state = 'leased'
+                 RETURNING id, job_id, chunk_idx, ringer, state",
+            )
+            .bind(result.lease)
+            .bind(&*result.worker_id)
+            .bind(now)
+            .bind(&result.digest[..])
+            .bind(result.is_error)
+            .bind(&result.text)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+            if let Some(row) = row {
+                stored.push(changed_replica(&row)?);
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn end_leases(&mut self, ended: &[(i64, LeaseEnd)]) -> Result<Vec<ChangedReplica>> {
+        let mut closed = Vec::with_capacity(ended.len());
+        for (lease, end) in ended {
+            let row = sqlx::query(
+                "UPDATE replicas SET state = $2 WHERE id = $1 AND state = 'leased'
+                 RETURNING id, job_id, chunk_idx, ringer, state",
+            )
+            .bind(lease)
+            .bind(end.state())
+            .fetch_optional(&mut **self.tx)
+            .await?;
+            if let Some(row) = row {
+                closed.push(changed_replica(&row)?);
+            }
+        }
+        Ok(closed)
+    }
+
+    async fn sweep_expired(
+        &mut self,
+        sweep: ExpirySweep,
+        _master_id: &str,
+    ) -> Result<Vec<ChangedReplica>> {
+        let before = match sweep {
+            ExpirySweep::None => return Ok(Vec::new()),
+            ExpirySweep::Overdue => now_ms(),
+            ExpirySweep::Startup => i64::MAX,
+        };
+        // Leases past their deadline are the worker's doing ('expired': that worker and its
+        // network never get the chunk again); the previous process's leases at start-up are
+        // the master's ('revoked': they free their origin). One master per embedded database:
+        // no heartbeat to keep.
+        let rows = sqlx::query(
+            "UPDATE replicas
+             SET state = CASE WHEN deadline_ms < $2 THEN 'expired' ELSE 'revoked' END
+             WHERE state = 'leased' AND deadline_ms < $1
+             RETURNING id, job_id, chunk_idx, ringer, state",
+        )
+        .bind(before)
+        .bind(now_ms())
+        .fetch_all(&mut **self.tx)
+        .await?;
+        rows.iter().map(changed_replica).collect()
+    }
+
+    async fn claim_replicas(
+        &mut self,
+        wanted: &BTreeMap<ChunkKey, i32>,
+    ) -> Result<BTreeSet<ChunkKey>> {
+        let mut claimed = BTreeSet::new();
+        for (&(job_id, idx), &n) in wanted {
+            let changed = sqlx::query(
+                "UPDATE chunks SET wanted = wanted - $3
+                 WHERE job_id = $1 AND idx = $2 AND state = 'open' AND wanted >= $3",
+            )
+            .bind(job_id)
+            .bind(idx)
+            .bind(n)
+            .execute(&mut **self.tx)
+            .await?
+            .rows_affected();
+            if changed == 1 {
+                claimed.insert((job_id, idx));
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn insert_leases(
+        &mut self,
+        requests: &[&LeaseRequest],
+        master_id: &str,
+    ) -> Result<Vec<Option<i64>>> {
+        let now = Utc::now();
+        let now_ms = now_ms();
+        let mut leases = Vec::with_capacity(requests.len());
+        for request in requests {
+            // A ringer from a stale pool whose chunk the retention deleted is not granted.
+            let lease: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO replicas
+                     (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer,
+                      origin)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                 WHERE NOT $7 OR EXISTS (SELECT 1 FROM chunks WHERE job_id = $1 AND idx = $2)
+                 ON CONFLICT DO NOTHING
+                 RETURNING id",
+            )
+            .bind(request.job_id)
+            .bind(request.idx)
+            .bind(&*request.worker_id)
+            .bind(now)
+            .bind(now_ms + i64::from(request.lease_seconds) * 1000)
+            .bind(master_id)
+            .bind(request.ringer)
+            .bind(request.origin.as_deref())
+            .fetch_optional(&mut **self.tx)
+            .await?;
+            leases.push(lease);
+        }
+        Ok(leases)
+    }
+
+    async fn mark_started(&mut self, jobs: &BTreeSet<i64>) -> Result<()> {
+        let now = Utc::now();
+        for job_id in jobs {
+            sqlx::query(
+                "UPDATE jobs SET state = 'running', started_at = $2
+                 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(job_id)
+            .bind(now)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn count_replicas(&mut self) -> Result<()> {
+        for (job, delta) in self.tally.deltas() {
+            sqlx::query(
+                "UPDATE jobs
+                 SET replicas_issued = replicas_issued + $2,
+                     replicas_returned = replicas_returned + $3,
+                     replicas_invalid = replicas_invalid + $4,
+                     replicas_expired = replicas_expired + $5
+                 WHERE id = $1",
+            )
+            .bind(job)
+            .bind(delta.issued)
+            .bind(delta.returned)
+            .bind(delta.invalid)
+            .bind(delta.expired)
+            .execute(&mut **self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of `RETURNING id, job_id, chunk_idx, ringer, state` on `replicas`.
+fn changed_replica(row: &SqliteRow) -> Result<ChangedReplica> {
+    Ok(ChangedReplica {
+        lease: row.try_get("id")?,
+        chunk: (row.try_get("job_id")?, row.try_get("chunk_idx")?),
+        ringer: row.try_get("ringer")?,
+        state: row.try_get("state")?,
+    })
+}
+
+#[async_trait]
+impl ReviewDb for SqliteBatch<'_> {
     async fn load_chunks(
         &mut self,
         keys: &BTreeSet<ChunkKey>,
@@ -1440,118 +1532,4 @@ impl ReviewDb for SqliteReview<'_> {
         }
         Ok((chunks, revoked))
     }
-}
-
-/// Create the requested leases (see the PostgreSQL store for the rules).
-async fn create_leases(
-    tx: &mut Tx,
-    batch: &Batch,
-    outcome: &mut BatchOutcome,
-    tally: &mut ReplicaTally,
-) -> Result<()> {
-    if batch.leases.is_empty() {
-        return Ok(());
-    }
-    // Ringers need no claim: their chunk is already accepted.
-    let mut per_chunk: BTreeMap<(i64, i32), i32> = BTreeMap::new();
-    for request in batch.leases.iter().filter(|r| !r.ringer) {
-        *per_chunk.entry((request.job_id, request.idx)).or_default() += 1;
-    }
-    let mut claimed = BTreeSet::new();
-    for (&(job_id, idx), &n) in &per_chunk {
-        let changed = sqlx::query(
-            "UPDATE chunks SET wanted = wanted - ?3
-             WHERE job_id = ?1 AND idx = ?2 AND state = 'open' AND wanted >= ?3",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .bind(n)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            claimed.insert((job_id, idx));
-        }
-    }
-    let now = Utc::now();
-    let now_ms = now_ms();
-    let mut conflicted = BTreeSet::new();
-    let mut started = BTreeSet::new();
-    for (i, request) in batch.leases.iter().enumerate() {
-        if !request.ringer && !claimed.contains(&(request.job_id, request.idx)) {
-            continue;
-        }
-        // A ringer from a stale pool whose chunk the retention deleted is not granted.
-        let lease: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO replicas
-                 (job_id, chunk_idx, worker_id, issued_at, deadline_ms, master_id, ringer, origin)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-             WHERE NOT ?7 OR EXISTS (SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2)
-             ON CONFLICT DO NOTHING
-             RETURNING id",
-        )
-        .bind(request.job_id)
-        .bind(request.idx)
-        .bind(&*request.worker_id)
-        .bind(now)
-        .bind(now_ms + i64::from(request.lease_seconds) * 1000)
-        .bind(&*batch.master_id)
-        .bind(request.ringer)
-        .bind(request.origin.as_deref())
-        .fetch_optional(&mut **tx)
-        .await?;
-        match lease {
-            Some(lease) => {
-                outcome.created.push(CreatedLease { lease, request: i });
-                tally.issued(request.job_id, request.ringer);
-                started.insert(request.job_id);
-            }
-            None => {
-                conflicted.insert((request.job_id, request.idx));
-            }
-        }
-    }
-    if !conflicted.is_empty() {
-        Box::pin(reconcile(
-            tx,
-            &conflicted,
-            &[],
-            outcome,
-            batch.trust_off,
-            tally,
-        ))
-        .await?;
-    }
-    for job_id in started {
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
-        )
-        .bind(job_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Add a commit's replica counter changes to the jobs rows.
-async fn count_replicas(tx: &mut Tx, tally: &ReplicaTally) -> Result<()> {
-    for (job, delta) in tally.deltas() {
-        sqlx::query(
-            "UPDATE jobs
-             SET replicas_issued = replicas_issued + ?2,
-                 replicas_returned = replicas_returned + ?3,
-                 replicas_invalid = replicas_invalid + ?4,
-                 replicas_expired = replicas_expired + ?5
-             WHERE id = ?1",
-        )
-        .bind(job)
-        .bind(delta.issued)
-        .bind(delta.returned)
-        .bind(delta.invalid)
-        .bind(delta.expired)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
