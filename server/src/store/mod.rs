@@ -4,6 +4,7 @@
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
 //! - [`commit`]: one batch committed, the steps written once over a per-backend port.
+//! - [`portable`]: the store operations whose code is the same on both backends, written once.
 //! - [`counters`]: the replica counters kept on each job's row, which job views read.
 //! - The types here are what crosses the trait: job specs and views, ready chunks for the
 //!   dispatch cache, and the [`Batch`] that the scheduler commits in one transaction.
@@ -14,6 +15,7 @@
 pub mod commit;
 pub mod counters;
 pub mod insights;
+pub mod portable;
 pub mod postgres;
 pub mod sqlite;
 
@@ -801,19 +803,64 @@ pub(crate) const COUNT_JOBS_SQL_POSTGRES: &str = "
     FROM UNNEST($1::bigint[], $2::int[], $3::int[], $4::int[]) AS t(id, done, failed, revised)
     WHERE j.id = t.id";
 
-/// Every operation the master performs on its database.
+/// The operations of [`Store`] whose code is the same on every backend: implemented once, by
+/// [`portable::portable_store_methods!`], for each.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait PortableStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Every submitter token, revoked ones included, oldest first (never secrets or digests).
+    async fn tokens(&self) -> Result<Vec<TokenView>>;
+    /// Set a token's fair-share weight. `None`: no such token.
+    async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<TokenView>>;
+    /// A job visible to `owner`.
+    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>>;
+    /// Jobs visible to `owner`, newest first.
+    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>>;
+    /// Unfinished jobs that may have chunks to hand out: at most `per_tenant` of each tenant
+    /// (its highest priority first, then oldest), so that one tenant's many jobs cannot hide
+    /// another's.
+    async fn ready_jobs(&self, per_tenant: i64) -> Result<Vec<ReadyJob>>;
+    /// Ready chunks of one job in index order (an index range read of `chunks_ready`).
+    async fn ready_chunks_of_job(&self, job: &ReadyJob, limit: i64) -> Result<Vec<ReadyChunk>>;
+    /// Jobs cancelled after `since` (on any master sharing the database).
+    async fn cancelled_since(&self, since: DateTime<Utc>) -> Result<Vec<i64>>;
+    /// Spot-check candidates, at random: accepted chunks whose output the master computed
+    /// itself and found equal (`master_checked = 'agreed'`), so a ringer's answer is known
+    /// independently of every worker and colluders cannot poison the pool.
+    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
+    /// Lift an identity's blacklist and reset its reputation; false when it is unknown.
+    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool>;
+    /// Accepted chunks of built-in kernels the master has not checked yet, newest first.
+    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>>;
+    /// Commit one scheduler round atomically.
+    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
+    /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.
+    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>>;
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<()>;
+    /// The export of `job_id` committed as table version `table_version`.
+    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()>;
+    /// This master's attempt at exporting `job_id` failed with `error`: retry after `backoff`,
+    /// or give up (`failed`) once [`EXPORT_MAX_ATTEMPTS`] attempts have been made.
+    async fn export_failed(
+        &self,
+        job_id: i64,
+        master_id: &str,
+        error: &str,
+        backoff: std::time::Duration,
+    ) -> Result<()>;
+    /// An uploaded module's bytes.
+    async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
+}
+
+/// Every operation the master performs on its database (with those of [`PortableStore`]).
+#[async_trait]
+pub trait Store: PortableStore {
     /// Store a new submitter token (its SHA-256) with an optional label, returning its id.
     async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64>;
     /// Find a submitter token that is not revoked by its SHA-256, and note that it was used.
     async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>>;
-    /// Every submitter token, revoked ones included, oldest first (never secrets or digests).
-    async fn tokens(&self) -> Result<Vec<TokenView>>;
     /// Revoke a token. `None`: no such token; `Some(false)`: it was revoked already.
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>>;
-    /// Set a token's fair-share weight. `None`: no such token.
-    async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<TokenView>>;
 
     /// Store a job and its chunks. With `max_open_chunks`, refuse it (429/413
     /// `quota_exceeded`, nothing stored) when the owner's open chunks (from its unfinished
@@ -826,10 +873,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         job: NewJob,
         max_open_chunks: Option<u64>,
     ) -> Result<JobView>;
-    /// A job visible to `owner`.
-    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>>;
-    /// Jobs visible to `owner`, newest first.
-    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>>;
     /// Cancel a queued or running job. None if the job is not visible to `owner`.
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>>;
     /// Finished chunks of a job with index > `after`, in index order: at most `max_rows`, and
@@ -851,35 +894,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: i64,
         for_worker: Option<(&str, &str)>,
     ) -> Result<Vec<ReadyChunk>>;
-    /// Unfinished jobs that may have chunks to hand out: at most `per_tenant` of each tenant
-    /// (its highest priority first, then oldest), so that one tenant's many jobs cannot hide
-    /// another's.
-    async fn ready_jobs(&self, per_tenant: i64) -> Result<Vec<ReadyJob>>;
-    /// Ready chunks of one job in index order (an index range read of `chunks_ready`).
-    async fn ready_chunks_of_job(&self, job: &ReadyJob, limit: i64) -> Result<Vec<ReadyChunk>>;
-    /// Jobs cancelled after `since` (on any master sharing the database).
-    async fn cancelled_since(&self, since: DateTime<Utc>) -> Result<Vec<i64>>;
     /// Leases of `jobs` that the cancel revoked and that were issued through `master_id`: what
     /// that master's workers must be told to stop.
     async fn revoked_leases_of(&self, jobs: &[i64], master_id: &str) -> Result<Vec<LeaseId>>;
-    /// Spot-check candidates, at random: accepted chunks whose output the master computed
-    /// itself and found equal (`master_checked = 'agreed'`), so a ringer's answer is known
-    /// independently of every worker and colluders cannot poison the pool.
-    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>>;
     /// Those of `worker_ids` that are blacklisted. The scheduler asks about the identities it
     /// has sessions for, so the answer is bounded by its sessions, never by how many burned
     /// identities the blacklist has collected (review M11).
     async fn blacklisted_among(&self, worker_ids: &[String]) -> Result<Vec<String>>;
-    /// Lift an identity's blacklist and reset its reputation; false when it is unknown.
-    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool>;
-    /// Accepted chunks of built-in kernels the master has not checked yet, newest first.
-    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>>;
-    /// Commit one scheduler round atomically.
-    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome>;
-    /// Chunks by state (`open`, `done`, `failed`, `cancelled`), from the jobs' counters.
-    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>>;
-    /// Whether the database answers.
-    async fn ping(&self) -> Result<()>;
 
     /// Store an uploaded module checked against the ABI, unless one with this id is stored
     /// already, and note that `owner` holds it (`module_uploads`). With `max_bytes`, refuse it
@@ -914,19 +935,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// export is pending, not backing off, and not claimed by a live master (on the embedded
     /// database: by this process). At most one master holds a claim at a time.
     async fn claim_export(&self, master_id: &str) -> Result<Option<ExportClaim>>;
-    /// The export of `job_id` committed as table version `table_version`.
-    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()>;
-    /// This master's attempt at exporting `job_id` failed with `error`: retry after `backoff`,
-    /// or give up (`failed`) once [`EXPORT_MAX_ATTEMPTS`] attempts have been made.
-    async fn export_failed(
-        &self,
-        job_id: i64,
-        master_id: &str,
-        error: &str,
-        backoff: std::time::Duration,
-    ) -> Result<()>;
-    /// An uploaded module's bytes.
-    async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
     /// Whether a module with this id is stored.
     async fn module_exists(&self, id: &str) -> Result<bool>;
 }

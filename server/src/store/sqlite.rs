@@ -25,8 +25,8 @@ use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
-    LeaseEnd, LeaseRequest, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, Program,
-    ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep, Store,
+    LeaseEnd, LeaseRequest, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, PortableStore,
+    Program, ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep, Store,
 };
 use crate::error::{Error, Result};
 use crate::trust::review::{
@@ -146,6 +146,8 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+super::portable::portable_store_methods!(SqliteStore, SqliteBatch);
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64> {
@@ -172,25 +174,6 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(id)
-    }
-
-    async fn tokens(&self) -> Result<Vec<super::TokenView>> {
-        let tokens = sqlx::query_as(&format!(
-            "SELECT {} FROM tokens ORDER BY id",
-            super::TOKEN_VIEW_COLUMNS
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(tokens)
-    }
-
-    async fn set_token_weight(&self, id: i64, weight: i32) -> Result<Option<super::TokenView>> {
-        let token = sqlx::query_as(super::SET_TOKEN_WEIGHT_SQL)
-            .bind(id)
-            .bind(weight)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(token)
     }
 
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
@@ -285,32 +268,6 @@ impl Store for SqliteStore {
         self.job(owner, id)
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
-    }
-
-    async fn job(&self, owner: Owner, id: i64) -> Result<Option<JobView>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!("{JOB_VIEW_SELECT} WHERE j.id = ?1 AND (?2 OR j.owner_token_id = ?3)");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(is_admin)
-            .bind(owner_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(job_view).transpose()?)
-    }
-
-    async fn jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobView>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!(
-            "{JOB_VIEW_SELECT} WHERE (?1 OR j.owner_token_id = ?2) ORDER BY j.id DESC LIMIT ?3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(is_admin)
-            .bind(owner_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(job_view).collect::<Result<_, _>>()?)
     }
 
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
@@ -425,52 +382,6 @@ impl Store for SqliteStore {
         ready_rows(&rows)
     }
 
-    async fn ready_jobs(&self, per_tenant: i64) -> Result<Vec<super::ReadyJob>> {
-        let rows: Vec<(i64, i32, Option<i64>)> = sqlx::query_as(super::READY_JOBS_SQL)
-            .bind(per_tenant)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, priority, tenant)| super::ReadyJob {
-                id,
-                priority,
-                tenant,
-            })
-            .collect())
-    }
-
-    async fn ready_chunks_of_job(
-        &self,
-        job: &super::ReadyJob,
-        limit: i64,
-    ) -> Result<Vec<ReadyChunk>> {
-        // `c.priority = ?1` makes this a range read of the `chunks_ready` index.
-        let rows = sqlx::query(concat!(
-            "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
-            holders_column!(),
-            "
-             FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
-             WHERE c.priority = ?1 AND c.job_id = ?2 AND c.state = 'open' AND c.wanted > 0
-             ORDER BY c.idx
-             LIMIT ?3"
-        ))
-        .bind(job.priority)
-        .bind(job.id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        ready_rows(&rows)
-    }
-
-    async fn cancelled_since(&self, since: DateTime<Utc>) -> Result<Vec<i64>> {
-        let ids = sqlx::query_scalar(super::CANCELLED_SINCE_SQL)
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids)
-    }
-
     async fn revoked_leases_of(
         &self,
         jobs: &[i64],
@@ -487,39 +398,6 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    async fn ringer_pool(&self, limit: i64) -> Result<Vec<ReadyChunk>> {
-        // From a random point of the sample index, wrapping around once (see the
-        // `ringer_sample` migration): an index range read, never a scan of every chunk.
-        let start: f64 = rand::random();
-        let mut rows = Vec::new();
-        for (from, to) in [(start, 1.0), (0.0, start)] {
-            let wanted = limit - rows.len() as i64;
-            if wanted <= 0 {
-                break;
-            }
-            rows.extend(
-                sqlx::query(concat!(
-                    "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, 1 AS wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
-                    holders_column!(),
-                    "
-                 FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
-                 WHERE c.state = 'done' AND c.master_checked = 'agreed'
-                   -- Never a chunk the retention is deleting.
-                   AND j.results_deleted_at IS NULL
-                   AND c.ringer_key >= ?2 AND c.ringer_key < ?3
-                   AND c.output_digest IS NOT NULL
-                 ORDER BY c.ringer_key LIMIT ?1"
-                ))
-                .bind(wanted)
-                .bind(from)
-                .bind(to)
-                .fetch_all(&self.pool)
-                .await?,
-            );
-        }
-        ready_rows(&rows)
-    }
-
     async fn blacklisted_among(&self, worker_ids: &[String]) -> Result<Vec<String>> {
         let ids = sqlx::query_scalar(
             "SELECT id FROM workers
@@ -529,59 +407,6 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(ids)
-    }
-
-    async fn lift_blacklist(&self, worker_id: &str) -> Result<bool> {
-        let changed = sqlx::query(super::LIFT_BLACKLIST_SQL)
-            .bind(worker_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(changed > 0)
-    }
-
-    async fn master_check_candidates(&self, limit: i64) -> Result<Vec<MasterCheckCandidate>> {
-        let rows = sqlx::query(super::MASTER_CHECK_CANDIDATES_SQL)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        let candidates = rows
-            .iter()
-            .filter_map(|row| super::master_check_candidate(row).transpose())
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok(candidates)
-    }
-
-    async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = commit_batch(
-            &mut SqliteBatch {
-                tx: &mut tx,
-                tally: ReplicaTally::default(),
-            },
-            batch,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn chunk_states(&self) -> Result<Vec<(ChunkState, i64)>> {
-        let (open, done, failed, cancelled): (i64, i64, i64, i64) =
-            sqlx::query_as(super::CHUNK_STATES_SQL)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(vec![
-            (ChunkState::Open, open),
-            (ChunkState::Done, done),
-            (ChunkState::Failed, failed),
-            (ChunkState::Cancelled, cancelled),
-        ])
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 
     async fn put_module(
@@ -821,42 +646,6 @@ impl Store for SqliteStore {
                 })
             })
             .transpose()?)
-    }
-
-    async fn export_done(&self, job_id: i64, table_version: i64) -> Result<()> {
-        sqlx::query(super::EXPORT_DONE_SQL)
-            .bind(job_id)
-            .bind(table_version)
-            .bind(Utc::now())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn export_failed(
-        &self,
-        job_id: i64,
-        master_id: &str,
-        error: &str,
-        backoff: std::time::Duration,
-    ) -> Result<()> {
-        sqlx::query(super::EXPORT_FAILED_SQL)
-            .bind(job_id)
-            .bind(master_id)
-            .bind(super::export_error_text(error))
-            .bind(super::EXPORT_MAX_ATTEMPTS)
-            .bind(Utc::now() + backoff)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let bytes = sqlx::query_scalar("SELECT bytes FROM modules WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(bytes)
     }
 
     async fn module_exists(&self, id: &str) -> Result<bool> {
