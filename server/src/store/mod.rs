@@ -850,15 +850,24 @@ pub trait PortableStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<()>;
     /// An uploaded module's bytes.
     async fn module_bytes(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    /// Store a new submitter token (its SHA-256) with an optional label, returning its id.
+    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64>;
+    /// Find a submitter token that is not revoked by its SHA-256, and note that it was used.
+    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>>;
+    /// Whether a module with this id is stored.
+    async fn module_exists(&self, id: &str) -> Result<bool>;
+    /// Ready chunks in dispatch order; with `for_worker` (identity, origin), only those that
+    /// worker may take (no replica of it from that identity or that origin).
+    async fn ready_chunks(
+        &self,
+        limit: i64,
+        for_worker: Option<(&str, &str)>,
+    ) -> Result<Vec<ReadyChunk>>;
 }
 
 /// Every operation the master performs on its database (with those of [`PortableStore`]).
 #[async_trait]
 pub trait Store: PortableStore {
-    /// Store a new submitter token (its SHA-256) with an optional label, returning its id.
-    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64>;
-    /// Find a submitter token that is not revoked by its SHA-256, and note that it was used.
-    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>>;
     /// Revoke a token. `None`: no such token; `Some(false)`: it was revoked already.
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>>;
 
@@ -887,13 +896,6 @@ pub trait Store: PortableStore {
         max_bytes: i64,
     ) -> Result<Vec<ChunkResult>>;
 
-    /// Ready chunks in dispatch order; with `for_worker` (identity, origin), only those that
-    /// worker may take (no replica of it from that identity or that origin).
-    async fn ready_chunks(
-        &self,
-        limit: i64,
-        for_worker: Option<(&str, &str)>,
-    ) -> Result<Vec<ReadyChunk>>;
     /// Leases of `jobs` that the cancel revoked and that were issued through `master_id`: what
     /// that master's workers must be told to stop.
     async fn revoked_leases_of(&self, jobs: &[i64], master_id: &str) -> Result<Vec<LeaseId>>;
@@ -935,8 +937,6 @@ pub trait Store: PortableStore {
     /// export is pending, not backing off, and not claimed by a live master (on the embedded
     /// database: by this process). At most one master holds a claim at a time.
     async fn claim_export(&self, master_id: &str) -> Result<Option<ExportClaim>>;
-    /// Whether a module with this id is stored.
-    async fn module_exists(&self, id: &str) -> Result<bool>;
 }
 
 #[cfg(test)]

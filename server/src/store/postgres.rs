@@ -194,30 +194,6 @@ super::portable::portable_store_methods!(PgStore, PgBatch);
 
 #[async_trait]
 impl Store for PgStore {
-    async fn create_token(&self, token_hash: &[u8; 32], label: Option<&str>) -> Result<i64> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO tokens (token_hash, label) VALUES ($1, $2) RETURNING id",
-        )
-        .bind(&token_hash[..])
-        .bind(label)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
-    }
-
-    async fn find_token(&self, token_hash: &[u8; 32]) -> Result<Option<i64>> {
-        // One statement finds the token and notes its use (masters cache the answer, so this
-        // runs at most once per token per cache lifetime).
-        let id = sqlx::query_scalar(
-            "UPDATE tokens SET last_used_at = now()
-             WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(&token_hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(id)
-    }
-
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
         let revoked: Option<bool> = sqlx::query_scalar(
             "WITH before AS (SELECT id, revoked_at IS NULL AS live FROM tokens WHERE id = $1)
@@ -395,35 +371,6 @@ impl Store for PgStore {
             .map(super::chunk_result)
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(results)
-    }
-
-    async fn ready_chunks(
-        &self,
-        limit: i64,
-        for_worker: Option<(&str, &str)>,
-    ) -> Result<Vec<ReadyChunk>> {
-        let rows = sqlx::query(
-            concat!(
-                "SELECT c.job_id, c.idx, c.priority, j.kernel, j.timeout_ms, j.max_memory_mb, j.module_output, c.input, j.lease_seconds, c.wanted, j.owner_token_id AS tenant, COALESCE(t.weight, 1) AS weight, ",
-                holders_column!(),
-                "
-             FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tokens t ON t.id = j.owner_token_id
-             WHERE c.state = 'open' AND c.wanted > 0
-               AND ($2::text IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM replicas r
-                    WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx
-                      AND ((r.worker_id = $2 AND r.state IN ('leased', 'returned'))
-                           OR (r.origin = $3 AND r.state <> 'revoked'))))
-             ORDER BY c.priority DESC, c.job_id, c.idx
-             LIMIT $1"
-            ),
-        )
-        .bind(limit)
-        .bind(for_worker.map(|w| w.0))
-        .bind(for_worker.map(|w| w.1))
-        .fetch_all(&self.pool)
-        .await?;
-        ready_rows(&rows)
     }
 
     async fn revoked_leases_of(
@@ -699,14 +646,6 @@ impl Store for PgStore {
                 })
             })
             .transpose()?)
-    }
-
-    async fn module_exists(&self, id: &str) -> Result<bool> {
-        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM modules WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
     }
 }
 
