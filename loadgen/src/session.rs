@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use grid_protocol::backoff::Backoff;
 use grid_protocol::{
     LeaseId, MasterMessage, Outcome, PROTOCOL_VERSION, Task, WorkerKind, WorkerMessage, to_json,
 };
@@ -174,7 +175,7 @@ impl SimulatedWorker {
 
     /// Keep a session open (reconnecting with jittered backoff) until the run stops.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = RECONNECT_INITIAL;
+        let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
         loop {
             match self.session(&mut stop).await {
                 Ended::Stopped | Ended::Fatal => break,
@@ -189,15 +190,14 @@ impl SimulatedWorker {
                         .stats
                         .sessions_lost
                         .fetch_add(1, Ordering::Relaxed);
-                    backoff = RECONNECT_INITIAL;
+                    backoff.reset();
                 }
                 Ended::Cycled => {
-                    backoff = RECONNECT_INITIAL;
+                    backoff.reset();
                     continue;
                 }
             }
-            let delay = backoff.mul_f64(rand::random_range(0.0..=1.0));
-            backoff = (backoff * 2).min(RECONNECT_MAX);
+            let delay = backoff.next_delay(rand::random());
             tokio::select! {
                 () = stopped(&mut stop) => break,
                 () = tokio::time::sleep(delay) => {}

@@ -15,6 +15,8 @@
 //! runs; the master keeps that many assignments plus a small prefetch outstanding. Each
 //! [`WorkerMessage::Result`] frees one credit.
 //!
+//! [`backoff`] is the reconnect delay every client of the master uses.
+//!
 //! [`states`] holds the domain's states (job, chunk, replica, verdict, verification), shared by
 //! the master, the CLI and the tests.
 //!
@@ -24,6 +26,7 @@
 #[cfg(feature = "tls")]
 pub mod tls;
 
+pub mod backoff;
 pub mod states;
 
 use serde::{Deserialize, Serialize};

@@ -32,13 +32,13 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{BinaryType, CloseEvent, MessageChannel, MessageEvent, WebSocket};
 
-use crate::backoff::Backoff;
 use crate::compute::{result_frame, run_kernel};
 use crate::duty_cycle::DutyCycle;
 use crate::module_runner::{ModuleHost, ModuleRunner};
 use crate::session::{Assignment, Reaction, Session, SessionError};
 use crate::status::{Connection, Status};
 use crate::task_module::{ChunkEnd, ModuleTask, Unrunnable};
+use grid_protocol::backoff::Backoff;
 use grid_task_abi::module_url;
 
 #[wasm_bindgen]
@@ -537,7 +537,11 @@ impl Worker {
         if !self.running {
             return;
         }
-        let delay = self.backoff.next_delay_ms(js_sys::Math::random());
+        let delay = self
+            .backoff
+            .next_delay(js_sys::Math::random())
+            .as_secs_f64()
+            * 1000.0;
         if let Some(timer) = self.timers.reconnect.take() {
             clear_timeout(&timer);
         }

@@ -17,14 +17,12 @@
 //!   (`frontend/src/modules.js`, with the sandbox Web Worker `frontend/src/sandbox.js`), the
 //!   compiled-module cache, one chunk as a future.
 //! - [`duty_cycle`]: the CPU-use slider's compute/idle split.
-//! - [`backoff`]: reconnect delays with jitter.
 //! - [`status`]: what a worker reports to the page.
 //!
 //! Everything but [`browser`] and [`module_runner`] is plain Rust and is unit tested natively
 //! (`cargo test -p grid-worker-wasm`); the browser parts are exercised end to end in headless
 //! Chromium by `server/tests/integration/browser.rs`.
 
-pub mod backoff;
 pub mod browser;
 pub mod compute;
 pub mod duty_cycle;

@@ -21,8 +21,8 @@ use grid_protocol::{
 };
 
 /// Error codes with which a master refuses a hello for its protocol version. Such a refusal is
-/// final: reconnecting would be refused again. (The master sends `unsupported_protocol`.)
-const VERSION_MISMATCH_CODES: &[&str] = &["unsupported_protocol"];
+/// final: reconnecting would be refused again.
+const VERSION_MISMATCH_CODES: &[&str] = &[grid_protocol::ERROR_UNSUPPORTED_PROTOCOL];
 
 /// One assignment waiting for the compute loop.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,8 @@
 //!   [`sandbox::TaskModule::run`], one chunk under the job's time and memory limits.
 //! - [`module_cache`]: [`ModuleCache`], modules downloaded from the master by id, verified and
 //!   compiled once per worker.
-//! - [`backoff`]: [`Backoff`], exponential reconnect delays with full jitter.
+//! - [`Backoff`] (from `grid_protocol::backoff`, shared with the browser worker and
+//!   `grid-loadgen`): exponential reconnect delays with full jitter.
 //! - `shutdown`: the caller's shutdown future, shared by the reconnect loop and the session.
 //! - [`error`]: [`WorkerError`], everything that ends a session or the worker, and
 //!   [`ModuleError`], a module that could not be fetched (its lease goes back to the master).
@@ -32,7 +33,6 @@
 //! lets running chunks finish and sends their results, closes the socket normally and returns
 //! `Ok(())`. With no session connected it returns at once.
 
-pub mod backoff;
 pub mod compute;
 pub mod config;
 pub mod error;
@@ -46,9 +46,9 @@ use std::future::Future;
 
 use tracing::{Instrument, info, info_span, warn};
 
-pub use backoff::Backoff;
 pub use config::WorkerConfig;
 pub use error::{ModuleError, WorkerError};
+pub use grid_protocol::backoff::Backoff;
 pub use identity::Identity;
 pub use module_cache::ModuleCache;
 pub use sandbox::Sandbox;
@@ -106,7 +106,7 @@ where
                 }
             }
         }
-        let delay = backoff.next_delay();
+        let delay = backoff.next_delay(rand::random());
         info!(
             delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "reconnecting"

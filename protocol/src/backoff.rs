@@ -1,12 +1,13 @@
-//! [`Backoff`]: how long to wait before the next connection attempt.
+//! [`Backoff`]: how long a client of the master waits before it connects again, the same for
+//! the native worker, the browser worker and `grid-loadgen`.
 //!
 //! Exponential backoff with "full jitter" (AWS Architecture Blog, "Exponential Backoff And
-//! Jitter"): the n-th delay is uniform in `[0, min(cap, initial · 2ⁿ)]`. The jitter spreads a
-//! crowd of workers that lost the same master, so they do not all knock again at once.
+//! Jitter"): the n-th delay is uniform in `[0, min(cap, initial · 2ⁿ)]`. When a master
+//! restarts, thousands of workers and tabs lose it at once; the jitter spreads their return.
+//! The random draw is the caller's (`rand` natively, `Math.random()` in a browser), which
+//! keeps this free of I/O and of any random source, and testable with exact values.
 
 use std::time::Duration;
-
-use rand::Rng;
 
 /// Reconnect delays: doubling from `initial` up to `cap`, each one uniformly jittered.
 #[derive(Debug, Clone)]
@@ -20,7 +21,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// A backoff whose ceiling starts at `initial` and doubles up to `cap`.
+    /// A backoff whose ceiling starts at `initial` and doubles up to `cap` (at least
+    /// `initial`).
     pub fn new(initial: Duration, cap: Duration) -> Self {
         Backoff {
             initial,
@@ -41,17 +43,17 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.cap)
     }
 
-    /// The next delay, drawn with the thread-local generator.
-    pub fn next_delay(&mut self) -> Duration {
-        self.next_delay_with(&mut rand::rng())
-    }
-
-    /// The next delay, drawn with `rng` (tests pass a seeded one).
-    pub fn next_delay_with<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
+    /// The next delay, given a uniform draw in `[0, 1]` (out-of-range draws are clamped, so
+    /// the delay is never negative nor above the ceiling).
+    pub fn next_delay(&mut self, uniform: f64) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rng.random_range(0..=nanos))
+        let draw = if uniform.is_nan() {
+            0.0
+        } else {
+            uniform.clamp(0.0, 1.0)
+        };
+        ceiling.mul_f64(draw)
     }
 }
 
@@ -65,17 +67,14 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
 
     #[test]
-    fn ceiling_doubles_up_to_the_cap() {
+    fn ceilings_double_up_to_the_cap() {
         let mut backoff = Backoff::default();
-        let mut rng = StdRng::seed_from_u64(1);
         let mut ceilings = Vec::new();
         for _ in 0..10 {
             ceilings.push(backoff.ceiling().as_millis());
-            backoff.next_delay_with(&mut rng);
+            backoff.next_delay(0.5);
         }
         assert_eq!(
             ceilings,
@@ -84,34 +83,27 @@ mod tests {
     }
 
     #[test]
-    fn delays_are_jittered_within_the_ceiling() {
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut distinct = std::collections::BTreeSet::new();
-        for _ in 0..200 {
-            let mut backoff = Backoff::default();
-            for _ in 0..12 {
-                let ceiling = backoff.ceiling();
-                let delay = backoff.next_delay_with(&mut rng);
-                assert!(delay <= ceiling, "{delay:?} > {ceiling:?}");
-                assert!(delay <= Duration::from_secs(30));
-                distinct.insert(delay);
-            }
-        }
-        // Full jitter: delays are spread out, not pinned to the ceiling.
-        assert!(distinct.len() > 1000, "{} distinct delays", distinct.len());
+    fn delays_are_the_draw_times_the_ceiling() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.next_delay(0.0), Duration::ZERO);
+        assert_eq!(backoff.next_delay(0.5), Duration::from_millis(250));
+        assert_eq!(backoff.next_delay(1.0), Duration::from_secs(1));
+        // Draws out of range are clamped: never negative, never above the ceiling.
+        assert_eq!(backoff.next_delay(7.0), Duration::from_secs(2));
+        assert_eq!(backoff.next_delay(-1.0), Duration::ZERO);
+        assert_eq!(backoff.next_delay(f64::NAN), Duration::ZERO);
     }
 
     #[test]
     fn reset_starts_over_and_many_failures_do_not_overflow() {
         let mut backoff = Backoff::default();
-        let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..10_000 {
-            backoff.next_delay_with(&mut rng);
+            backoff.next_delay(0.9);
         }
         assert_eq!(backoff.ceiling(), Duration::from_secs(30));
         backoff.reset();
         assert_eq!(backoff.ceiling(), Duration::from_millis(250));
-        assert!(backoff.next_delay_with(&mut rng) <= Duration::from_millis(250));
+        assert!(backoff.next_delay(1.0) <= Duration::from_millis(250));
     }
 
     #[test]
