@@ -1,25 +1,24 @@
 //! Helpers for the `grid` end-to-end tests: a real master in-process (embedded SQLite in a
-//! temporary directory), real native workers in-process, and the real `grid` binary.
+//! temporary directory, from `grid-test-support`), real native workers in-process, and the
+//! real `grid` binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use grid_server::store::sqlite::SqliteStore;
-use grid_server::{ServeOptions, serve};
+use grid_test_support::{Backend, InProcessServer};
 use grid_worker::WorkerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const ADMIN_TOKEN: &str = "cli-test-admin-token";
+pub use grid_test_support::ADMIN_TOKEN;
 
 /// How long one `grid` invocation may take before the test fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Something running in the background that stops when told.
+/// A worker running in the background that stops when told.
 struct Stoppable {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -35,33 +34,16 @@ impl Stoppable {
 /// A master and its workers, all inside the test process.
 pub struct Grid {
     pub addr: SocketAddr,
-    master: Stoppable,
+    master: InProcessServer,
     workers: Vec<Stoppable>,
-    _data: tempfile::TempDir,
 }
 
 impl Grid {
     /// A master on a fresh embedded database, with `workers` native workers (two slots each,
     /// distinct ids) connecting to it. The listener is bound before anything is spawned.
     pub async fn start(workers: usize) -> Grid {
-        let data = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(data.path()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let options = ServeOptions {
-            admin_token: Some(ADMIN_TOKEN.into()),
-            ..ServeOptions::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            serve(listener, Arc::new(store), options, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let master = Stoppable { stop, task };
-        let ws = url::Url::parse(&format!("ws://{addr}/ws")).unwrap();
+        let master = InProcessServer::start(Backend::Sqlite).await;
+        let ws = url::Url::parse(&master.ws()).unwrap();
         let workers = (0..workers)
             .map(|n| {
                 let mut config = WorkerConfig::new(vec![ws.clone()], format!("cli-test-{n}"));
@@ -79,10 +61,9 @@ impl Grid {
             })
             .collect();
         Grid {
-            addr,
+            addr: master.addr,
             master,
             workers,
-            _data: data,
         }
     }
 
