@@ -314,172 +314,199 @@ fn credits_sql(ms: &str, integer: &str, real: &str) -> String {
     )
 }
 
-#[async_trait]
-impl Insights for PgStore {
-    async fn job_progress(&self, owner: Owner, id: i64) -> Result<Option<JobProgress>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!("{PROGRESS_SELECT} WHERE id = $1 AND ($2 OR owner_token_id = $3)");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(is_admin)
-            .bind(owner_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.as_ref().map(progress).transpose()?)
-    }
-
-    async fn recent_jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobProgress>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!(
-            "{PROGRESS_SELECT} WHERE ($1 OR owner_token_id = $2) ORDER BY id DESC LIMIT $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(is_admin)
-            .bind(owner_id)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.iter().map(progress).collect::<Result<_, _>>()?)
-    }
-
-    async fn decided_since(
-        &self,
-        job_id: i64,
-        after: Option<(DateTime<Utc>, i32)>,
-        limit: i64,
-    ) -> Result<Vec<DecidedChunk>> {
-        let rows = match after {
-            Some((at, idx)) => {
-                sqlx::query(&format!(
-                    "SELECT {DECIDED_COLUMNS} FROM chunks
-                     WHERE job_id = $1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
-                       AND (finished_at, idx) > ($2, $3)
-                     ORDER BY finished_at, idx LIMIT $4"
-                ))
-                .bind(job_id)
-                .bind(at)
-                .bind(idx)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {DECIDED_COLUMNS} FROM chunks
-                     WHERE job_id = $1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
-                     ORDER BY finished_at, idx LIMIT $2"
-                ))
-                .bind(job_id)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-        };
-        Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
-    }
-
-    async fn decided_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<DecidedChunk>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DECIDED_COLUMNS} FROM chunks
-             WHERE job_id = $1 AND idx > $2 AND state IN ('done', 'failed')
-               AND finished_at IS NOT NULL
-             ORDER BY idx LIMIT $3"
-        ))
-        .bind(job_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
-    }
-
-    async fn chunk_map(&self, job_id: i64) -> Result<Vec<u8>> {
-        let rows: Vec<(ChunkState, bool)> = sqlx::query_as(
-            "SELECT c.state,
-                    c.state = 'open' AND EXISTS (
-                        SELECT 1 FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.state = 'leased')
-             FROM chunks c WHERE c.job_id = $1 ORDER BY c.idx",
-        )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|(state, leased)| map_letter(*state, *leased))
-            .collect())
-    }
-
-    async fn chunk_input(&self, job_id: i64, idx: i32) -> Result<Option<String>> {
-        let input = sqlx::query_scalar("SELECT input FROM chunks WHERE job_id = $1 AND idx = $2")
-            .bind(job_id)
-            .bind(idx)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(input)
-    }
-
-    async fn credits(&self) -> Result<Vec<Credit>> {
-        let unsettled: Vec<i64> = sqlx::query_scalar(UNSETTLED_JOBS_SQL)
-            .fetch_all(self.pool())
-            .await?;
-        for job in unsettled {
-            let mut tx = self.pool().begin().await?;
-            // Whoever inserts the row settles the job; another master waits, then skips it.
-            let claimed = sqlx::query(
-                "INSERT INTO credited_jobs (job_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(job)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 1 {
-                sqlx::query(&settle_sql(MS_POSTGRES, "$1"))
-                    .bind(job)
-                    .execute(&mut *tx)
+/// [`Insights`] for `$store`: the same code on both backends (portable `$N` SQL, times bound
+/// from Rust), with the dialect's milliseconds expression `$ms` and its integer and real type
+/// names for the credit query's casts.
+macro_rules! insights_for {
+    ($store:ident, ms = $ms:expr, integer = $integer:literal, real = $real:literal) => {
+        #[async_trait]
+        impl Insights for $store {
+            async fn job_progress(&self, owner: Owner, id: i64) -> Result<Option<JobProgress>> {
+                let (is_admin, owner_id) = owner_filter(owner);
+                let sql = format!("{PROGRESS_SELECT} WHERE id = $1 AND ($2 OR owner_token_id = $3)");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(is_admin)
+                    .bind(owner_id)
+                    .fetch_optional(self.pool())
                     .await?;
-                tx.commit().await?;
+                Ok(row.as_ref().map(progress).transpose()?)
             }
-        }
-        let rows: Vec<(String, Option<String>, i64, f64)> =
-            sqlx::query_as(&credits_sql(MS_POSTGRES, "BIGINT", "DOUBLE PRECISION"))
+
+            async fn recent_jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobProgress>> {
+                let (is_admin, owner_id) = owner_filter(owner);
+                let sql = format!(
+                    "{PROGRESS_SELECT} WHERE ($1 OR owner_token_id = $2) ORDER BY id DESC LIMIT $3"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(is_admin)
+                    .bind(owner_id)
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await?;
+                Ok(rows.iter().map(progress).collect::<Result<_, _>>()?)
+            }
+
+            async fn decided_since(
+                &self,
+                job_id: i64,
+                after: Option<(DateTime<Utc>, i32)>,
+                limit: i64,
+            ) -> Result<Vec<DecidedChunk>> {
+                let rows = match after {
+                    Some((at, idx)) => {
+                        sqlx::query(&format!(
+                            "SELECT {DECIDED_COLUMNS} FROM chunks
+                             WHERE job_id = $1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
+                               AND (finished_at, idx) > ($2, $3)
+                             ORDER BY finished_at, idx LIMIT $4"
+                        ))
+                        .bind(job_id)
+                        .bind(at)
+                        .bind(idx)
+                        .bind(limit)
+                        .fetch_all(self.pool())
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(&format!(
+                            "SELECT {DECIDED_COLUMNS} FROM chunks
+                             WHERE job_id = $1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
+                             ORDER BY finished_at, idx LIMIT $2"
+                        ))
+                        .bind(job_id)
+                        .bind(limit)
+                        .fetch_all(self.pool())
+                        .await?
+                    }
+                };
+                Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
+            }
+
+            async fn decided_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<DecidedChunk>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {DECIDED_COLUMNS} FROM chunks
+                     WHERE job_id = $1 AND idx > $2 AND state IN ('done', 'failed')
+                       AND finished_at IS NOT NULL
+                     ORDER BY idx LIMIT $3"
+                ))
+                .bind(job_id)
+                .bind(after)
+                .bind(limit)
                 .fetch_all(self.pool())
                 .await?;
-        Ok(rows.into_iter().map(credit).collect())
-    }
+                Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
+            }
 
-    async fn display_name(&self, worker_id: &str) -> Result<Option<String>> {
-        let name =
-            sqlx::query_scalar("SELECT display_name FROM volunteer_names WHERE worker_id = $1")
-                .bind(worker_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(name)
-    }
-
-    async fn set_display_name(&self, worker_id: &str, name: Option<&str>) -> Result<()> {
-        match name {
-            Some(name) => {
-                sqlx::query(
-                    "INSERT INTO volunteer_names (worker_id, display_name) VALUES ($1, $2)
-                     ON CONFLICT (worker_id)
-                     DO UPDATE SET display_name = EXCLUDED.display_name, updated_at = now()",
+            async fn chunk_map(&self, job_id: i64) -> Result<Vec<u8>> {
+                let rows: Vec<(ChunkState, bool)> = sqlx::query_as(
+                    "SELECT c.state,
+                            c.state = 'open' AND EXISTS (
+                                SELECT 1 FROM replicas r
+                                WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.state = 'leased')
+                     FROM chunks c WHERE c.job_id = $1 ORDER BY c.idx",
                 )
-                .bind(worker_id)
-                .bind(name)
-                .execute(self.pool())
+                .bind(job_id)
+                .fetch_all(self.pool())
                 .await?;
+                Ok(rows
+                    .iter()
+                    .map(|(state, leased)| map_letter(*state, *leased))
+                    .collect())
             }
-            None => {
-                sqlx::query("DELETE FROM volunteer_names WHERE worker_id = $1")
-                    .bind(worker_id)
-                    .execute(self.pool())
+
+            async fn chunk_input(&self, job_id: i64, idx: i32) -> Result<Option<String>> {
+                let input = sqlx::query_scalar("SELECT input FROM chunks WHERE job_id = $1 AND idx = $2")
+                    .bind(job_id)
+                    .bind(idx)
+                    .fetch_optional(self.pool())
                     .await?;
+                Ok(input)
+            }
+
+            async fn credits(&self) -> Result<Vec<Credit>> {
+                let unsettled: Vec<i64> = sqlx::query_scalar(UNSETTLED_JOBS_SQL)
+                    .fetch_all(self.pool())
+                    .await?;
+                for job in unsettled {
+                    let mut tx = self.pool().begin().await?;
+                    // Whoever inserts the row settles the job; another master waits, then skips it.
+                    // (SQLite timestamps are RFC 3339 text in one format, UTC `+00:00`, so the
+                    // `(finished_at, idx)` comparisons of `decided_since` order them by time there too.)
+                    let claimed = sqlx::query(
+                        "INSERT INTO credited_jobs (job_id, credited_at) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(job)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 1 {
+                        sqlx::query(&settle_sql($ms, "$1"))
+                            .bind(job)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                    }
+                }
+                let rows: Vec<(String, Option<String>, i64, f64)> =
+                    sqlx::query_as(&credits_sql($ms, $integer, $real))
+                        .fetch_all(self.pool())
+                        .await?;
+                Ok(rows.into_iter().map(credit).collect())
+            }
+
+            async fn display_name(&self, worker_id: &str) -> Result<Option<String>> {
+                let name =
+                    sqlx::query_scalar("SELECT display_name FROM volunteer_names WHERE worker_id = $1")
+                        .bind(worker_id)
+                        .fetch_optional(self.pool())
+                        .await?;
+                Ok(name)
+            }
+
+            async fn set_display_name(&self, worker_id: &str, name: Option<&str>) -> Result<()> {
+                match name {
+                    Some(name) => {
+                        sqlx::query(
+                            "INSERT INTO volunteer_names (worker_id, display_name, updated_at)
+                             VALUES ($1, $2, $3)
+                             ON CONFLICT (worker_id)
+                             DO UPDATE SET display_name = excluded.display_name,
+                                           updated_at = excluded.updated_at",
+                        )
+                        .bind(worker_id)
+                        .bind(name)
+                        .bind(Utc::now())
+                        .execute(self.pool())
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM volunteer_names WHERE worker_id = $1")
+                            .bind(worker_id)
+                            .execute(self.pool())
+                            .await?;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
-    }
+    };
 }
+
+insights_for!(
+    PgStore,
+    ms = MS_POSTGRES,
+    integer = "BIGINT",
+    real = "DOUBLE PRECISION"
+);
+insights_for!(
+    SqliteStore,
+    ms = MS_SQLITE,
+    integer = "INTEGER",
+    real = "REAL"
+);
 
 fn credit(
     (worker_id, display_name, results, credit_ms): (String, Option<String>, i64, f64),
@@ -489,179 +516,6 @@ fn credit(
         display_name,
         results,
         credit_ms,
-    }
-}
-
-#[async_trait]
-impl Insights for SqliteStore {
-    async fn job_progress(&self, owner: Owner, id: i64) -> Result<Option<JobProgress>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!("{PROGRESS_SELECT} WHERE id = ?1 AND (?2 OR owner_token_id = ?3)");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .bind(is_admin)
-            .bind(owner_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.as_ref().map(progress).transpose()?)
-    }
-
-    async fn recent_jobs(&self, owner: Owner, limit: i64) -> Result<Vec<JobProgress>> {
-        let (is_admin, owner_id) = owner_filter(owner);
-        let sql = format!(
-            "{PROGRESS_SELECT} WHERE (?1 OR owner_token_id = ?2) ORDER BY id DESC LIMIT ?3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(is_admin)
-            .bind(owner_id)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.iter().map(progress).collect::<Result<_, _>>()?)
-    }
-
-    async fn decided_since(
-        &self,
-        job_id: i64,
-        after: Option<(DateTime<Utc>, i32)>,
-        limit: i64,
-    ) -> Result<Vec<DecidedChunk>> {
-        // Timestamps are RFC 3339 text written by the master in one format (UTC, `+00:00`),
-        // so comparing them as text orders them by time.
-        let rows = match after {
-            Some((at, idx)) => {
-                sqlx::query(&format!(
-                    "SELECT {DECIDED_COLUMNS} FROM chunks
-                     WHERE job_id = ?1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
-                       AND (finished_at, idx) > (?2, ?3)
-                     ORDER BY finished_at, idx LIMIT ?4"
-                ))
-                .bind(job_id)
-                .bind(at)
-                .bind(idx)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {DECIDED_COLUMNS} FROM chunks
-                     WHERE job_id = ?1 AND finished_at IS NOT NULL AND state IN ('done', 'failed')
-                     ORDER BY finished_at, idx LIMIT ?2"
-                ))
-                .bind(job_id)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-        };
-        Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
-    }
-
-    async fn decided_page(&self, job_id: i64, after: i32, limit: i64) -> Result<Vec<DecidedChunk>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DECIDED_COLUMNS} FROM chunks
-             WHERE job_id = ?1 AND idx > ?2 AND state IN ('done', 'failed')
-               AND finished_at IS NOT NULL
-             ORDER BY idx LIMIT ?3"
-        ))
-        .bind(job_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(decided).collect::<Result<_, _>>()?)
-    }
-
-    async fn chunk_map(&self, job_id: i64) -> Result<Vec<u8>> {
-        let rows: Vec<(ChunkState, bool)> = sqlx::query_as(
-            "SELECT c.state,
-                    c.state = 'open' AND EXISTS (
-                        SELECT 1 FROM replicas r
-                        WHERE r.job_id = c.job_id AND r.chunk_idx = c.idx AND r.state = 'leased')
-             FROM chunks c WHERE c.job_id = ?1 ORDER BY c.idx",
-        )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|(state, leased)| map_letter(*state, *leased))
-            .collect())
-    }
-
-    async fn chunk_input(&self, job_id: i64, idx: i32) -> Result<Option<String>> {
-        let input = sqlx::query_scalar("SELECT input FROM chunks WHERE job_id = ?1 AND idx = ?2")
-            .bind(job_id)
-            .bind(idx)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(input)
-    }
-
-    async fn credits(&self) -> Result<Vec<Credit>> {
-        let unsettled: Vec<i64> = sqlx::query_scalar(UNSETTLED_JOBS_SQL)
-            .fetch_all(self.pool())
-            .await?;
-        for job in unsettled {
-            let mut tx = self.pool().begin().await?;
-            let claimed = sqlx::query(
-                "INSERT INTO credited_jobs (job_id, credited_at) VALUES (?1, ?2)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(job)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 1 {
-                sqlx::query(&settle_sql(MS_SQLITE, "?1"))
-                    .bind(job)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
-        }
-        let rows: Vec<(String, Option<String>, i64, f64)> =
-            sqlx::query_as(&credits_sql(MS_SQLITE, "INTEGER", "REAL"))
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().map(credit).collect())
-    }
-
-    async fn display_name(&self, worker_id: &str) -> Result<Option<String>> {
-        let name =
-            sqlx::query_scalar("SELECT display_name FROM volunteer_names WHERE worker_id = ?1")
-                .bind(worker_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(name)
-    }
-
-    async fn set_display_name(&self, worker_id: &str, name: Option<&str>) -> Result<()> {
-        match name {
-            Some(name) => {
-                sqlx::query(
-                    "INSERT INTO volunteer_names (worker_id, display_name, updated_at)
-                     VALUES (?1, ?2, ?3)
-                     ON CONFLICT (worker_id)
-                     DO UPDATE SET display_name = excluded.display_name,
-                                   updated_at = excluded.updated_at",
-                )
-                .bind(worker_id)
-                .bind(name)
-                .bind(Utc::now())
-                .execute(self.pool())
-                .await?;
-            }
-            None => {
-                sqlx::query("DELETE FROM volunteer_names WHERE worker_id = ?1")
-                    .bind(worker_id)
-                    .execute(self.pool())
-                    .await?;
-            }
-        }
-        Ok(())
     }
 }
 
