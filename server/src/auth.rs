@@ -350,7 +350,7 @@ impl FromRequestParts<AppState> for Caller {
         if cached == Cached::Unknown {
             return Err(fail(state));
         }
-        let found = state.store.find_token(&digest).await?;
+        let found = state.store.find_token(&digest).await.map_err(Error::from)?;
         state.tokens.remember(digest, found);
         match found {
             Some(id) => Ok(Caller(Owner::Submitter(id))),

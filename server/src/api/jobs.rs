@@ -391,6 +391,7 @@ pub async fn results(
             store
                 .results_page(id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
                 .await
+                .map_err(crate::error::Error::from)
         }
     });
     if let Some(format) = format {

@@ -113,6 +113,7 @@ pub async fn export_job(
             store
                 .results_page(job_id, after, RESULTS_PAGE_ROWS, RESULTS_PAGE_BYTES)
                 .await
+                .map_err(crate::error::Error::from)
         }
     }));
     let first = pages.next().await.transpose()?.unwrap_or_default();

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::store::{
-    Batch, BatchOutcome, ExpirySweep, LeaseEnd, LeaseRequest, ResultSubmission, Store,
+    Batch, BatchOutcome, ExpirySweep, LeaseEnd, LeaseRequest, ResultSubmission, Store, StoreError,
 };
 use crate::trust;
 use dispatch::{DispatchCache, Proposal, Taker};
@@ -876,7 +876,7 @@ impl Scheduler {
         &self,
         batch: &Batch,
         attempts: u32,
-    ) -> Result<BatchOutcome, Error> {
+    ) -> Result<BatchOutcome, StoreError> {
         let mut delay = Duration::from_millis(50);
         let mut failed = 0u32;
         loop {
@@ -886,7 +886,7 @@ impl Scheduler {
             match committed {
                 Ok(outcome) => return Ok(outcome),
                 Err(error) => {
-                    if !matches!(error, Error::Unavailable(_)) {
+                    if !matches!(error, StoreError::Unavailable(_)) {
                         failed += 1;
                         if failed >= attempts {
                             return Err(error);

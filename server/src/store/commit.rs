@@ -23,7 +23,7 @@ use grid_protocol::states::ReplicaState;
 use super::counters::ReplicaTally;
 use super::{Batch, BatchOutcome, CreatedLease, ExpirySweep, LeaseEnd, LeaseRequest};
 use super::{ResultSubmission, review};
-use crate::error::Result;
+use crate::store::Result;
 use crate::trust::review::{ChunkKey, ReviewDb};
 
 /// A replica a step changed.

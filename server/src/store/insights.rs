@@ -20,7 +20,7 @@ use sqlx::Row;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::{ChunkCounts, Owner, Store};
-use crate::error::Result;
+use crate::store::Result;
 
 /// A job's progress, from its row alone (no replica counts: cheap enough to poll).
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]

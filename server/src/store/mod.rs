@@ -3,6 +3,7 @@
 //! - [`Store`]: every operation the master performs on its database.
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
+//! - [`error`]: [`StoreError`], the store's own error type (the API maps it to statuses).
 //! - [`commit`]: one batch committed, the steps written once over a per-backend port.
 //! - [`portable`]: the store operations whose code is the same on both backends, written once.
 //! - [`counters`]: the replica counters kept on each job's row, which job views read.
@@ -14,6 +15,7 @@
 
 pub mod commit;
 pub mod counters;
+pub mod error;
 pub mod insights;
 pub mod portable;
 pub mod postgres;
@@ -27,8 +29,8 @@ use grid_protocol::LeaseId;
 use grid_protocol::states::{ChunkState, ExportState, JobState, ReplicaState, Verification};
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::trust::review;
+pub use error::{Result, StoreError};
 
 /// Who owns a job: the admin, or the submitter token with this id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +105,7 @@ pub(crate) fn stored_task(
     let positive = |value: Option<i32>, what: &str| {
         value
             .and_then(|value| u32::try_from(value).ok())
-            .ok_or_else(|| {
-                crate::error::Error::Internal(anyhow::anyhow!("module job without {what}"))
-            })
+            .ok_or_else(|| StoreError::Corrupt(anyhow::anyhow!("module job without {what}")))
     };
     Ok(Task::Module {
         timeout_ms: positive(timeout_ms, "timeout_ms")?,
@@ -775,12 +775,9 @@ pub(crate) fn uploader(owner: Owner) -> i64 {
     }
 }
 
-/// 422 for a module job whose module is not stored.
-pub(crate) fn unknown_module(id: &str) -> crate::error::Error {
-    crate::error::Error::invalid(
-        "unknown_module",
-        format!("no module `{id}` has been uploaded (POST /api/v1/modules)"),
-    )
+/// A module job whose module is not stored (422 `unknown_module` in the API).
+pub(crate) fn unknown_module(id: &str) -> StoreError {
+    StoreError::UnknownModule(id.to_owned())
 }
 
 /// Job counters after a review round: `$1` ids, `$2` done, `$3` failed, `$4` revised deltas.

@@ -13,13 +13,13 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
+use super::error::{Quota, Result, StoreError};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
     LeaseEnd, LeaseRequest, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob,
     Owner, PortableStore, Program, ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep,
     Store,
 };
-use crate::error::{Error, Result};
 use crate::trust::review::{
     Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
@@ -217,7 +217,7 @@ impl Store for PgStore {
             Owner::Submitter(id) => Some(id),
         };
         let chunk_count = i32::try_from(job.inputs.len())
-            .map_err(|_| Error::TooLarge("too many inputs".into()))?;
+            .map_err(|_| StoreError::TooLarge("too many inputs".into()))?;
         let mut tx = self.pool.begin().await?;
         if let (Some(limit), Some(token)) = (max_open_chunks, owner_id) {
             // The tenant's lock first (its other submissions wait here until this one is
@@ -230,7 +230,12 @@ impl Store for PgStore {
             let used = u64::try_from(used).unwrap_or(0);
             let requested = job.inputs.len() as u64;
             if used.saturating_add(requested) > limit {
-                return Err(crate::quota::open_chunks_exceeded(limit, used, requested));
+                return Err(StoreError::QuotaExceeded {
+                    quota: Quota::OpenChunks,
+                    limit,
+                    used,
+                    requested,
+                });
             }
         }
         if let Program::Module { id, .. } = &job.program {
@@ -295,7 +300,7 @@ impl Store for PgStore {
         }
         self.job(owner, id)
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
+            .ok_or_else(|| StoreError::Corrupt(anyhow::anyhow!("job {id} vanished after insert")))
     }
 
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
@@ -320,7 +325,7 @@ impl Store for PgStore {
         let view = self
             .job(owner, id)
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished on cancel")))?;
+            .ok_or_else(|| StoreError::Corrupt(anyhow::anyhow!("job {id} vanished on cancel")))?;
         Ok(Some(Cancellation {
             job: view,
             cancelled,
@@ -411,8 +416,8 @@ impl Store for PgStore {
             Owner::Submitter(token) => Some(token),
         };
         let uploader = super::uploader(owner);
-        let size =
-            i32::try_from(bytes.len()).map_err(|_| Error::TooLarge("module too large".into()))?;
+        let size = i32::try_from(bytes.len())
+            .map_err(|_| StoreError::TooLarge("module too large".into()))?;
         let mut tx = self.pool.begin().await?;
         if let (Some(limit), Some(token)) = (max_bytes, uploaded_by) {
             lock_tenant(&mut tx, token).await?;
@@ -431,7 +436,12 @@ impl Store for PgStore {
                 let used = u64::try_from(used).unwrap_or(0);
                 let requested = bytes.len() as u64;
                 if used.saturating_add(requested) > limit {
-                    return Err(crate::quota::module_bytes_exceeded(limit, used, requested));
+                    return Err(StoreError::QuotaExceeded {
+                        quota: Quota::ModuleBytes,
+                        limit,
+                        used,
+                        requested,
+                    });
                 }
             }
         }
@@ -684,7 +694,7 @@ fn ready_rows(rows: &[PgRow]) -> Result<Vec<ReadyChunk>> {
         };
         let input: String = row.try_get("input")?;
         let input = serde_json::from_str(&input)
-            .map_err(|error| Error::Internal(anyhow::anyhow!("stored input: {error}")))?;
+            .map_err(|error| StoreError::Corrupt(anyhow::anyhow!("stored input: {error}")))?;
         chunks.push(ReadyChunk {
             job_id,
             idx: row.try_get("idx")?,
@@ -1026,7 +1036,7 @@ impl ReviewDb for PgBatch<'_> {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(Error::from)
+            .map_err(StoreError::from)
     }
 
     async fn load_standings(

@@ -23,12 +23,12 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
+use super::error::{Quota, Result, StoreError};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
     LeaseEnd, LeaseRequest, MasterCheckCandidate, ModuleDeletion, NewJob, Owner, PortableStore,
     Program, ReadyChunk, ReplicaCounts, ResultSubmission, RetentionStep, Store,
 };
-use crate::error::{Error, Result};
 use crate::trust::review::{
     Accepted, ChunkKey, ChunkRow, JobDelta, ReplicaRow, ReputationDelta, ReviewDb, digest_of,
 };
@@ -188,7 +188,12 @@ impl Store for SqliteStore {
             let used = u64::try_from(used).unwrap_or(0);
             let requested = job.inputs.len() as u64;
             if used.saturating_add(requested) > limit {
-                return Err(crate::quota::open_chunks_exceeded(limit, used, requested));
+                return Err(StoreError::QuotaExceeded {
+                    quota: Quota::OpenChunks,
+                    limit,
+                    used,
+                    requested,
+                });
             }
         }
         if let Program::Module { id, .. } = &job.program {
@@ -241,7 +246,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         self.job(owner, id)
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished after insert")))
+            .ok_or_else(|| StoreError::Corrupt(anyhow::anyhow!("job {id} vanished after insert")))
     }
 
     async fn cancel_job(&self, owner: Owner, id: i64) -> Result<Option<Cancellation>> {
@@ -290,7 +295,7 @@ impl Store for SqliteStore {
         let job = self
             .job(owner, id)
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("job {id} vanished on cancel")))?;
+            .ok_or_else(|| StoreError::Corrupt(anyhow::anyhow!("job {id} vanished on cancel")))?;
         Ok(Some(Cancellation {
             job,
             cancelled,
@@ -383,7 +388,12 @@ impl Store for SqliteStore {
                 let used = u64::try_from(used).unwrap_or(0);
                 let requested = bytes.len() as u64;
                 if used.saturating_add(requested) > limit {
-                    return Err(crate::quota::module_bytes_exceeded(limit, used, requested));
+                    return Err(StoreError::QuotaExceeded {
+                        quota: Quota::ModuleBytes,
+                        limit,
+                        used,
+                        requested,
+                    });
                 }
             }
         }
@@ -619,7 +629,7 @@ fn ready_rows(rows: &[SqliteRow]) -> Result<Vec<ReadyChunk>> {
         let input: String = row.try_get("input")?;
         let holders: String = row.try_get("holders")?;
         let stored = |error: serde_json::Error| {
-            Error::Internal(anyhow::anyhow!("stored chunk data: {error}"))
+            StoreError::Corrupt(anyhow::anyhow!("stored chunk data: {error}"))
         };
         chunks.push(ReadyChunk {
             job_id,

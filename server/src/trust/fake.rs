@@ -14,7 +14,7 @@ use super::review::{
 };
 use super::verifier::QuorumPolicy;
 use super::{PROVEN_LIE, VALID_RESULTS_PER_FORGIVEN_INVALID};
-use crate::error::Result;
+use crate::store::Result;
 
 /// A chunk as the fake keeps it.
 #[derive(Debug, Clone)]

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use grid_protocol::states::{ChunkState, ReplicaState, Verdict};
 
 use super::{BLACKLIST_AFTER_INVALID, PROVEN_LIE};
-use crate::error::Result;
 use crate::store::BatchOutcome;
+use crate::store::Result;
 use crate::trust::verifier::{self, Decision, QuorumPolicy, ReplicaFact, ReplicaStatus, Standing};
 
 /// Chunk key: `(job_id, idx)`.
