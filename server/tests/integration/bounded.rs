@@ -309,6 +309,20 @@ async fn flood_until_stalled(peer: &mut Peer) -> (i64, Duration) {
     (sent, flood.elapsed())
 }
 
+/// Sessions the master has closed as `slow_reader` (its Prometheus counter; one recorder serves
+/// every master of this test process, and the tests that make slow readers take turns).
+async fn slow_reader_closes(server: &InProcessServer) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(r#"grid_sessions_closed_total{reason="slow_reader"} "#))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 /// (b) A peer that stops reading while its answers pile up: the outbox fills and the session
 /// ends (`slow_reader`) instead of the queue growing; the master stays responsive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,20 +340,33 @@ async fn a_worker_that_does_not_read_is_closed() {
         ..Limits::default()
     };
     let server = InProcessServer::start_with(Backend::Sqlite, limits).await;
+    let closed_before = slow_reader_closes(&server).await;
     let mut peer = deaf_peer(&server, "deaf-1").await;
     let (sent, took) = flood_until_stalled(&mut peer).await;
     let (rejected, errors, close) = read_to_close(&mut peer).await;
     println!(
-        "deaf worker: sent {sent} bogus results in {took:?}, read {rejected} refusals before the close"
+        "deaf worker: sent {sent} bogus results in {took:?}, read {rejected} refusals before the \
+         close ({close:?})"
     );
     assert!(
         (rejected as i64) < sent,
         "every one of the {sent} results was answered"
     );
-    assert_eq!(errors, ["slow_reader"]);
-    let (code, reason) = close.expect("a close frame");
-    assert_eq!(code, u16::from(CloseCode::Policy));
-    assert_eq!(reason, "the worker does not read its messages");
+    // The master ended the session as `slow_reader` either way.
+    assert!(slow_reader_closes(&server).await > closed_before);
+    match close {
+        Some((code, reason)) => {
+            assert_eq!(errors, ["slow_reader"]);
+            assert_eq!(code, u16::from(CloseCode::Policy));
+            assert_eq!(reason, "the worker does not read its messages");
+        }
+        // A peer still sending more than the master's bounded closing linger can drain (on a
+        // loaded machine the flood grows: 397,000 frames once, against about 100,000 alone)
+        // sees its connection reset instead: the error and the close frame were sent, but a
+        // socket closed with unread data resets, and the reset drops what the peer had not
+        // read yet. The master never waits longer for a peer that does not read.
+        None => assert!(errors.is_empty() || errors == ["slow_reader"], "{errors:?}"),
+    }
     // The scheduler never waited on the deaf session: the master still answers.
     assert!(healthz(server.addr).await < Duration::from_secs(1));
     let _ = Peer::join(&server.ws(), "honest-2", 1).await;
