@@ -441,56 +441,36 @@ impl Api {
         }
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+    /// Send `request` with the token: the status and the JSON body (`null` if none).
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.token).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.send(self.client.get(format!("{}{path}", self.base)))
             .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .delete(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.send(self.client.delete(format!("{}{path}", self.base)))
             .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `POST /api/v1/modules` with `bytes` declared as `content_type`.
     pub async fn upload(&self, bytes: Vec<u8>, content_type: &str) -> (u16, Value) {
-        let response = self
+        let request = self
             .client
             .post(format!("{}/api/v1/modules", self.base))
-            .bearer_auth(&self.token)
             .header("content-type", content_type)
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .body(bytes);
+        self.send(request).await
     }
 
     /// Upload a module that must be accepted; its id.

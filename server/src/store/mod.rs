@@ -775,11 +775,6 @@ pub(crate) fn uploader(owner: Owner) -> i64 {
     }
 }
 
-/// A module job whose module is not stored (422 `unknown_module` in the API).
-pub(crate) fn unknown_module(id: &str) -> StoreError {
-    StoreError::UnknownModule(id.to_owned())
-}
-
 /// Job counters after a review round: `$1` ids, `$2` done, `$3` failed, `$4` revised deltas.
 /// A job whose chunks are all decided becomes done (or failed); one reopened by backtracking
 /// goes back to running. Cancelled jobs keep their state.

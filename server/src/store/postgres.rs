@@ -247,7 +247,7 @@ impl Store for PgStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             if found.is_none() {
-                return Err(super::unknown_module(id));
+                return Err(StoreError::UnknownModule(id.clone()));
             }
         }
         let id: i64 = sqlx::query_scalar(

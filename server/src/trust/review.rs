@@ -414,8 +414,8 @@ async fn review_round<D: ReviewDb>(
     let mut findings = Findings::default();
     judge_ringers(&chunks, &replicas, &mut findings, outcome);
     decide_open_chunks(&chunks, &replicas, &standings, &mut findings, outcome);
-    let mut per_job = std::mem::take(&mut findings.per_job);
-    let mut caught = write_findings(db, findings, &standings, outcome).await?;
+    let mut caught = write_findings(db, &findings, &standings, outcome).await?;
+    let mut per_job = findings.per_job;
     caught.retain(|worker, _| !trust_off && !standings.blacklisted(worker));
 
     let reopened = punish(db, &caught, outcome, &mut per_job).await?;
@@ -610,7 +610,7 @@ fn judge_quorum(
 /// [`BLACKLIST_AFTER_INVALID`], with why.
 async fn write_findings<D: ReviewDb>(
     db: &mut D,
-    findings: Findings,
+    findings: &Findings,
     standings: &Standings,
     outcome: &mut BatchOutcome,
 ) -> Result<BTreeMap<String, String>> {
@@ -620,16 +620,16 @@ async fn write_findings<D: ReviewDb>(
         accepted,
         failed,
         wanted,
-        per_job: _,
+        ..
     } = findings;
     if !accepted.is_empty() {
-        db.accept(&accepted).await?;
+        db.accept(accepted).await?;
     }
     if !failed.is_empty() {
-        db.fail(&failed).await?;
+        db.fail(failed).await?;
     }
     if !wanted.is_empty() {
-        db.set_wanted(&wanted).await?;
+        db.set_wanted(wanted).await?;
     }
     let decided: Vec<ChunkKey> = accepted
         .iter()
@@ -641,18 +641,18 @@ async fn write_findings<D: ReviewDb>(
         outcome.revoked.extend(db.revoke_live(&decided).await?);
     }
     if !verdicts.is_empty() {
-        for (_, verdict) in &verdicts {
+        for (_, verdict) in verdicts {
             if *verdict == Verdict::Valid {
                 outcome.valid_replicas += 1;
             } else {
                 outcome.invalid_replicas += 1;
             }
         }
-        db.set_verdicts(&verdicts).await?;
+        db.set_verdicts(verdicts).await?;
     }
     let mut caught = BTreeMap::new();
     if !reputation.is_empty() {
-        let invalid_totals = db.update_reputation(&reputation).await?;
+        let invalid_totals = db.update_reputation(reputation).await?;
         for (worker, total) in invalid_totals {
             if total >= BLACKLIST_AFTER_INVALID && !standings.blacklisted(&worker) {
                 caught
