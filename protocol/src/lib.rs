@@ -192,6 +192,10 @@ pub enum MasterMessage {
         heartbeat_seconds: u32,
         /// Largest result frame the master accepts, in bytes.
         max_message_bytes: u32,
+        /// The WebSocket URLs of the other live masters sharing this one's database, to fail
+        /// over to when this one dies or drains (absent when there are none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        masters: Vec<String>,
     },
     /// Answer to a hello on a master that asks new sessions for a proof of work
     /// (`--hello-work-bits`): the worker sends its hello again with `work` set to a solution of

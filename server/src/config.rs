@@ -23,8 +23,17 @@ pub struct Config {
 
     /// Directory of the embedded database (and of the generated admin token) when no
     /// DATABASE_URL is set.
-    #[arg(long, env = "GRID_DATA_DIR", default_value = "grid-data")]
+    #[arg(
+        long,
+        env = "GRID_DATA_DIR",
+        default_value = "grid-data",
+        global = true
+    )]
     pub data_dir: std::path::PathBuf,
+
+    /// What to do instead of running the master.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// The admin bearer token, at least 16 characters. When unset a random one is generated,
     /// saved in <data-dir>/admin-token (mode 0600) and kept across restarts; only the file's
@@ -141,6 +150,13 @@ pub struct Config {
     )]
     pub public_origin: Vec<String>,
 
+    /// The WebSocket URL (ws://host:port/ws or wss://...) at which the workers of other masters
+    /// sharing this database reach this one: named in every welcome and at GET /api/v1/masters
+    /// so workers fail over between masters. Unset: from the first --public-origin, else from
+    /// the listening address unless it is a wildcard (then this master is not named).
+    #[arg(long, env = "GRID_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+
     // Tenant quotas and retention (issue 19 §5; README "Tenant quotas and retention").
     /// Open chunks (not yet decided, over its queued and running jobs) one submitter token may
     /// hold, the submitted job's included; more answer 429 `quota_exceeded`. 0: no limit. The
@@ -242,6 +258,7 @@ impl std::fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("public_origin", &self.public_origin)
+            .field("advertise_url", &self.advertise_url)
             .field("max_open_chunks", &self.max_open_chunks)
             .field(
                 "max_module_bytes_per_token",
@@ -262,8 +279,22 @@ impl std::fmt::Debug for Config {
                 &self.s3_secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("log_format", &self.log_format)
+            .field("command", &self.command)
             .finish()
     }
+}
+
+/// `grid-server`'s subcommands (none: run the master).
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write an online, consistent copy of the embedded database (the one in --data-dir) to a
+    /// new file, while the master keeps running. Restore: stop the master, put the file in
+    /// place of <data-dir>/grid.db (removing grid.db-wal and grid.db-shm), start it.
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
 }
 
 const fn grid_server_network_default() -> &'static str {
@@ -325,6 +356,7 @@ impl Config {
 
 /// The URL with any password replaced.
 pub fn redact_url(url: &str) -> String {
+    let url = &redact_password_parameter(url);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -337,9 +369,39 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `url` with the value of a `password=` query parameter (libpq's other way to give one)
+/// replaced by `***`.
+fn redact_password_parameter(url: &str) -> String {
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", pairs.join("&"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn passwords_of_multi_host_urls_and_parameters_are_redacted() {
+        assert_eq!(
+            redact_url(
+                "postgres://grid:s3cret@h1:5433,h2:5434/grid?target_session_attrs=read-write"
+            ),
+            "postgres://grid:***@h1:5433,h2:5434/grid?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_url("postgres://grid@h1/grid?sslmode=disable&password=s3cret"),
+            "postgres://grid@h1/grid?sslmode=disable&password=***"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -158,12 +158,10 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable(error),
-            other => Error::Internal(other.into()),
+        if crate::store::error::is_unavailable(&error) {
+            Error::Unavailable(error)
+        } else {
+            Error::Internal(error.into())
         }
     }
 }

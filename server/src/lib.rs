@@ -25,6 +25,7 @@
 //! - [`quota`]: per-tenant quotas (open chunks, module bytes, submissions per minute);
 //!   [`retention`]: the task deleting the results of jobs finished long ago.
 //! - [`dashboard`]: the sampler behind the dashboard's live figures and the credit cache.
+//! - [`masters`]: the other live masters sharing the database, named to workers for failover.
 //!
 //! [`serve`] is the entry point: it runs the master on a bound listener until `shutdown`
 //! resolves. `main.rs` only reads configuration, sets up logging and binds.
@@ -40,6 +41,7 @@ pub mod export;
 pub mod inputs;
 pub mod lakehouse;
 pub mod limits;
+pub mod masters;
 pub mod metrics;
 pub mod network;
 pub mod quota;
@@ -105,6 +107,8 @@ pub struct AppState {
     pub submissions: Arc<quota::SubmissionRate>,
     /// Which Delta tables jobs may name as their sink ([`lakehouse`]).
     pub sinks: Arc<lakehouse::SinkPolicy>,
+    /// This master's advertised URL and the other live masters' ([`masters`]).
+    pub masters: Arc<masters::MasterDirectory>,
 }
 
 /// Options of [`serve`] beyond the store and the listener.
@@ -138,6 +142,9 @@ pub struct ServeOptions {
     /// Which Delta tables jobs may name as their sink, and how the master reaches them
     /// ([`lakehouse`]); the default admits none.
     pub sinks: lakehouse::SinkPolicy,
+    /// The WebSocket URL other masters name to their workers for this one
+    /// ([`masters::advertised_url`]); `None`: not advertised.
+    pub advertise_url: Option<String>,
 }
 
 /// Default grace period of a graceful shutdown.
@@ -278,7 +285,11 @@ pub async fn serve(
     let insights: Arc<dyn Insights> = store.clone();
     let store: Arc<dyn Store> = store;
     let (scheduler, scheduler_task) = scheduler::spawn(store.clone(), options.no_trust);
+    if let Some(changes) = store.watch_changes() {
+        tokio::spawn(scheduler::follow_changes(changes, scheduler.clone()));
+    }
     let drain = scheduler.clone();
+    let store_for_drain = store.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     if !options.no_trust {
         trust::master_checks::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
@@ -295,8 +306,16 @@ pub async fn serve(
         scheduler.master_id().clone(),
         stop_rx.clone(),
     );
+    let directory = masters::MasterDirectory::new(options.advertise_url);
+    masters::spawn(
+        directory.clone(),
+        store.clone(),
+        scheduler.master_id().clone(),
+        stop_rx.clone(),
+    );
     let limits = Arc::new(options.limits);
     let state = AppState {
+        masters: directory.clone(),
         submissions: Arc::new(quota::SubmissionRate::new(&limits)),
         sinks,
         dashboard: dashboard::Feed::new(store.clone(), insights.clone(), stop_rx.clone()),
@@ -328,8 +347,14 @@ pub async fn serve(
         ));
     }
     let grace = options.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let (withdraw_store, master_id) = (store_for_drain, drain.master_id().clone());
     let signal = async move {
         shutdown.await;
+        // The others stop naming this master first, so the workers sent away at the end of
+        // the drain reconnect to them, not back here.
+        directory
+            .withdraw(withdraw_store.as_ref(), &master_id)
+            .await;
         // Stop assigning, give in-flight chunks the grace period to come back, then close
         // every session with "going away" so workers reconnect (to another master, or to
         // this one once restarted). Leases still out then are reissued.

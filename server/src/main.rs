@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use grid_server::config::{Config, redact_url};
+use grid_server::config::{Command, Config, redact_url};
 use grid_server::store::insights::Database;
 use grid_server::store::postgres::PgStore;
 use grid_server::store::sqlite::SqliteStore;
@@ -29,6 +29,23 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
+    }
+
+    if let Some(Command::Backup { to }) = &config.command {
+        if config.database_url.is_some() {
+            anyhow::bail!(
+                "backup copies the embedded database; for PostgreSQL use pg_dump or pg_basebackup (see the README)"
+            );
+        }
+        let bytes = SqliteStore::backup(&config.data_dir, to)
+            .await
+            .with_context(|| format!("cannot back up {}", config.data_dir.display()))?;
+        println!(
+            "backed up {} to {} ({bytes} bytes)",
+            config.data_dir.join("grid.db").display(),
+            to.display()
+        );
+        return Ok(());
     }
 
     let (store, admin_token): (Arc<dyn Database>, String) = match &config.database_url {
@@ -78,6 +95,13 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the bound address.
     println!("grid-server listening on {scheme}://{address}");
+    let advertise_url = grid_server::masters::advertised_url(
+        config.advertise_url.as_deref(),
+        &config.public_origin,
+        address,
+        tls.is_some(),
+    )
+    .map_err(|error| anyhow::anyhow!("refusing to start: {error}"))?;
 
     let options = ServeOptions {
         admin_token: Some(admin_token),
@@ -89,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|error| anyhow::anyhow!("invalid network settings: {error}"))?,
         limits: fit_open_files(config.limits()),
         public_origins: config.public_origin.clone(),
+        advertise_url,
         tls,
         retention: config.retention(),
         sinks: config

@@ -482,6 +482,7 @@ async fn read_loop(
         protocol: PROTOCOL_VERSION,
         heartbeat_seconds: limits.heartbeat_seconds,
         max_message_bytes: u32::try_from(limits.max_ws_message_bytes).unwrap_or(u32::MAX),
+        masters: state.masters.others(),
     }));
     let registered = state
         .scheduler

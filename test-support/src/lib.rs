@@ -104,6 +104,8 @@ pub enum Backend {
 pub enum Home {
     Postgres(TestDb),
     Sqlite(tempfile::TempDir),
+    /// A PostgreSQL URL the test manages itself (its own clusters, several hosts).
+    Url(String),
 }
 
 impl Home {
@@ -118,6 +120,7 @@ impl Home {
         match self {
             Home::Postgres(db) => TestStore::Postgres(PgStore::connect(&db.url).await.unwrap()),
             Home::Sqlite(dir) => TestStore::Sqlite(SqliteStore::open(dir.path()).await.unwrap()),
+            Home::Url(url) => TestStore::Postgres(PgStore::connect(url).await.unwrap()),
         }
     }
 
@@ -126,6 +129,9 @@ impl Home {
         match self {
             Home::Postgres(db) => {
                 command.env("DATABASE_URL", &db.url);
+            }
+            Home::Url(url) => {
+                command.env("DATABASE_URL", url);
             }
             Home::Sqlite(dir) => {
                 command
@@ -285,7 +291,8 @@ impl InProcessServer {
     }
 }
 
-fn target_dir_binary(name: &str) -> PathBuf {
+/// The path of one of the workspace's binaries (`grid-server`, `grid-worker`, ...).
+pub fn target_dir_binary(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();

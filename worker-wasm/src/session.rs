@@ -175,6 +175,7 @@ impl Session {
                     protocol,
                     heartbeat_seconds,
                     max_message_bytes,
+                    ..
                 },
             ) => {
                 if protocol != PROTOCOL_VERSION {
@@ -373,6 +374,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             heartbeat_seconds: 15,
             max_message_bytes: 4096,
+            masters: Vec::new(),
         });
         assert_eq!(
             session.on_text(&welcome),
@@ -508,6 +510,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             heartbeat_seconds: 0,
             max_message_bytes: 0,
+            masters: Vec::new(),
         }));
         assert_eq!(
             reaction,
@@ -546,6 +549,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             heartbeat_seconds: 15,
             max_message_bytes: 1,
+            masters: Vec::new(),
         });
         assert!(matches!(
             session.on_text(&again),
@@ -580,6 +584,7 @@ mod tests {
             protocol: PROTOCOL_VERSION + 1,
             heartbeat_seconds: 15,
             max_message_bytes: 1,
+            masters: Vec::new(),
         });
         assert!(session.on_text(&newer).unwrap_err().is_fatal());
     }

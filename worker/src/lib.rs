@@ -7,7 +7,9 @@
 //! # Layout
 //!
 //! - [`run`] (this file): the reconnect loop, with failover across several masters and
-//!   [`Backoff`] between attempts. The entry point; `main.rs` only adds the command line,
+//!   [`Backoff`] between attempts.
+//! - [`masters`]: [`Masters`], the rotation of masters: those given, then those the masters
+//!   named in their welcomes. The entry point; `main.rs` only adds the command line,
 //!   logging and signals.
 //! - [`config`]: [`WorkerConfig`], everything [`run`] needs.
 //! - [`identity`]: [`Identity`], the persistent worker id and the file lock that keeps two
@@ -37,6 +39,7 @@ pub mod compute;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod masters;
 pub mod module_cache;
 pub mod sandbox;
 mod session;
@@ -50,6 +53,7 @@ pub use config::WorkerConfig;
 pub use error::{ModuleError, WorkerError};
 pub use grid_protocol::backoff::Backoff;
 pub use identity::Identity;
+pub use masters::Masters;
 pub use module_cache::ModuleCache;
 pub use sandbox::Sandbox;
 pub use session::VERSION_MISMATCH_CODES;
@@ -62,7 +66,8 @@ use shutdown::Shutdown;
 ///
 /// Connects to the first server; whenever a connection fails or is lost, waits a jittered,
 /// growing delay ([`Backoff`], reset once a master has welcomed the worker) and tries the next
-/// server, round robin. Returns `Ok(())` after a graceful shutdown, or an error that
+/// server, round robin: the configured ones, then the other live masters the last welcome
+/// named ([`Masters`]), so one URL is enough to follow a group of masters. Returns `Ok(())` after a graceful shutdown, or an error that
 /// reconnecting cannot fix: an invalid `config`, or a master that speaks another protocol
 /// version ([`WorkerError::is_fatal`]).
 pub async fn run<F>(config: WorkerConfig, shutdown: F) -> Result<(), WorkerError>
@@ -87,11 +92,21 @@ where
     let modules = ModuleCache::new(config.connect_timeout).with_tls((*tls).clone());
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
 
-    for url in config.servers.iter().cycle() {
+    let mut masters = Masters::new(config.servers.clone());
+    loop {
+        let url = masters.next_master();
         let span = info_span!("session", server = %url);
-        let end = session::run(url, &config, &slots, &modules, &tls, &mut shutdown)
-            .instrument(span)
-            .await?;
+        let end = session::run(
+            &url,
+            &config,
+            &slots,
+            &modules,
+            &tls,
+            &mut masters,
+            &mut shutdown,
+        )
+        .instrument(span)
+        .await?;
         match end {
             SessionEnd::Shutdown => {
                 info!("stopped");
@@ -119,6 +134,4 @@ where
             () = tokio::time::sleep(delay) => {}
         }
     }
-    // `validate` ensures at least one server, so the cycle above never ends.
-    Err(WorkerError::Config("no master server URL given".into()))
 }

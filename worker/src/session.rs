@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 use url::{Host, Url};
 
 use crate::compute::{self, ComputeSlots, Program, Slot};
+use crate::masters::Masters;
 use crate::module_cache::ModuleCache;
 use crate::sandbox::{ChunkLimits, TaskModule};
 use crate::shutdown::Shutdown;
@@ -85,12 +86,14 @@ pub(crate) enum SessionEnd {
 }
 
 /// What the welcome told us.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Welcome {
     /// How often to send a heartbeat.
     heartbeat: Duration,
     /// Largest result frame the master accepts (`None`: no limit given).
     max_message_bytes: Option<usize>,
+    /// The other live masters (WebSocket URLs).
+    masters: Vec<String>,
 }
 
 /// Run one session against `url`. Returns `Err` only for fatal errors (see
@@ -101,6 +104,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
     slots: &ComputeSlots,
     modules: &ModuleCache,
     tls: &Arc<rustls::ClientConfig>,
+    masters: &mut Masters,
     shutdown: &mut Shutdown<'_, F>,
 ) -> Result<SessionEnd, WorkerError> {
     let lost = |welcomed, reason: WorkerError| {
@@ -132,6 +136,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
         slots = config.threads,
         "welcomed by the master"
     );
+    masters.learn(&welcome.masters);
 
     let (sink, stream) = socket.split();
     let (out, outbox) = mpsc::unbounded_channel();
@@ -272,6 +277,7 @@ async fn handshake<F: Future<Output = ()>>(
                 protocol,
                 heartbeat_seconds,
                 max_message_bytes,
+                masters,
             } => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(WorkerError::ProtocolMismatch {
@@ -284,6 +290,7 @@ async fn handshake<F: Future<Output = ()>>(
                     max_message_bytes: usize::try_from(max_message_bytes)
                         .ok()
                         .filter(|&limit| limit > 0),
+                    masters,
                 }))
             }
             MasterMessage::Error { code, message } if VERSION_MISMATCH_CODES.contains(&&*code) => {

@@ -10,7 +10,8 @@
 //!   [`image`]: a `mandelbrot` job's picture.
 //! - [`volunteers`]: credit, the leaderboard and display names; [`dashboard`]: the dashboard's
 //!   live feed (server-sent events).
-//! - [`workers`]: the admin lifts a worker identity's blacklist.
+//! - [`workers`]: the admin lifts a worker identity's blacklist; [`masters`]: the live masters
+//!   workers may fail over to.
 //! - [`openapi`]: the OpenAPI document of all of it.
 //! - [`places`]: the caps on event streams and results downloads, held while they stream.
 
@@ -21,6 +22,7 @@ pub mod health;
 pub mod image;
 pub mod jobs;
 pub mod json;
+pub mod masters;
 pub mod modules;
 pub mod openapi;
 pub mod places;
@@ -68,6 +70,7 @@ pub fn v1(limits: &Limits) -> Router<AppState> {
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke).patch(tokens::update))
         .route("/workers/{id}/blacklist", delete(workers::lift_blacklist))
+        .route("/masters", get(masters::list))
         .route("/volunteers", get(volunteers::list))
         .route(
             "/volunteers/me",

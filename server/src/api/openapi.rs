@@ -15,7 +15,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    chunks, dashboard, events, health, image, jobs, modules, submit, tokens, volunteers, workers,
+    chunks, dashboard, events, health, image, jobs, masters, modules, submit, tokens, volunteers,
+    workers,
 };
 use crate::dashboard::{ChunkTotals, Sample, WorkerCounts};
 use crate::store::insights::JobProgress;
@@ -53,6 +54,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         tokens::revoke,
         tokens::update,
         workers::lift_blacklist,
+        masters::list,
         volunteers::list,
         volunteers::me,
         volunteers::set_name,
@@ -70,7 +72,7 @@ use crate::store::{ChunkCounts, JobView, ReplicaCounts, TokenView};
         JobView, ChunkCounts, ReplicaCounts, JobProgress, ErrorBody, ErrorDetail, ResultLine,
         Sample, WorkerCounts, ChunkTotals, modules::UploadedModule,
         TokenView, tokens::NewToken, tokens::TokenChange,
-        crate::store::ExportView, super::jobs::SinkSpec,
+        crate::store::ExportView, super::jobs::SinkSpec, masters::MasterList,
     )),
     modifiers(&SecuritySchemes),
     tags(

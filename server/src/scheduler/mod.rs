@@ -105,8 +105,11 @@ pub enum Event {
         /// The session.
         session: SessionId,
     },
-    /// New work may be available (a job was submitted).
+    /// New work may be available (a job was submitted, here or through another master).
     WorkAvailable,
+    /// A job was cancelled through another master sharing the database: revoke the leases
+    /// held here now rather than at the next sweep.
+    CancelledElsewhere,
     /// Leases revoked outside the scheduler (a job was cancelled): tell their workers.
     Revoked {
         /// The revoked leases.
@@ -288,6 +291,20 @@ pub fn capacity_for(slots: u32) -> usize {
     slots + slots.div_ceil(4).max(1)
 }
 
+/// Hand the changes other masters make ([`Store::watch_changes`]) to the scheduler, until
+/// the feed ends.
+pub async fn follow_changes(
+    mut changes: mpsc::Receiver<crate::store::Change>,
+    scheduler: SchedulerHandle,
+) {
+    while let Some(change) = changes.recv().await {
+        scheduler.try_send(match change {
+            crate::store::Change::WorkAvailable => Event::WorkAvailable,
+            crate::store::Change::Cancelled(_) => Event::CancelledElsewhere,
+        });
+    }
+}
+
 /// Start the scheduler task. It stops when every handle is dropped.
 pub fn spawn(
     store: Arc<dyn Store>,
@@ -326,6 +343,7 @@ pub fn spawn(
         unchecked_identities: HashSet::new(),
         trust_loaded_at: None,
         cancels_followed: HashSet::new(),
+        cancels_due: false,
         hoarders: Hoarders::default(),
     };
     let task = tokio::spawn(scheduler.run());
@@ -360,6 +378,8 @@ struct Scheduler {
     trust_loaded_at: Option<std::time::Instant>,
     /// Jobs cancelled recently whose leases this master has revoked already.
     cancels_followed: HashSet<i64>,
+    /// Another master announced a cancel: read the cancellations this round.
+    cancels_due: bool,
     /// Told once no lease is outstanding during a graceful shutdown.
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// Untrusted origins benched for handing work back undone.
@@ -410,13 +430,16 @@ impl Scheduler {
             let now = tokio::time::Instant::now();
             if now >= next_sweep {
                 self.on_sweep_tick();
-                if let Err(error) = self.follow_cancellations().await {
-                    tracing::warn!(%error, "could not read cancellations");
-                }
+                self.cancels_due = true;
                 next_sweep = now + SWEEP_INTERVAL;
             }
             for event in events.drain(..) {
                 self.apply(event);
+            }
+            if std::mem::take(&mut self.cancels_due)
+                && let Err(error) = self.follow_cancellations().await
+            {
+                tracing::warn!(%error, "could not read cancellations");
             }
             if !self.draining_all
                 && let Err(error) = self.plan().await
@@ -616,6 +639,7 @@ impl Scheduler {
                 }
             }
             Event::WorkAvailable => self.cache.invalidate(),
+            Event::CancelledElsewhere => self.cancels_due = true,
             Event::MasterChecked { checks } => {
                 // The first answers the master knows: spot-checks can use them at once (a new
                 // grid would otherwise run a whole job before anyone could earn trust).
@@ -633,7 +657,8 @@ impl Scheduler {
 
     /// Cancels made through other masters sharing the database: revoke the leases this
     /// master's workers hold of those jobs (a cancel made here tells the scheduler directly,
-    /// [`Event::Revoked`]). Polled with the sweep, so within about [`SWEEP_INTERVAL`].
+    /// [`Event::Revoked`]). Run when another master announces a cancel
+    /// ([`Event::CancelledElsewhere`]), and with every sweep in case an announcement was lost.
     async fn follow_cancellations(&mut self) -> Result<(), Error> {
         if self.holders.is_empty() {
             return Ok(());

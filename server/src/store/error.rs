@@ -50,13 +50,32 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
-            other => StoreError::Database(other),
+        if is_unavailable(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
         }
+    }
+}
+
+/// Whether `error` says the database cannot serve us right now rather than that it refuses
+/// the statement: lost connections, and what a primary going down or a failover answers
+/// (SQLSTATE class 08, connection exceptions; `57P01`-`57P03`, shut down or not yet
+/// accepting connections; `25006`, a read-only transaction on a standby that was the primary;
+/// `53300`, too many connections). Retrying those later is right; a result must never be
+/// dropped as "refused by the database" for one of them.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006" | "53300")
+        }),
+        _ => false,
     }
 }
 

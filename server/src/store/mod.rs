@@ -2,6 +2,8 @@
 //!
 //! - [`Store`]: every operation the master performs on its database.
 //! - [`postgres`]: the PostgreSQL implementation (production, several masters may share it).
+//! - [`primary`]: which of several PostgreSQL hosts is the primary, followed across failovers.
+//! - [`changes`]: what other masters sharing PostgreSQL changed, heard at once (LISTEN/NOTIFY).
 //! - [`sqlite`]: the embedded default (one file under the data directory, one master).
 //! - [`error`]: [`StoreError`], the store's own error type (the API maps it to statuses).
 //! - [`commit`]: one batch committed, the steps written once over a per-backend port.
@@ -13,12 +15,14 @@
 //! Trust is not here: each backend implements [`crate::trust::review::ReviewDb`] over its open
 //! transaction, and [`crate::trust::review::reconcile`] decides, the same way for every backend.
 
+pub mod changes;
 pub mod commit;
 pub mod counters;
 pub mod error;
 pub mod insights;
 pub mod portable;
 pub mod postgres;
+pub mod primary;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -857,9 +861,36 @@ pub trait PortableStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<ReadyChunk>>;
 }
 
+/// A change another master made to the shared database that this one acts on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New work: a job was submitted, or a finished one reopened by backtracking.
+    WorkAvailable,
+    /// This job was cancelled: the leases held through this master must be revoked.
+    Cancelled(i64),
+}
+
 /// Every operation the master performs on its database (with those of [`PortableStore`]).
 #[async_trait]
 pub trait Store: PortableStore {
+    /// Changes other masters make, as they commit ([`changes`]); `None` where no other master
+    /// can share the database (the embedded one). Called once, by the master at start.
+    fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
+
+    /// Record the WebSocket URL this master (`master_id`) is reached at, or withdraw it
+    /// (`None`, when it begins to drain), for the other masters to name to their workers. A
+    /// no-op where no other master can share the database.
+    async fn advertise_master(&self, _master_id: &str, _url: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    /// `(master id, WebSocket URL)` of the live masters (heartbeat within
+    /// [`MASTER_TIMEOUT_SECONDS`]) that advertise a URL, oldest first.
+    async fn live_masters(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+
     /// Revoke a token. `None`: no such token; `Some(false)`: it was revoked already.
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>>;
 

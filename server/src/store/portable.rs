@@ -228,10 +228,7 @@ macro_rules! portable_store_methods {
                 async fn commit(&self, batch: &Batch) -> Result<BatchOutcome> {
                     let mut tx = self.pool.begin().await?;
                     let outcome = commit_batch(
-                        &mut $batch {
-                            tx: &mut tx,
-                            tally: ReplicaTally::default(),
-                        },
+                        &mut $batch::new(&mut tx),
                         batch,
                     )
                     .await?;

@@ -14,6 +14,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use super::commit::{ChangedReplica, CommitTx, commit_batch};
 use super::counters::ReplicaTally;
 use super::error::{Quota, Result, StoreError};
+use super::primary::{self, PgHosts};
 use super::{
     Batch, BatchOutcome, Cancellation, ChunkCounts, ChunkResult, ExpirySweep, ExportClaim, JobView,
     LeaseEnd, LeaseRequest, MASTER_TIMEOUT_SECONDS, MasterCheckCandidate, ModuleDeletion, NewJob,
@@ -57,13 +58,44 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connect and apply pending migrations.
+    ///
+    /// `database_url` may name several hosts (`postgres://u@h1:5432,h2:5432/grid`, see
+    /// [`super::primary`]): the store connects to the one that is the primary and follows the
+    /// primary to another host after a failover, for as long as the runtime runs. Whatever the
+    /// hosts, no connection to a standby is ever used.
     pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
+        let hosts = PgHosts::parse(database_url)?;
+        let first = if hosts.options.len() == 1 {
+            0
+        } else {
+            hosts.find_primary().await.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "none of the database hosts {} is a reachable primary",
+                    hosts.names.join(", ")
+                )
+            })?
+        };
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(database_url)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    if primary::in_recovery(connection).await? {
+                        // An I/O error, so that the store reads it as "unavailable, retry".
+                        return Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "the database server is a standby (read-only); a master needs the primary",
+                        )));
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(hosts.options[first].clone())
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        if hosts.options.len() > 1 {
+            tokio::spawn(primary::follow_primary(pool.clone(), hosts, first));
+        }
         Ok(PgStore { pool })
     }
 
@@ -194,6 +226,34 @@ super::portable::portable_store_methods!(PgStore, PgBatch);
 
 #[async_trait]
 impl Store for PgStore {
+    fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<super::Change>> {
+        Some(super::changes::spawn(self.pool.clone()))
+    }
+
+    async fn advertise_master(&self, master_id: &str, url: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO masters (id, url) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, heartbeat_at = now()",
+        )
+        .bind(master_id)
+        .bind(url)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn live_masters(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query_as(
+            "SELECT id, url FROM masters
+             WHERE url IS NOT NULL AND heartbeat_at > now() - $1 * interval '1 second'
+             ORDER BY started_at, id",
+        )
+        .bind(MASTER_TIMEOUT_SECONDS as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     async fn revoke_token(&self, id: i64) -> Result<Option<bool>> {
         let revoked: Option<bool> = sqlx::query_scalar(
             "WITH before AS (SELECT id, revoked_at IS NULL AS live FROM tokens WHERE id = $1)
@@ -713,10 +773,31 @@ fn ready_rows(rows: &[PgRow]) -> Result<Vec<ReadyChunk>> {
 
 /// An open PostgreSQL transaction as a commit and its review see it: set-based statements
 /// over arrays (`UNNEST`), a few per step whatever the batch's size.
+///
+/// Every change to `jobs` rows is held back to the end of the commit ([`CommitTx::count_replicas`]),
+/// where the rows are locked in id order and written: every commit thus locks chunk and
+/// replica rows first and job rows last, so two masters committing rounds of the same job
+/// cannot deadlock (they did, one holding a job row from the review's counters while it
+/// claimed chunks the other held, each costing PostgreSQL's one-second deadlock timeout).
 struct PgBatch<'t> {
     tx: &'t mut Tx,
     /// The replica counters' changes of this commit.
     tally: ReplicaTally,
+    /// The chunk counters' changes of this commit's review rounds.
+    job_deltas: BTreeMap<i64, JobDelta>,
+    /// Queued jobs whose first lease this commit issued.
+    started: BTreeSet<i64>,
+}
+
+impl<'t> PgBatch<'t> {
+    fn new(tx: &'t mut Tx) -> Self {
+        PgBatch {
+            tx,
+            tally: ReplicaTally::default(),
+            job_deltas: BTreeMap::new(),
+            started: BTreeSet::new(),
+        }
+    }
 }
 
 /// The rows a `RETURNING id, job_id, chunk_idx, ringer, state` statement changed.
@@ -906,19 +987,48 @@ impl CommitTx for PgBatch<'_> {
     }
 
     async fn mark_started(&mut self, jobs: &BTreeSet<i64>) -> Result<()> {
-        let jobs: Vec<i64> = jobs.iter().copied().collect();
-        sqlx::query(
-            "UPDATE jobs SET state = 'running', started_at = now()
-             WHERE id = ANY($1) AND state = 'queued'",
-        )
-        .bind(&jobs)
-        .execute(&mut **self.tx)
-        .await?;
+        // Written with the other job rows at the end of the commit (see `PgBatch`).
+        self.started.extend(jobs);
         Ok(())
     }
 
-    /// In job id order, as every writer of jobs rows locks them.
+    /// Every job row change of the commit, the rows locked first in id order (see `PgBatch`).
     async fn count_replicas(&mut self) -> Result<()> {
+        let mut touched: BTreeSet<i64> = self.job_deltas.keys().copied().collect();
+        touched.extend(&self.started);
+        touched.extend(self.tally.deltas().map(|(job, _)| job));
+        if touched.len() > 1 {
+            let ids: Vec<i64> = touched.into_iter().collect();
+            sqlx::query("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+                .bind(&ids)
+                .execute(&mut **self.tx)
+                .await?;
+        }
+        let per_job = std::mem::take(&mut self.job_deltas);
+        if !per_job.is_empty() {
+            let jobs: Vec<i64> = per_job.keys().copied().collect();
+            let done: Vec<i32> = per_job.values().map(|d| d.done).collect();
+            let failed: Vec<i32> = per_job.values().map(|d| d.failed).collect();
+            let revised: Vec<i32> = per_job.values().map(|d| d.revised).collect();
+            sqlx::query(super::COUNT_JOBS_SQL_POSTGRES)
+                .bind(&jobs)
+                .bind(&done)
+                .bind(&failed)
+                .bind(&revised)
+                .execute(&mut **self.tx)
+                .await?;
+        }
+        let started = std::mem::take(&mut self.started);
+        if !started.is_empty() {
+            let jobs: Vec<i64> = started.into_iter().collect();
+            sqlx::query(
+                "UPDATE jobs SET state = 'running', started_at = now()
+                 WHERE id = ANY($1) AND state = 'queued'",
+            )
+            .bind(&jobs)
+            .execute(&mut **self.tx)
+            .await?;
+        }
         if self.tally.is_empty() {
             return Ok(());
         }
@@ -1177,17 +1287,13 @@ impl ReviewDb for PgBatch<'_> {
     }
 
     async fn count_jobs(&mut self, per_job: &BTreeMap<i64, JobDelta>) -> Result<()> {
-        let jobs: Vec<i64> = per_job.keys().copied().collect();
-        let done: Vec<i32> = per_job.values().map(|d| d.done).collect();
-        let failed: Vec<i32> = per_job.values().map(|d| d.failed).collect();
-        let revised: Vec<i32> = per_job.values().map(|d| d.revised).collect();
-        sqlx::query(super::COUNT_JOBS_SQL_POSTGRES)
-            .bind(&jobs)
-            .bind(&done)
-            .bind(&failed)
-            .bind(&revised)
-            .execute(&mut **self.tx)
-            .await?;
+        // Written with the other job rows at the end of the commit (see `PgBatch`).
+        for (&job, delta) in per_job {
+            let total = self.job_deltas.entry(job).or_default();
+            total.done += delta.done;
+            total.failed += delta.failed;
+            total.revised += delta.revised;
+        }
         Ok(())
     }
 

@@ -80,6 +80,48 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Write an online, consistent copy of the embedded database in `data_dir` to `to`, while
+    /// a master may be running on it (`VACUUM INTO`: one read transaction, so the copy is the
+    /// database as of one commit, and writers go on meanwhile thanks to the WAL journal). The
+    /// copy is written beside `to` under a temporary name and renamed into place when complete,
+    /// so `to` is either absent or a whole database; an existing `to` is refused. Returns the
+    /// copy's size in bytes.
+    pub async fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<u64> {
+        let source = data_dir.join("grid.db");
+        if !source.exists() {
+            anyhow::bail!("no embedded database at {}", source.display());
+        }
+        if to.exists() {
+            anyhow::bail!("{} exists already: give a new file", to.display());
+        }
+        let file_name = to
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{} is not a file name", to.display()))?;
+        let partial = to.with_file_name(format!(".{}.partial", file_name.to_string_lossy()));
+        let _ = std::fs::remove_file(&partial);
+        let partial_text = partial
+            .to_str()
+            .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", partial.display()))?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&source)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30));
+        let mut connection =
+            <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        let copied = sqlx::query("VACUUM INTO ?1")
+            .bind(partial_text)
+            .execute(&mut connection)
+            .await;
+        let _ = sqlx::Connection::close(connection).await;
+        if let Err(error) = copied {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.into());
+        }
+        std::fs::File::open(&partial)?.sync_all()?;
+        std::fs::rename(&partial, to)?;
+        Ok(std::fs::metadata(to)?.len())
+    }
+
     /// The connection pool (tests use it to look inside).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -653,6 +695,15 @@ struct SqliteBatch<'t> {
     tx: &'t mut Tx,
     /// The replica counters' changes of this commit.
     tally: ReplicaTally,
+}
+
+impl<'t> SqliteBatch<'t> {
+    fn new(tx: &'t mut Tx) -> Self {
+        SqliteBatch {
+            tx,
+            tally: ReplicaTally::default(),
+        }
+    }
 }
 
 #[async_trait]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, InProcessServer, Peer, primes_inputs, primes_reference,
-    primes_total, spawn_server_process, spawn_worker,
+    primes_total, spawn_server_process, spawn_worker, target_dir_binary,
 };
 use grid_protocol::{Outcome, WorkerMessage};
 use serde_json::{Value, json};
@@ -139,6 +139,102 @@ async fn sigterm_during_a_job_loses_nothing(backend: Backend) {
     assert_eq!(finished["state"], "done", "{finished}");
     let results = api.results(job).await;
     assert_eq!(primes_total(&results, 40, None), expected);
+}
+
+/// `grid-server backup --to FILE` on the embedded database while its master runs a job.
+fn run_backup(data_dir: &std::path::Path, to: &std::path::Path) -> std::process::Output {
+    Command::new(target_dir_binary("grid-server"))
+        .env_remove("DATABASE_URL")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("backup")
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap()
+}
+
+/// The embedded database is backed up online, mid-job, and the copy restored into a new data
+/// directory is a working master: the job finished before the copy is there with every
+/// verified result, the one running during it resumes and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_of_the_embedded_database_restores() {
+    let home = Home::new(Backend::Sqlite).await;
+    let Home::Sqlite(data_dir) = &home else {
+        unreachable!()
+    };
+    let (master, addr) = spawn_server_process(&home, "127.0.0.1:0");
+    let api = Api::new(&format!("http://{addr}"), ADMIN_TOKEN);
+    let ws = format!("ws://{addr}/ws");
+    let identities = tempfile::tempdir().unwrap();
+    let w1 = spawn_worker(&ws, 1, &identities.path().join("w1.id"));
+    let w2 = spawn_worker(&ws, 1, &identities.path().join("w2.id"));
+
+    let first_inputs = primes_inputs(1_000_000, 2_000_000, 10);
+    let first = api
+        .submit(json!({"kernel": "primes", "inputs": first_inputs, "redundancy": 2}))
+        .await;
+    let finished = api.wait_finished(first, Duration::from_secs(60)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+
+    // The second job runs while the copy is taken.
+    // About 20 s of work for the two workers, so it outlasts the copy on a fast machine.
+    const CHUNKS: u64 = 300;
+    let second_inputs = primes_inputs(
+        200_000_000_000,
+        200_000_000_000 + CHUNKS * 40_000_000,
+        CHUNKS,
+    );
+    let second = api
+        .submit(json!({"kernel": "primes", "inputs": second_inputs, "redundancy": 2}))
+        .await;
+    api.wait_progress(second, 3).await;
+
+    let backups = tempfile::tempdir().unwrap();
+    let copy = backups.path().join("grid-backup.db");
+    let output = run_backup(data_dir.path(), &copy);
+    assert!(
+        output.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("backed up"), "{printed}");
+    assert!(
+        api.done_chunks(second).await < CHUNKS as i64,
+        "the job ended before the copy"
+    );
+    // The master went on working through the copy.
+    api.wait_progress(second, api.done_chunks(second).await + 1)
+        .await;
+
+    // A second copy to the same file is refused, and the first stays whole.
+    let again = run_backup(data_dir.path(), &copy);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    // Restore: the copy becomes grid.db of a new data directory, served by a new master.
+    drop((master, w1, w2));
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::copy(&copy, restored.path().join("grid.db")).unwrap();
+    let restored_home = Home::Sqlite(restored);
+    let (_restored_master, restored_addr) = spawn_server_process(&restored_home, "127.0.0.1:0");
+    let api = Api::new(&format!("http://{restored_addr}"), ADMIN_TOKEN);
+    let results = api.results(first).await;
+    assert_eq!(
+        primes_total(&results, 10, None),
+        primes_reference(&first_inputs)
+    );
+    let restored_ws = format!("ws://{restored_addr}/ws");
+    let _w3 = spawn_worker(&restored_ws, 1, &identities.path().join("w3.id"));
+    let _w4 = spawn_worker(&restored_ws, 1, &identities.path().join("w4.id"));
+    let finished = api.wait_finished(second, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api.results(second).await;
+    assert_eq!(
+        primes_total(&results, CHUNKS, None),
+        primes_reference(&second_inputs)
+    );
 }
 
 #[test]

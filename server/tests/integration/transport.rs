@@ -87,21 +87,9 @@ impl Certificates {
     }
 }
 
-/// `grid-server`, `grid-worker` or `grid` from the target directory.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
-        path.display()
-    );
-    path
-}
-
 /// `grid --url URL --token ADMIN --ca-cert CA ARGS...`, which must succeed: its stdout.
 async fn run_cli(url: &str, ca: &Path, args: &[&str]) -> String {
-    let mut command = Command::new(binary("grid"));
+    let mut command = Command::new(common::target_dir_binary("grid"));
     command
         .args(["--url", url, "--token", ADMIN_TOKEN, "--ca-cert"])
         .arg(ca)
@@ -168,7 +156,7 @@ async fn a_worker_and_the_cli_work_over_tls(backend: Backend) {
 
     let identity = certificates.dir.path().join("worker.id");
     let _worker = Process {
-        child: Command::new(binary("grid-worker"))
+        child: Command::new(common::target_dir_binary("grid-worker"))
             .args(["--server", &wss, "--threads", "2", "--ca-cert"])
             .arg(certificates.ca())
             .arg("--identity-file")
@@ -694,18 +682,8 @@ fn start_master_process(
     admin_token: Option<&str>,
     log: &str,
 ) -> (Vec<String>, Option<SocketAddr>, Process) {
-    let mut command = Command::new(binary("grid-server"));
-    match home {
-        Home::Postgres(db) => {
-            command.env("DATABASE_URL", &db.url);
-        }
-        Home::Sqlite(dir) => {
-            command
-                .env_remove("DATABASE_URL")
-                .arg("--data-dir")
-                .arg(dir.path());
-        }
-    }
+    let mut command = Command::new(common::target_dir_binary("grid-server"));
+    home.configure(&mut command);
     match admin_token {
         Some(token) => command.env("GRID_ADMIN_TOKEN", token),
         None => command.env_remove("GRID_ADMIN_TOKEN"),
@@ -772,7 +750,7 @@ async fn admin_tokens_are_long_and_never_printed(backend: Backend) {
     };
     let file = match &home {
         Home::Sqlite(dir) => dir.path().join("admin-token"),
-        Home::Postgres(_) => data.path().join("admin-token"),
+        Home::Postgres(_) | Home::Url(_) => data.path().join("admin-token"),
     };
     for run in 0..2 {
         let (printed, addr, mut master) = start_master_process(&home, &flags, None, "warn");
@@ -1040,7 +1018,7 @@ async fn grid_loadgen_works_over_wss(backend: Backend) {
     let job = api
         .submit(json!({"kernel": "echo", "inputs": inputs, "redundancy": 2}))
         .await;
-    let mut command = Command::new(binary("grid-loadgen"));
+    let mut command = Command::new(common::target_dir_binary("grid-loadgen"));
     command
         .args([
             "--server",

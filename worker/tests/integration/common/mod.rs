@@ -269,6 +269,7 @@ impl Connection {
             protocol: PROTOCOL_VERSION,
             heartbeat_seconds: 300,
             max_message_bytes: 1 << 20,
+            masters: Vec::new(),
         })
         .await;
     }

@@ -1,0 +1,293 @@
+//! Replicated PostgreSQL: a primary with a synchronous streaming standby, both created by the
+//! test on their own ports under a temporary directory (`initdb`, `pg_basebackup`), two
+//! masters given both hosts in one URL, native workers that know both masters. The primary's
+//! postmaster is killed with SIGKILL mid-job and the standby promoted: the masters find the new
+//! primary by themselves, the job completes with every chunk exactly once, and no result
+//! acknowledged before the kill is lost.
+//!
+//! A binary of its own: it starts and kills PostgreSQL servers (its own, but the load of two
+//! more clusters would slow the integration tests that run side by side).
+#![allow(clippy::unwrap_used)]
+
+#[path = "integration/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    ADMIN_TOKEN, Api, Home, Process, primes_inputs, primes_reference, primes_total,
+    spawn_server_process, spawn_worker_failover,
+};
+use serde_json::json;
+
+/// The standby's name, which the primary waits for on every commit.
+const STANDBY_NAME: &str = "grid_standby";
+
+/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`, ...), newest version.
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("this test creates PostgreSQL clusters: /usr/lib/postgresql is missing")
+        .map(|entry| entry.unwrap().path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("no initdb under /usr/lib/postgresql")
+}
+
+/// A command run as the `postgres` user when the test runs as root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+    if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One PostgreSQL server of the test, stopped (immediately) and removed when dropped.
+struct Cluster {
+    data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    fn pg_ctl(&self) -> Command {
+        let mut command = as_postgres(&self.bin.join("pg_ctl"));
+        command.arg("-D").arg(&self.data);
+        command
+    }
+
+    fn start(&self) {
+        run(self
+            .pg_ctl()
+            .arg("-l")
+            .arg(self.data.with_extension("log"))
+            .args(["-w", "start"]));
+    }
+
+    /// SIGKILL to the postmaster: the machine's database is gone, no shutdown checkpoint.
+    fn kill_postmaster(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        run(Command::new("kill").args(["-KILL", &pid]));
+    }
+
+    fn promote(&self) {
+        run(self.pg_ctl().args(["-w", "promote"]));
+    }
+
+    fn append_config(&self, lines: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .unwrap();
+        file.write_all(lines.as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl()
+            .args(["-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A primary and its synchronous standby under `root` (owned by the `postgres` user).
+fn primary_and_standby(root: &Path) -> (Cluster, Cluster) {
+    let bin = postgres_bin();
+    run(Command::new("chown").args(["postgres:postgres"]).arg(root));
+    let primary = Cluster {
+        data: root.join("primary"),
+        port: free_port(),
+        bin: bin.clone(),
+    };
+    run(as_postgres(&bin.join("initdb"))
+        .arg("-D")
+        .arg(&primary.data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync"]));
+    primary.append_config(&format!(
+        "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+         fsync = off\nsynchronous_commit = on\nsynchronous_standby_names = '{STANDBY_NAME}'\n",
+        primary.port,
+        root.display()
+    ));
+    primary.start();
+
+    let standby = Cluster {
+        data: root.join("standby"),
+        port: free_port(),
+        bin: bin.clone(),
+    };
+    run(as_postgres(&bin.join("pg_basebackup"))
+        .arg("-d")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres application_name={STANDBY_NAME}",
+            primary.port
+        ))
+        .arg("-D")
+        .arg(&standby.data)
+        .arg("-R"));
+    // Once promoted, the standby has no standby of its own: it must not wait for one.
+    standby.append_config(&format!(
+        "\nport = {}\nsynchronous_standby_names = ''\n",
+        standby.port
+    ));
+    standby.start();
+    (primary, standby)
+}
+
+/// Wait until the primary reports the standby streaming synchronously.
+async fn wait_synchronous(primary: &Cluster) {
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
+        )
+        .bind(STANDBY_NAME)
+        .fetch_optional(&mut connection)
+        .await
+        .unwrap();
+        if state.as_deref() == Some("sync") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never became synchronous"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_killed_mid_job_and_the_standby_promoted_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (primary, standby) = primary_and_standby(root.path());
+    wait_synchronous(&primary).await;
+
+    // One URL names both hosts, as an operator would write it.
+    let home = Home::Url(format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port, standby.port
+    ));
+    let (_master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
+    let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
+    let api = Api::new(&format!("http://{addr_a}"), ADMIN_TOKEN);
+    let api_b = Api::new(&format!("http://{addr_b}"), ADMIN_TOKEN);
+    let ws_a = format!("ws://{addr_a}/ws");
+    let ws_b = format!("ws://{addr_b}/ws");
+    let identities = tempfile::tempdir().unwrap();
+    let _workers: Vec<Process> = (0..3)
+        .map(|i| {
+            let servers = if i % 2 == 0 {
+                [ws_a.as_str(), ws_b.as_str()]
+            } else {
+                [ws_b.as_str(), ws_a.as_str()]
+            };
+            spawn_worker_failover(&servers, 1, &identities.path().join(format!("w{i}.id")))
+        })
+        .collect();
+
+    // About 25 s of work for the three workers.
+    const CHUNKS: u64 = 300;
+    let inputs = primes_inputs(
+        300_000_000_000,
+        300_000_000_000 + CHUNKS * 50_000_000,
+        CHUNKS,
+    );
+    let expected = primes_reference(&inputs);
+    let job = api
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+    api.wait_progress(job, 10).await;
+
+    // What the masters acknowledged before the primary died: it must all survive.
+    let acknowledged = api.done_chunks(job).await;
+    let before_kill = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        primary.kill_postmaster();
+        primary
+    })
+    .await
+    .unwrap();
+    assert!(
+        acknowledged < CHUNKS as i64,
+        "the job ended before the kill"
+    );
+    // An operator (or a failover manager) notices and promotes the standby.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let standby = tokio::task::spawn_blocking(move || {
+        standby.promote();
+        standby
+    })
+    .await
+    .unwrap();
+    let promoted = Instant::now();
+
+    // Both masters write again through the new primary, with nothing acknowledged lost.
+    let mut recovered = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recovered.is_none() {
+        let (status_a, body_a) = api.get(&format!("/api/v1/jobs/{job}")).await;
+        let (status_b, body_b) = api_b.get(&format!("/api/v1/jobs/{job}")).await;
+        if status_a == 200 && status_b == 200 {
+            let done_a = body_a["chunks"]["done"].as_i64().unwrap();
+            let done_b = body_b["chunks"]["done"].as_i64().unwrap();
+            assert!(
+                done_a >= acknowledged && done_b >= acknowledged,
+                "acknowledged results lost: {acknowledged} done before, now {done_a} and {done_b}"
+            );
+            if done_a > acknowledged + 3 {
+                recovered = Some(promoted.elapsed());
+            }
+        }
+        assert!(Instant::now() < deadline, "no progress after the promotion");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "replication: primary killed {:.1} s before the promotion; progress again {:.2} s after it",
+        (promoted - before_kill).as_secs_f64(),
+        recovered.unwrap().as_secs_f64()
+    );
+
+    let finished = api.wait_finished(job, Duration::from_secs(240)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api_b.results(job).await;
+    assert_eq!(primes_total(&results, CHUNKS, None), expected);
+    drop(standby);
+}
