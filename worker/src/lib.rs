@@ -93,20 +93,25 @@ where
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
 
     let mut masters = Masters::new(config.servers.clone());
+    let named = masters::Named::default();
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("grid-worker/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(config.connect_timeout)
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .map_err(|error| WorkerError::Config(format!("cannot build an HTTP client: {error}")))?;
     loop {
+        if let Some(list) = named.take() {
+            masters.learn(&list);
+        }
         let url = masters.next_master();
         let span = info_span!("session", server = %url);
-        let end = session::run(
-            &url,
-            &config,
-            &slots,
-            &modules,
-            &tls,
-            &mut masters,
-            &mut shutdown,
-        )
-        .instrument(span)
-        .await?;
+        let refresher = tokio::spawn(masters::refresh(http.clone(), url.clone(), named.clone()));
+        let end = session::run(&url, &config, &slots, &modules, &tls, &named, &mut shutdown)
+            .instrument(span)
+            .await;
+        refresher.abort();
+        let end = end?;
         match end {
             SessionEnd::Shutdown => {
                 info!("stopped");

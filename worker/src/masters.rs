@@ -2,12 +2,27 @@
 //! the ones its masters named in their welcomes (the other live masters sharing their
 //! database), tried round robin when a session is lost or a master drains.
 //!
-//! Learned masters come second and are bounded: the latest welcome's list replaces the
-//! previous one (masters that died drop out), holds at most [`MAX_LEARNED`] URLs, and only
-//! `ws://` or `wss://` ones. A master could name anything, but a worker already trusts its
-//! master with all it computes; the configured masters always stay in the rotation.
+//! A master names the others in its welcome, and a connected worker asks it again every
+//! [`REFRESH_INTERVAL`] (`GET /api/v1/masters`, [`refresh`]) so that masters started after the
+//! session began are known by the time this one dies. What was named ([`Named`]) is taken
+//! into the rotation when the worker next picks a master.
+//!
+//! Learned masters come second and are bounded: the latest list replaces the previous one
+//! (masters that died drop out), holds at most [`MAX_LEARNED`] URLs, and only `ws://` or
+//! `wss://` ones. A master could name anything, but a worker already trusts its master with
+//! all it computes; the configured masters always stay in the rotation.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use url::Url;
+
+/// How often a connected worker asks its master for the live masters.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
+/// Largest answer of `GET /api/v1/masters` read.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+/// How long one such request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most masters learned from welcomes.
 pub const MAX_LEARNED: usize = 16;
@@ -76,6 +91,83 @@ impl Masters {
     }
 }
 
+/// The masters last named to this worker (by a welcome or by [`refresh`]), until the
+/// reconnect loop takes them into its [`Masters`].
+#[derive(Debug, Clone, Default)]
+pub struct Named(Arc<Mutex<Option<Vec<String>>>>);
+
+impl Named {
+    /// Replace what was named.
+    pub fn set(&self, masters: Vec<String>) {
+        if let Ok(mut named) = self.0.lock() {
+            *named = Some(masters);
+        }
+    }
+
+    /// What was named since the last call, if anything.
+    pub fn take(&self) -> Option<Vec<String>> {
+        self.0.lock().ok().and_then(|mut named| named.take())
+    }
+}
+
+/// Where the master at WebSocket URL `master` lists the live masters (its http side).
+pub fn list_url(master: &Url) -> Option<Url> {
+    let mut url = master.clone();
+    let scheme = match master.scheme() {
+        "ws" => "http",
+        "wss" => "https",
+        _ => return None,
+    };
+    url.set_scheme(scheme).ok()?;
+    url.set_path("/api/v1/masters");
+    url.set_query(None);
+    Some(url)
+}
+
+/// Ask `master` for the live masters every [`REFRESH_INTERVAL`] and put its answer in
+/// `named`; runs until aborted (when the session ends). Failures are skipped: the session
+/// itself notices a dead master.
+pub async fn refresh(http: reqwest::Client, master: Url, named: Named) {
+    let Some(url) = list_url(&master) else { return };
+    let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match fetch(&http, url.clone()).await {
+            Ok(masters) => named.set(masters),
+            Err(error) => tracing::debug!(%error, "could not list the live masters"),
+        }
+    }
+}
+
+async fn fetch(http: &reqwest::Client, url: Url) -> Result<Vec<String>, String> {
+    let mut response = http
+        .get(url)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err("answer too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|error| error.to_string())?;
+    let masters = answer["masters"]
+        .as_array()
+        .ok_or("no masters list in the answer")?
+        .iter()
+        .filter_map(|url| url.as_str().map(str::to_owned))
+        .collect();
+    Ok(masters)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -108,6 +200,25 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(masters.next_master(), url("ws://a/ws"));
         }
+    }
+
+    #[test]
+    fn the_list_is_on_the_masters_http_side() {
+        assert_eq!(
+            list_url(&url("ws://127.0.0.1:8080/ws")).unwrap().as_str(),
+            "http://127.0.0.1:8080/api/v1/masters"
+        );
+        assert_eq!(
+            list_url(&url("wss://grid.example/ws?x=1"))
+                .unwrap()
+                .as_str(),
+            "https://grid.example/api/v1/masters"
+        );
+        let named = Named::default();
+        assert_eq!(named.take(), None);
+        named.set(vec!["ws://b/ws".into()]);
+        assert_eq!(named.take(), Some(vec!["ws://b/ws".to_owned()]));
+        assert_eq!(named.take(), None);
     }
 
     #[test]

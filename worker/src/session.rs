@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 use url::{Host, Url};
 
 use crate::compute::{self, ComputeSlots, Program, Slot};
-use crate::masters::Masters;
+use crate::masters::Named;
 use crate::module_cache::ModuleCache;
 use crate::sandbox::{ChunkLimits, TaskModule};
 use crate::shutdown::Shutdown;
@@ -104,7 +104,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
     slots: &ComputeSlots,
     modules: &ModuleCache,
     tls: &Arc<rustls::ClientConfig>,
-    masters: &mut Masters,
+    named: &Named,
     shutdown: &mut Shutdown<'_, F>,
 ) -> Result<SessionEnd, WorkerError> {
     let lost = |welcomed, reason: WorkerError| {
@@ -136,7 +136,7 @@ pub(crate) async fn run<F: Future<Output = ()>>(
         slots = config.threads,
         "welcomed by the master"
     );
-    masters.learn(&welcome.masters);
+    named.set(welcome.masters.clone());
 
     let (sink, stream) = socket.split();
     let (out, outbox) = mpsc::unbounded_channel();

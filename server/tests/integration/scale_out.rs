@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, primes_inputs, primes_reference, spawn_server_process,
-    spawn_worker_failover,
+    spawn_worker, spawn_worker_failover,
 };
 use serde_json::json;
 
@@ -174,5 +174,146 @@ async fn new_work_reaches_an_idle_worker_on_another_master_at_once() {
     assert!(
         waits[4] < Duration::from_millis(400),
         "submitted through A, assigned through B after {waits:?}"
+    );
+}
+
+/// Live workers on master `api`'s `/metrics` (`grid_workers_connected`, every kind).
+async fn workers_connected(base: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("grid_workers_connected{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Workers given one master's URL follow the others when it dies: the masters name each other
+/// (`GET /api/v1/masters`, the welcome), one worker learns of B from its welcome, the other,
+/// connected before B started, from asking its master again; A is killed and both carry on
+/// through B, with no one touching them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_given_one_master_follow_the_others_when_it_dies() {
+    let home = Home::new(Backend::Postgres).await;
+    let (mut master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
+    let ws_a = format!("ws://{addr_a}/ws");
+    let identities = tempfile::tempdir().unwrap();
+    // Connected while A is the only master: it learns of B only by asking A again.
+    let _early = spawn_worker(&ws_a, 1, &identities.path().join("early.id"));
+
+    let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
+    let ws_b = format!("ws://{addr_b}/ws");
+    let api_a = Api::new(&format!("http://{addr_a}"), ADMIN_TOKEN);
+    let api_b = Api::new(&format!("http://{addr_b}"), ADMIN_TOKEN);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = api_a.get("/api/v1/masters").await;
+        assert_eq!(status, 200, "{body}");
+        if body["masters"] == json!([ws_a, ws_b]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never named B: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = api_b.get("/api/v1/masters").await;
+    assert_eq!(body["masters"], json!([ws_b, ws_a]), "B names itself first");
+    // Welcomed by A once A knows B.
+    let _late = spawn_worker(&ws_a, 1, &identities.path().join("late.id"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while workers_connected(&format!("http://{addr_a}")).await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers never joined A"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The early worker asks A for the live masters every 15 s.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+
+    master_a.kill();
+    let killed = tokio::time::Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    while workers_connected(&format!("http://{addr_b}")).await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers did not fail over to B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "both workers on B {:?} after A was killed",
+        killed.elapsed()
+    );
+
+    let inputs = primes_inputs(1_000_000, 3_000_000, 20);
+    let job = api_b
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+    let finished = api_b.wait_finished(job, Duration::from_secs(120)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api_b.results(job).await;
+    assert_eq!(
+        common::primes_total(&results, 20, Some(2)),
+        primes_reference(&inputs)
+    );
+}
+
+/// A master that drains (SIGTERM) withdraws itself from the others' lists and hands its
+/// workers to them: a worker given only its URL finishes the job through the other master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_master_hands_its_workers_to_the_others() {
+    let home = Home::new(Backend::Postgres).await;
+    let (mut master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
+    let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
+    let (ws_a, ws_b) = (format!("ws://{addr_a}/ws"), format!("ws://{addr_b}/ws"));
+    let api_a = Api::new(&format!("http://{addr_a}"), ADMIN_TOKEN);
+    let api_b = Api::new(&format!("http://{addr_b}"), ADMIN_TOKEN);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api_a.get("/api/v1/masters").await.1["masters"] != json!([ws_a, ws_b]) {
+        assert!(tokio::time::Instant::now() < deadline, "A never named B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let identities = tempfile::tempdir().unwrap();
+    let _w1 = spawn_worker(&ws_a, 1, &identities.path().join("w1.id"));
+    let _w2 = spawn_worker(&ws_a, 1, &identities.path().join("w2.id"));
+    // About 25 s of work for the two workers, so it outlasts the drain.
+    const CHUNKS: u64 = 400;
+    let inputs = primes_inputs(
+        500_000_000_000,
+        500_000_000_000 + CHUNKS * 40_000_000,
+        CHUNKS,
+    );
+    let job = api_b
+        .submit(json!({"kernel": "primes", "inputs": inputs, "redundancy": 2}))
+        .await;
+    api_b.wait_progress(job, 5).await;
+
+    let status = tokio::task::spawn_blocking(move || master_a.terminate())
+        .await
+        .unwrap()
+        .expect("A did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "a drain exits 0, got {status}");
+    assert!(
+        api_b.done_chunks(job).await < CHUNKS as i64,
+        "the job ended before the drain"
+    );
+    // B stops naming A (withdrawn at the start of the drain, not 10 s after its death).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while api_b.get("/api/v1/masters").await.1["masters"] != json!([ws_b]) {
+        assert!(tokio::time::Instant::now() < deadline, "B still names A");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let finished = api_b.wait_finished(job, Duration::from_secs(180)).await;
+    assert_eq!(finished["state"], "done", "{finished}");
+    let results = api_b.results(job).await;
+    assert_eq!(
+        common::primes_total(&results, CHUNKS, None),
+        primes_reference(&inputs)
     );
 }
