@@ -285,12 +285,16 @@ pub async fn serve(
     let insights: Arc<dyn Insights> = store.clone();
     let store: Arc<dyn Store> = store;
     let (scheduler, scheduler_task) = scheduler::spawn(store.clone(), options.no_trust);
-    if let Some(changes) = store.watch_changes() {
-        tokio::spawn(scheduler::follow_changes(changes, scheduler.clone()));
-    }
     let drain = scheduler.clone();
     let store_for_drain = store.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(changes) = store.watch_changes() {
+        tokio::spawn(scheduler::follow_changes(
+            changes,
+            scheduler.clone(),
+            stop_rx.clone(),
+        ));
+    }
     if !options.no_trust {
         trust::master_checks::spawn(store.clone(), scheduler.clone(), stop_rx.clone());
     }

@@ -89,6 +89,14 @@ fn describe() {
         "Jobs whose results the retention deleted."
     );
     metrics::describe_counter!("grid_results_total", "Results recorded.");
+    metrics::describe_counter!(
+        "grid_peer_notifications_total",
+        "Submissions, reopenings and cancels of other masters heard through LISTEN/NOTIFY."
+    );
+    metrics::describe_counter!(
+        "grid_database_failovers_total",
+        "Times the database pool moved to a new PostgreSQL primary."
+    );
     metrics::describe_counter!("grid_results_rejected_total", "Results refused.");
     metrics::describe_counter!("grid_chunks_decided_total", "Chunks accepted or failed.");
     metrics::describe_counter!(

@@ -12,193 +12,19 @@
 #[path = "integration/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::clusters::primary_and_standby;
 use common::{
     ADMIN_TOKEN, Api, Home, Process, primes_inputs, primes_reference, primes_total,
     spawn_server_process, spawn_worker_failover,
 };
 use serde_json::json;
 
-/// The standby's name, which the primary waits for on every commit.
-const STANDBY_NAME: &str = "grid_standby";
-
-/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`, ...), newest version.
-fn postgres_bin() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("this test creates PostgreSQL clusters: /usr/lib/postgresql is missing")
-        .map(|entry| entry.unwrap().path().join("bin"))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop().expect("no initdb under /usr/lib/postgresql")
-}
-
-/// A command run as the `postgres` user when the test runs as root (PostgreSQL refuses root).
-fn as_postgres(program: &Path) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-    if root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One PostgreSQL server of the test, stopped (immediately) and removed when dropped.
-struct Cluster {
-    data: PathBuf,
-    port: u16,
-    bin: PathBuf,
-}
-
-impl Cluster {
-    fn pg_ctl(&self) -> Command {
-        let mut command = as_postgres(&self.bin.join("pg_ctl"));
-        command.arg("-D").arg(&self.data);
-        command
-    }
-
-    fn start(&self) {
-        run(self
-            .pg_ctl()
-            .arg("-l")
-            .arg(self.data.with_extension("log"))
-            .args(["-w", "start"]));
-    }
-
-    /// SIGKILL to the postmaster: the machine's database is gone, no shutdown checkpoint.
-    fn kill_postmaster(&self) {
-        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
-        let pid = pid.lines().next().unwrap().trim().to_owned();
-        run(Command::new("kill").args(["-KILL", &pid]));
-    }
-
-    fn promote(&self) {
-        run(self.pg_ctl().args(["-w", "promote"]));
-    }
-
-    fn append_config(&self, lines: &str) {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.data.join("postgresql.conf"))
-            .unwrap();
-        file.write_all(lines.as_bytes()).unwrap();
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self
-            .pg_ctl()
-            .args(["-m", "immediate", "stop"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-/// A primary and its synchronous standby under `root` (owned by the `postgres` user).
-fn primary_and_standby(root: &Path) -> (Cluster, Cluster) {
-    let bin = postgres_bin();
-    run(Command::new("chown").args(["postgres:postgres"]).arg(root));
-    let primary = Cluster {
-        data: root.join("primary"),
-        port: free_port(),
-        bin: bin.clone(),
-    };
-    run(as_postgres(&bin.join("initdb"))
-        .arg("-D")
-        .arg(&primary.data)
-        .args(["-U", "postgres", "--auth=trust", "--no-sync"]));
-    primary.append_config(&format!(
-        "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-         fsync = off\nsynchronous_commit = on\nsynchronous_standby_names = '{STANDBY_NAME}'\n",
-        primary.port,
-        root.display()
-    ));
-    primary.start();
-
-    let standby = Cluster {
-        data: root.join("standby"),
-        port: free_port(),
-        bin: bin.clone(),
-    };
-    run(as_postgres(&bin.join("pg_basebackup"))
-        .arg("-d")
-        .arg(format!(
-            "host=127.0.0.1 port={} user=postgres application_name={STANDBY_NAME}",
-            primary.port
-        ))
-        .arg("-D")
-        .arg(&standby.data)
-        .arg("-R"));
-    // Once promoted, the standby has no standby of its own: it must not wait for one.
-    standby.append_config(&format!(
-        "\nport = {}\nsynchronous_standby_names = ''\n",
-        standby.port
-    ));
-    standby.start();
-    (primary, standby)
-}
-
-/// Wait until the primary reports the standby streaming synchronously.
-async fn wait_synchronous(primary: &Cluster) {
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-            .await
-            .unwrap();
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
-        )
-        .bind(STANDBY_NAME)
-        .fetch_optional(&mut connection)
-        .await
-        .unwrap();
-        if state.as_deref() == Some("sync") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby never became synchronous"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_killed_mid_job_and_the_standby_promoted_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let (primary, standby) = primary_and_standby(root.path());
-    wait_synchronous(&primary).await;
+    let (primary, standby) = primary_and_standby(root.path()).await;
 
     // One URL names both hosts, as an operator would write it.
     let home = Home::Url(format!(

@@ -2,7 +2,8 @@
 //! PostgreSQL database per test ([`TestDb`]) or a fresh embedded data directory ([`Home`]),
 //! the master in-process ([`InProcessServer`]) or as a real `grid-server` process
 //! ([`spawn_server_process`]), real `grid-worker` processes ([`spawn_worker`]), a small REST
-//! client ([`Api`]), and the `primes` helpers that check a job's results against the kernels.
+//! client ([`Api`]), and the `primes` helpers that check a job's results against the kernels;
+//! [`clusters`]: PostgreSQL primaries and standbys of a test's own, for failover tests.
 //!
 //! The processes are the workspace's own binaries, found next to the test executable
 //! (`cargo build --workspace --bins` first; `cargo xtask test` does). PostgreSQL comes from
@@ -12,6 +13,8 @@
     clippy::missing_panics_doc,
     missing_debug_implementations
 )]
+
+pub mod clusters;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -292,12 +292,19 @@ pub fn capacity_for(slots: u32) -> usize {
 }
 
 /// Hand the changes other masters make ([`Store::watch_changes`]) to the scheduler, until
-/// the feed ends.
+/// the feed ends or the master stops (`stop` flips): then its handle is dropped, so the
+/// scheduler can stop, and the feed with it.
 pub async fn follow_changes(
     mut changes: mpsc::Receiver<crate::store::Change>,
     scheduler: SchedulerHandle,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    while let Some(change) = changes.recv().await {
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let Some(change) = change else { return };
         scheduler.try_send(match change {
             crate::store::Change::WorkAvailable => Event::WorkAvailable,
             crate::store::Change::Cancelled(_) => Event::CancelledElsewhere,
