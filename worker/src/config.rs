@@ -42,13 +42,16 @@ pub struct WorkerConfig {
     /// downloads) besides the Mozilla roots: a private CA, or a self-signed certificate
     /// (`--ca-cert`).
     pub ca_cert: Option<std::path::PathBuf>,
+    /// How often a connected worker asks its master for the other live masters (about: each
+    /// wait is jittered by up to a quarter, so ten thousand workers do not ask at once).
+    pub masters_refresh: Duration,
 }
 
 impl WorkerConfig {
     /// A configuration with one thread per available core (at most [`MAX_SLOTS`]), the
     /// default memory budget ([`default_max_memory_mb`]), the default timeouts (reconnect
-    /// 250 ms doubling up to 30 s, connect 10 s, welcome 10 s, close 5 s) and no source
-    /// address of its own.
+    /// 250 ms doubling up to 30 s, connect 10 s, welcome 10 s, close 5 s), the other masters
+    /// asked for every two minutes, and no source address of its own.
     pub fn new(servers: Vec<Url>, worker_id: impl Into<String>) -> Self {
         WorkerConfig {
             servers,
@@ -62,6 +65,7 @@ impl WorkerConfig {
             bind: None,
             max_memory_mb: default_max_memory_mb(),
             ca_cert: None,
+            masters_refresh: crate::masters::DEFAULT_REFRESH_INTERVAL,
         }
     }
 

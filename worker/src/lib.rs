@@ -106,7 +106,12 @@ where
         }
         let url = masters.next_master();
         let span = info_span!("session", server = %url);
-        let refresher = tokio::spawn(masters::refresh(http.clone(), url.clone(), named.clone()));
+        let refresher = tokio::spawn(masters::refresh(
+            http.clone(),
+            url.clone(),
+            config.masters_refresh,
+            named.clone(),
+        ));
         let end = session::run(&url, &config, &slots, &modules, &tls, &named, &mut shutdown)
             .instrument(span)
             .await;

@@ -60,6 +60,11 @@ struct Args {
     /// roots: a private CA, or the master's self-signed certificate.
     #[arg(long, value_name = "PEM", env = "GRID_CA_CERT")]
     ca_cert: Option<PathBuf>,
+
+    /// Seconds between asking the master for the other live masters to fail over to (besides
+    /// the list in its welcome); each wait is jittered by up to a quarter.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    masters_refresh_secs: u64,
 }
 
 #[tokio::main]
@@ -75,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     }
     config.bind = args.bind;
     config.ca_cert = args.ca_cert;
+    config.masters_refresh = std::time::Duration::from_secs(args.masters_refresh_secs);
     if let Some(max_memory_mb) = args.max_memory {
         config.max_memory_mb = max_memory_mb;
     }

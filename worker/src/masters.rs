@@ -3,8 +3,10 @@
 //! database), tried round robin when a session is lost or a master drains.
 //!
 //! A master names the others in its welcome, and a connected worker asks it again every
-//! [`REFRESH_INTERVAL`] (`GET /api/v1/masters`, [`refresh`]) so that masters started after the
-//! session began are known by the time this one dies. What was named ([`Named`]) is taken
+//! [`DEFAULT_REFRESH_INTERVAL`] or so (`--masters-refresh-secs`; `GET /api/v1/masters`,
+//! [`refresh`]) so that masters started after the session began are known by the time this
+//! one dies. The waits are jittered: ten thousand workers ask about 80 times a second, and the
+//! answer costs the master no query. What was named ([`Named`]) is taken
 //! into the rotation when the worker next picks a master.
 //!
 //! Learned masters come second and are bounded: the latest list replaces the previous one
@@ -17,8 +19,8 @@ use std::time::Duration;
 
 use url::Url;
 
-/// How often a connected worker asks its master for the live masters.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
+/// How often a connected worker asks its master for the live masters, by default.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(120);
 /// Largest answer of `GET /api/v1/masters` read.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// How long one such request may take.
@@ -124,15 +126,14 @@ pub fn list_url(master: &Url) -> Option<Url> {
     Some(url)
 }
 
-/// Ask `master` for the live masters every [`REFRESH_INTERVAL`] and put its answer in
-/// `named`; runs until aborted (when the session ends). Failures are skipped: the session
-/// itself notices a dead master.
-pub async fn refresh(http: reqwest::Client, master: Url, named: Named) {
+/// Ask `master` for the live masters about every `interval` (each wait 75–125 % of it) and
+/// put its answer in `named`; runs until aborted (when the session ends). Failures are
+/// skipped: the session itself notices a dead master.
+pub async fn refresh(http: reqwest::Client, master: Url, interval: Duration, named: Named) {
     let Some(url) = list_url(&master) else { return };
-    let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
-    ticker.tick().await;
     loop {
-        ticker.tick().await;
+        let jitter = 0.75 + rand::random::<f64>() * 0.5;
+        tokio::time::sleep(interval.mul_f64(jitter)).await;
         match fetch(&http, url.clone()).await {
             Ok(masters) => named.set(masters),
             Err(error) => tracing::debug!(%error, "could not list the live masters"),

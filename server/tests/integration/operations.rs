@@ -282,3 +282,48 @@ fn json_logs_are_json_lines() {
         );
     }
 }
+
+/// A multi-host database URL whose hosts are all down: the master refuses to start with an
+/// error that names the hosts and shows no password (in the user information or as a
+/// parameter).
+#[test]
+fn an_unreachable_multi_host_database_is_named_without_its_password() {
+    let data = tempfile::tempdir().unwrap();
+    let closed = [
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    ];
+    let ports: Vec<u16> = closed
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(closed);
+    let url = format!(
+        "postgres://grid:hunter2-user@127.0.0.1:{},127.0.0.1:{}/grid?password=hunter2-param&target_session_attrs=read-write",
+        ports[0], ports[1]
+    );
+    let output = Command::new(target_dir_binary("grid-server"))
+        .env("DATABASE_URL", &url)
+        .env("GRID_ADMIN_TOKEN", ADMIN_TOKEN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !printed.contains("hunter2"),
+        "a password was printed: {printed}"
+    );
+    assert!(
+        printed.contains(&format!("127.0.0.1:{}", ports[0]))
+            && printed.contains(&format!("127.0.0.1:{}", ports[1]))
+            && printed.contains("primary"),
+        "{printed}"
+    );
+}

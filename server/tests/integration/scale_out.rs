@@ -201,8 +201,14 @@ async fn workers_given_one_master_follow_the_others_when_it_dies() {
     let (mut master_a, addr_a) = spawn_server_process(&home, "127.0.0.1:0");
     let ws_a = format!("ws://{addr_a}/ws");
     let identities = tempfile::tempdir().unwrap();
-    // Connected while A is the only master: it learns of B only by asking A again.
-    let _early = spawn_worker(&ws_a, 1, &identities.path().join("early.id"));
+    // Connected while A is the only master: it learns of B only by asking A again (every
+    // 2 s here, 120 s by default).
+    let _early = common::spawn_worker_with(
+        &[&ws_a],
+        1,
+        &identities.path().join("early.id"),
+        &["--masters-refresh-secs", "2"],
+    );
 
     let (_master_b, addr_b) = spawn_server_process(&home, "127.0.0.1:0");
     let ws_b = format!("ws://{addr_b}/ws");
@@ -233,8 +239,8 @@ async fn workers_given_one_master_follow_the_others_when_it_dies() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The early worker asks A for the live masters every 15 s.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    // The early worker asks A for the live masters every 1.5–2.5 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     master_a.kill();
     let killed = tokio::time::Instant::now();
