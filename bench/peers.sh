@@ -58,7 +58,7 @@ grid() {
   RATE["grid-r$redundancy"]="$(calc "$TASKS / $seconds")"
   echo "[grid r=$redundancy] $(echo "$view" | jq -r .state): $TASKS tasks, $(echo "$view" | jq .replicas.returned) results, in $(fmt "$seconds" 2) s: $(fmt "${RATE["grid-r$redundancy"]}" 1) verified tasks/s (submitted in $(fmt "$SUBMIT_SECONDS" 2) s)"
   stop_server
-  psql -q "$DB_URL" -c 'TRUNCATE jobs CASCADE' >/dev/null
+  psql -q "$DB_URL" -c 'SET client_min_messages = warning' -c 'TRUNCATE jobs CASCADE' >/dev/null
 }
 
 [ -n "${SKIP_DASK:-}" ] || peer dask
