@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::clusters::primary_and_standby;
 use common::{
-    ADMIN_TOKEN, Api, Home, Process, primes_inputs, primes_reference, primes_total,
-    spawn_server_process, spawn_worker_failover,
+    ADMIN_TOKEN, Api, Home, primes_inputs, primes_reference, primes_total, spawn_server_process,
+    spawn_workers_across,
 };
 use serde_json::json;
 
@@ -38,16 +38,7 @@ async fn the_primary_killed_mid_job_and_the_standby_promoted_loses_nothing() {
     let ws_a = format!("ws://{addr_a}/ws");
     let ws_b = format!("ws://{addr_b}/ws");
     let identities = tempfile::tempdir().unwrap();
-    let _workers: Vec<Process> = (0..3)
-        .map(|i| {
-            let servers = if i % 2 == 0 {
-                [ws_a.as_str(), ws_b.as_str()]
-            } else {
-                [ws_b.as_str(), ws_a.as_str()]
-            };
-            spawn_worker_failover(&servers, 1, &identities.path().join(format!("w{i}.id")))
-        })
-        .collect();
+    let _workers = spawn_workers_across([&ws_a, &ws_b], 3, identities.path());
 
     // About 25 s of work for the three workers.
     const CHUNKS: u64 = 300;

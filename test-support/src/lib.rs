@@ -409,6 +409,38 @@ pub fn spawn_worker_failover(
     spawn_worker_with(servers, threads, identity_file, &[])
 }
 
+/// `count` real `grid-worker` processes of one thread that all know both masters, half
+/// preferring each (worker `i` lists `masters[i % 2]` first); identities `w<i>.id` in
+/// `identities`.
+pub fn spawn_workers_across(
+    masters: [&str; 2],
+    count: usize,
+    identities: &std::path::Path,
+) -> Vec<Process> {
+    (0..count)
+        .map(|i| {
+            let servers = [masters[i % 2], masters[(i + 1) % 2]];
+            spawn_worker_failover(&servers, 1, &identities.join(format!("w{i}.id")))
+        })
+        .collect()
+}
+
+/// A Prometheus series of the master at `base` (`http://host:port`): the sum of the values of
+/// every line of `/metrics` that starts with `series` (a name, or a name with its first
+/// labels), 0 when there is none.
+pub async fn metric_sum(base: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A real `grid-worker` process with extra flags (`--bind 127.0.5.1`, ...).
 pub fn spawn_worker_with(
     servers: &[&str],

@@ -312,15 +312,11 @@ async fn flood_until_stalled(peer: &mut Peer) -> (i64, Duration) {
 /// Sessions the master has closed as `slow_reader` (its Prometheus counter; one recorder serves
 /// every master of this test process, and the tests that make slow readers take turns).
 async fn slow_reader_closes(server: &InProcessServer) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.http()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(r#"grid_sessions_closed_total{reason="slow_reader"} "#))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
+    common::metric_sum(
+        &server.http(),
+        r#"grid_sessions_closed_total{reason="slow_reader"} "#,
+    )
+    .await
 }
 
 /// (b) A peer that stops reading while its answers pile up: the outbox fills and the session

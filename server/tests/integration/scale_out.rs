@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     ADMIN_TOKEN, Api, Backend, Home, primes_inputs, primes_reference, spawn_server_process,
-    spawn_worker, spawn_worker_failover,
+    spawn_worker, spawn_workers_across,
 };
 use serde_json::json;
 
@@ -25,16 +25,7 @@ async fn two_masters_one_killed_mid_job_loses_nothing() {
 
     // Half the workers prefer A, half prefer B; all know both.
     let identities = tempfile::tempdir().unwrap();
-    let _workers: Vec<_> = (0..4)
-        .map(|i| {
-            let servers = if i % 2 == 0 {
-                [ws_a.as_str(), ws_b.as_str()]
-            } else {
-                [ws_b.as_str(), ws_a.as_str()]
-            };
-            spawn_worker_failover(&servers, 1, &identities.path().join(format!("w{i}.id")))
-        })
-        .collect();
+    let _workers = spawn_workers_across([&ws_a, &ws_b], 4, identities.path());
 
     let inputs = primes_inputs(100_000_000_000, 100_000_000_000 + 80 * 50_000_000, 80);
     let expected = primes_reference(&inputs);
@@ -177,18 +168,9 @@ async fn new_work_reaches_an_idle_worker_on_another_master_at_once() {
     );
 }
 
-/// Live workers on master `api`'s `/metrics` (`grid_workers_connected`, every kind).
+/// Live workers on the master at `base` (`grid_workers_connected`, every kind).
 async fn workers_connected(base: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with("grid_workers_connected{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric_sum(base, "grid_workers_connected{").await
 }
 
 /// Workers given one master's URL follow the others when it dies: the masters name each other
